@@ -1,0 +1,9 @@
+//! tiproxy: a MySQL-protocol proxy for TiDB, MySQL and MariaDB.
+
+pub mod balance;
+pub mod config;
+pub mod health;
+pub mod logging;
+pub mod protocol;
+pub mod proxy;
+pub mod version;
