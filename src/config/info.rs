@@ -356,4 +356,22 @@ mod tests {
             assert!(!is_hot_reloadable(k), "{k}");
         }
     }
+
+    /// docs/config.md is the human copy of this table; keep it complete and truthful.
+    #[test]
+    fn docs_list_every_key_with_its_reload_flag() {
+        let docs = include_str!("../../docs/config.md");
+        for (key, _) in KEYS {
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("docs/config.md has no row for {key}"));
+            let hot = if is_hot_reloadable(key) {
+                "| yes |"
+            } else {
+                "| no |"
+            };
+            assert!(row.contains(hot), "{row}");
+        }
+    }
 }
