@@ -3,9 +3,9 @@
 
 use crate::balance::BackendSet;
 use crate::config::Config;
+use crate::health;
 use crate::protocol::stream::TlsContext;
 use crate::proxy::{server, tls, ProxyContext, SessionSettings};
-use crate::health;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,7 @@ impl App {
     /// Binds the SQL port and starts every service. Nothing here waits for a backend or PD.
     pub async fn start(config: Config) -> anyhow::Result<App> {
         let tls = TlsContext::new(
-            tls::server_config(&config.security.server_tls)
-                .context("[security.server-tls]")?,
+            tls::server_config(&config.security.server_tls).context("[security.server-tls]")?,
             tls::client_config(&config.security.sql_tls).context("[security.sql-tls]")?,
         );
         let backends = Arc::new(BackendSet::new(&config.proxy.backend_addrs));
@@ -57,7 +56,10 @@ impl App {
     pub async fn shutdown(&self, hurry: &mut Signals) {
         let wait = Duration::from_secs(self.config.proxy.graceful_wait_before_shutdown);
         if !wait.is_zero() {
-            info!(seconds = wait.as_secs(), "still serving before shutdown (graceful-wait-before-shutdown)");
+            info!(
+                seconds = wait.as_secs(),
+                "still serving before shutdown (graceful-wait-before-shutdown)"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = hurry.next() => {}
@@ -68,14 +70,21 @@ impl App {
         let limit = Duration::from_secs(self.config.proxy.graceful_close_conn_timeout);
         let left = self.ctx.active_sessions();
         if left > 0 {
-            info!(sessions = left, timeout_seconds = limit.as_secs(), "waiting for sessions to finish their transactions");
+            info!(
+                sessions = left,
+                timeout_seconds = limit.as_secs(),
+                "waiting for sessions to finish their transactions"
+            );
         }
         let drained = tokio::select! {
             d = wait_until_idle(&self.ctx, limit) => d,
             _ = hurry.next() => false,
         };
         if !drained {
-            warn!(sessions = self.ctx.active_sessions(), "closing sessions still in a transaction");
+            warn!(
+                sessions = self.ctx.active_sessions(),
+                "closing sessions still in a transaction"
+            );
         }
         self.ctx.force_close.cancel();
         self.background.cancel();

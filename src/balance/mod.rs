@@ -121,7 +121,9 @@ mod tests {
         let set = BackendSet::new(&addrs(&["a:1"]));
         set.snapshot()[0].mark_unhealthy("connection refused");
         assert!(set.select(&[]).is_none());
-        assert!(set.unavailable_reason().contains("a:1 (connection refused)"));
+        assert!(set
+            .unavailable_reason()
+            .contains("a:1 (connection refused)"));
         let empty = BackendSet::new(&[]);
         assert!(empty.unavailable_reason().contains("no backend"));
     }

@@ -22,9 +22,14 @@ pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), S
     let fut = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let mut conn = PacketConn::new(Stream::Plain(tcp), 1024);
-        let (_, p) = conn.read_packet(64 * 1024).await.map_err(|e| e.to_string())?;
+        let (_, p) = conn
+            .read_packet(64 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
         if p.first() == Some(&ERR_HEADER) {
-            let e = ErrPacket::parse(&p).map(|e| e.to_string()).unwrap_or_default();
+            let e = ErrPacket::parse(&p)
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             return Err(format!("backend answered with an error: {e}"));
         }
         let g = Greeting::parse(&p).map_err(|e| format!("malformed greeting: {e}"))?;
@@ -43,7 +48,12 @@ struct Streak {
     oks: u32,
 }
 
-fn apply(backend: &Backend, streak: &mut Streak, result: Result<(String, u32), String>, cfg: &HealthConfig) {
+fn apply(
+    backend: &Backend,
+    streak: &mut Streak,
+    result: Result<(String, u32), String>,
+    cfg: &HealthConfig,
+) {
     match result {
         Ok((version, caps)) => {
             backend.record_greeting(&version, caps);
@@ -64,7 +74,11 @@ fn apply(backend: &Backend, streak: &mut Streak, result: Result<(String, u32), S
 }
 
 /// Probes every backend each interval until `shutdown` fires.
-pub fn start(backends: Arc<BackendSet>, cfg: HealthConfig, shutdown: CancellationToken) -> JoinHandle<()> {
+pub fn start(
+    backends: Arc<BackendSet>,
+    cfg: HealthConfig,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut streaks: HashMap<String, Streak> = HashMap::new();
         let interval = Duration::from_millis(cfg.interval_ms.max(10));
@@ -116,7 +130,10 @@ mod tests {
         apply(&b, &mut s, Err("refused".into()), &cfg());
         assert!(!b.is_healthy());
         apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
-        assert!(!b.is_healthy(), "one success is below the recovery threshold");
+        assert!(
+            !b.is_healthy(),
+            "one success is below the recovery threshold"
+        );
         apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
         assert!(b.is_healthy());
     }

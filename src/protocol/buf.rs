@@ -142,7 +142,16 @@ mod tests {
 
     #[test]
     fn lenenc_round_trips_at_every_width() {
-        for v in [0u64, 250, 251, 0xffff, 0x1_0000, 0xff_ffff, 0x100_0000, u64::MAX] {
+        for v in [
+            0u64,
+            250,
+            251,
+            0xffff,
+            0x1_0000,
+            0xff_ffff,
+            0x100_0000,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_lenenc_int(&mut out, v);
             let mut r = Reader::new(&out);

@@ -6,7 +6,9 @@ use super::client_handshake::{ClientHello, HANDSHAKE_PACKET_LIMIT};
 use super::context::ProxyContext;
 use super::tls::server_name;
 use crate::balance::Backend;
-use crate::protocol::constants::{cap, AUTH_MORE_DATA_HEADER, ERR_HEADER, OK_HEADER, UNKNOWN_AUTH_PLUGIN};
+use crate::protocol::constants::{
+    cap, AUTH_MORE_DATA_HEADER, ERR_HEADER, OK_HEADER, UNKNOWN_AUTH_PLUGIN,
+};
 use crate::protocol::handshake::{ssl_request, Greeting, HandshakeResponse};
 use crate::protocol::response::{ok_status, ErrPacket};
 use crate::protocol::{PacketConn, Stream};

@@ -131,14 +131,27 @@ mod tests {
         let all = [
             ClientError::TooManyConnections { limit: 1 },
             ClientError::HandshakeMalformed { reason: "x".into() },
-            ClientError::UnsupportedCommand { command: "binlog_dump" },
+            ClientError::UnsupportedCommand {
+                command: "binlog_dump",
+            },
             ClientError::ShuttingDown,
             ClientError::HandshakeTimeout { secs: 1 },
             ClientError::NoBackendAvailable { detail: "x".into() },
-            ClientError::BackendConnectFailed { attempts: "x".into() },
-            ClientError::BackendLost { backend: "b".into(), detail: "x".into() },
-            ClientError::BackendTlsUnavailable { backend: "b".into(), detail: "x".into() },
-            ClientError::BackendMalformed { backend: "b".into(), detail: "x".into() },
+            ClientError::BackendConnectFailed {
+                attempts: "x".into(),
+            },
+            ClientError::BackendLost {
+                backend: "b".into(),
+                detail: "x".into(),
+            },
+            ClientError::BackendTlsUnavailable {
+                backend: "b".into(),
+                detail: "x".into(),
+            },
+            ClientError::BackendMalformed {
+                backend: "b".into(),
+                detail: "x".into(),
+            },
         ];
         let mut codes: Vec<u16> = all.iter().map(|e| e.code()).collect();
         codes.sort_unstable();

@@ -147,6 +147,10 @@ pub struct UntilEmpty;
 
 impl Observer for UntilEmpty {
     fn on_packet(&mut self, len: usize, _: &[u8], _: bool) -> Result<Verdict, String> {
-        Ok(if len == 0 { Verdict::Done } else { Verdict::More })
+        Ok(if len == 0 {
+            Verdict::Done
+        } else {
+            Verdict::More
+        })
     }
 }

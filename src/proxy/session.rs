@@ -77,8 +77,17 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
         Err(end) => end,
     };
     match &end {
-        End::Told(e) => debug!(conn = id, client = %peer, error = %e, kind = e.kind(), "session closed"),
-        other => debug!(conn = id, client = %peer, reason = ?other, "session closed"),
+        End::Told(e) => {
+            debug!(conn = id, client = %peer, error = %e, kind = e.kind(), "session closed")
+        }
+        End::ClientGone(why) => {
+            debug!(conn = id, client = %peer, reason = %why, "session closed: client connection ended")
+        }
+        End::ClientQuit => debug!(conn = id, client = %peer, "session closed: client quit"),
+        End::AuthDenied => {
+            debug!(conn = id, client = %peer, "session closed: authentication denied")
+        }
+        End::Shutdown => debug!(conn = id, client = %peer, "session closed: proxy shutting down"),
     }
     client.shutdown().await;
 }
@@ -118,7 +127,12 @@ async fn establish(
     ctx: &Arc<ProxyContext>,
 ) -> Result<Established, End> {
     let settings = ctx.settings();
-    let hello = match timeout(settings.client_handshake_timeout, accept_client(client, ctx, id)).await {
+    let hello = match timeout(
+        settings.client_handshake_timeout,
+        accept_client(client, ctx, id),
+    )
+    .await
+    {
         Err(_) => {
             let secs = settings.client_handshake_timeout.as_secs();
             return Err(tell(client, 1, ClientError::HandshakeTimeout { secs }).await);
@@ -186,7 +200,13 @@ async fn connect_backend(
         let lease = BackendLease::new(backend.clone());
         let attempt = timeout(
             settings.backend_connect_timeout,
-            dial(&backend, hello, ctx, settings.conn_buffer_size, settings.require_backend_tls),
+            dial(
+                &backend,
+                hello,
+                ctx,
+                settings.conn_buffer_size,
+                settings.require_backend_tls,
+            ),
         )
         .await;
         let reason = match attempt {
@@ -284,7 +304,8 @@ impl Session {
             return Err(End::ClientGone(e.to_string()));
         }
         let mut head = [0u8; 6];
-        head[..head_len].copy_from_slice(&self.client.buffered()[HEADER_LEN..HEADER_LEN + head_len]);
+        head[..head_len]
+            .copy_from_slice(&self.client.buffered()[HEADER_LEN..HEADER_LEN + head_len]);
         let command = head[0];
         match command {
             cmd::QUIT => {
@@ -384,7 +405,11 @@ impl Session {
         cu.auth_data.clear();
         cu.auth_plugin = Some(UNKNOWN_AUTH_PLUGIN.into());
         cu.collation.get_or_insert(u16::from(self.collation));
-        if let Err(e) = self.backend.write_packet(0, &cu.encode(self.capabilities)).await {
+        if let Err(e) = self
+            .backend
+            .write_packet(0, &cu.encode(self.capabilities))
+            .await
+        {
             let err = self.backend_lost(e);
             return Err(tell(&mut self.client, 1, err).await);
         }

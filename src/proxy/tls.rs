@@ -32,7 +32,9 @@ fn provider() -> Arc<CryptoProvider> {
 
 static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
-fn versions(min: &str) -> Result<&'static [&'static rustls::SupportedProtocolVersion], TlsSetupError> {
+fn versions(
+    min: &str,
+) -> Result<&'static [&'static rustls::SupportedProtocolVersion], TlsSetupError> {
     let v = min.trim().to_ascii_lowercase();
     let v = v.trim_start_matches("tls").trim_start_matches('v');
     match v {
@@ -265,8 +267,17 @@ mod tests {
             ..Default::default()
         };
         assert!(client_config(&cfg).unwrap().is_some());
-        assert!(matches!(server_name("127.0.0.1:3306"), ServerName::IpAddress(_)));
-        assert!(matches!(server_name("[::1]:3306"), ServerName::IpAddress(_)));
-        assert!(matches!(server_name("db.local:3306"), ServerName::DnsName(_)));
+        assert!(matches!(
+            server_name("127.0.0.1:3306"),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("[::1]:3306"),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("db.local:3306"),
+            ServerName::DnsName(_)
+        ));
     }
 }

@@ -50,7 +50,8 @@ impl TxnState {
         let Some(&command) = head.first() else {
             return;
         };
-        let stmt = (head.len() >= 5).then(|| u32::from_le_bytes([head[1], head[2], head[3], head[4]]));
+        let stmt =
+            (head.len() >= 5).then(|| u32::from_le_bytes([head[1], head[2], head[3], head[4]]));
         match (command, stmt) {
             (cmd::STMT_SEND_LONG_DATA, Some(id)) => remember(&mut self.long_data, id),
             (cmd::STMT_EXECUTE, Some(id)) => {
@@ -97,7 +98,11 @@ mod tests {
     fn transaction_flag_follows_status() {
         let mut t = TxnState::default();
         assert!(t.at_boundary());
-        t.after_command(&[cmd::QUERY], Some(status::IN_TRANS | status::AUTOCOMMIT), true);
+        t.after_command(
+            &[cmd::QUERY],
+            Some(status::IN_TRANS | status::AUTOCOMMIT),
+            true,
+        );
         assert!(!t.at_boundary());
         // an error carries no status: still in the transaction
         t.after_command(&[cmd::QUERY], None, false);
@@ -109,13 +114,29 @@ mod tests {
     #[test]
     fn cursor_open_until_last_row_or_close() {
         let mut t = TxnState::default();
-        t.after_command(&stmt(cmd::STMT_EXECUTE, 7, 1), Some(status::CURSOR_EXISTS), true);
+        t.after_command(
+            &stmt(cmd::STMT_EXECUTE, 7, 1),
+            Some(status::CURSOR_EXISTS),
+            true,
+        );
         assert!(t.has_open_cursor());
-        t.after_command(&stmt(cmd::STMT_FETCH, 7, 0), Some(status::CURSOR_EXISTS), true);
+        t.after_command(
+            &stmt(cmd::STMT_FETCH, 7, 0),
+            Some(status::CURSOR_EXISTS),
+            true,
+        );
         assert!(t.has_open_cursor());
-        t.after_command(&stmt(cmd::STMT_FETCH, 7, 0), Some(status::LAST_ROW_SENT), true);
+        t.after_command(
+            &stmt(cmd::STMT_FETCH, 7, 0),
+            Some(status::LAST_ROW_SENT),
+            true,
+        );
         assert!(t.at_boundary());
-        t.after_command(&stmt(cmd::STMT_EXECUTE, 8, 1), Some(status::CURSOR_EXISTS), true);
+        t.after_command(
+            &stmt(cmd::STMT_EXECUTE, 8, 1),
+            Some(status::CURSOR_EXISTS),
+            true,
+        );
         t.after_command(&stmt(cmd::STMT_CLOSE, 8, 0), None, true);
         assert!(t.at_boundary());
     }
@@ -125,7 +146,11 @@ mod tests {
         let mut t = TxnState::default();
         t.after_command(&stmt(cmd::STMT_SEND_LONG_DATA, 3, 0), None, true);
         assert!(!t.at_boundary());
-        t.after_command(&stmt(cmd::STMT_EXECUTE, 3, 0), Some(status::AUTOCOMMIT), true);
+        t.after_command(
+            &stmt(cmd::STMT_EXECUTE, 3, 0),
+            Some(status::AUTOCOMMIT),
+            true,
+        );
         assert!(t.at_boundary());
     }
 }
