@@ -40,6 +40,22 @@ fn scramble() -> Vec<u8> {
         .collect()
 }
 
+/// A packet the client sends during the handshake; an oversized one is a malformed handshake
+/// (garbage or another protocol), not an I/O failure.
+async fn read_response(
+    client: &mut PacketConn,
+    last_seq: u8,
+) -> Result<(u8, bytes::BytesMut), ClientHandshakeError> {
+    match client.read_packet(HANDSHAKE_PACKET_LIMIT).await {
+        Ok(x) => Ok(x),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(ClientHandshakeError::Malformed {
+            reason: e.to_string(),
+            seq: last_seq,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub async fn accept_client(
     client: &mut PacketConn,
     ctx: &ProxyContext,
@@ -63,7 +79,7 @@ pub async fn accept_client(
     };
     client.write_packet(0, &greeting.encode()).await?;
 
-    let (mut seq, mut payload) = client.read_packet(HANDSHAKE_PACKET_LIMIT).await?;
+    let (mut seq, mut payload) = read_response(client, 0).await?;
     if is_ssl_request(&payload) {
         let Some(acceptor) = ctx.tls.server.clone() else {
             return Err(ClientHandshakeError::Malformed {
@@ -72,7 +88,7 @@ pub async fn accept_client(
             });
         };
         client.stream_mut().upgrade_server(&acceptor).await?;
-        (seq, payload) = client.read_packet(HANDSHAKE_PACKET_LIMIT).await?;
+        (seq, payload) = read_response(client, seq).await?;
     }
     let response =
         HandshakeResponse::parse(&payload).map_err(|e| ClientHandshakeError::Malformed {
