@@ -1,6 +1,7 @@
 //! What every session shares: settings read at session start, TLS, the backend selector,
 //! the live session count, and the shutdown tokens.
 
+use super::registry::Registry;
 use crate::balance::BackendSet;
 use crate::config::Config;
 use crate::protocol::constants::cap;
@@ -36,6 +37,7 @@ pub struct ProxyContext {
     settings: RwLock<Arc<SessionSettings>>,
     pub tls: TlsContext,
     pub backends: Arc<BackendSet>,
+    pub registry: Arc<Registry>,
     next_conn_id: AtomicU64,
     active: AtomicU64,
     /// New connections get "shutting down" instead of a session.
@@ -52,6 +54,7 @@ impl ProxyContext {
             settings: RwLock::new(Arc::new(settings)),
             tls,
             backends,
+            registry: Arc::new(Registry::default()),
             next_conn_id: AtomicU64::new(1),
             active: AtomicU64::new(0),
             reject_new: CancellationToken::new(),

@@ -5,6 +5,7 @@ pub mod backend_conn;
 pub mod client_handshake;
 pub mod context;
 pub mod error;
+pub mod registry;
 pub mod relay;
 pub mod response;
 pub mod server;

@@ -5,6 +5,7 @@ use super::backend_conn::{dial, relay_auth, AuthOutcome, AuthRelayError, DialErr
 use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
+use super::registry::SessionEntry;
 use super::relay::{relay, OnePacket, RelayError, UntilEmpty};
 use super::response::{ResponseObserver, Shape};
 use super::txn::TxnState;
@@ -46,6 +47,7 @@ struct Session {
     capabilities: u32,
     collation: u8,
     txn: TxnState,
+    entry: Arc<SessionEntry>,
 }
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
@@ -54,9 +56,13 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
     let _ = tcp.set_nodelay(true);
     let settings = ctx.settings();
     let mut client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
+    let registered = ctx.registry.register(id, peer);
     debug!(conn = id, client = %peer, "session opened");
     let end = match establish(&mut client, id, peer, &ctx).await {
         Ok(est) => {
+            registered
+                .entry
+                .set_identity(&est.user, &est.lease.backend().addr);
             let mut txn = TxnState::default();
             txn.after_command(&[], Some(est.status), true);
             let mut session = Session {
@@ -68,6 +74,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
                 capabilities: est.capabilities,
                 collation: est.collation,
                 txn,
+                entry: registered.entry.clone(),
             };
             let end = session.serve(&ctx).await;
             session.close().await;
@@ -118,6 +125,7 @@ struct Established {
     capabilities: u32,
     collation: u8,
     status: u16,
+    user: String,
 }
 
 async fn establish(
@@ -184,6 +192,7 @@ async fn establish(
         capabilities: dialed.capabilities,
         collation: hello.response.collation,
         status,
+        user: String::from_utf8_lossy(&hello.response.user).into_owned(),
     })
 }
 
@@ -361,6 +370,7 @@ impl Session {
         }
         self.txn
             .after_command(&head[..head_len], obs.status, obs.error.is_none());
+        self.entry.set_in_transaction(self.txn.in_transaction());
         Ok(Flow::Continue)
     }
 
@@ -402,6 +412,7 @@ impl Session {
                 return Err(tell(&mut self.client, 1, err).await);
             }
         };
+        let new_user = String::from_utf8_lossy(&cu.user).into_owned();
         cu.auth_data.clear();
         cu.auth_plugin = Some(UNKNOWN_AUTH_PLUGIN.into());
         cu.collation.get_or_insert(u16::from(self.collation));
@@ -415,6 +426,7 @@ impl Session {
         }
         match relay_auth(&mut self.client, &mut self.backend, 0).await {
             Ok(AuthOutcome::Ok(status)) => {
+                self.entry.set_identity(&new_user, &self.backend_addr());
                 self.txn
                     .after_command(&[cmd::CHANGE_USER], Some(status), true);
                 Ok(Flow::Continue)
