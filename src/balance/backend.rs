@@ -2,6 +2,7 @@
 //! greeting said (server version and capabilities, which the proxy mirrors to clients).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::metrics::BackendMetrics;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default, Clone)]
@@ -17,11 +18,16 @@ pub struct Backend {
     healthy: AtomicBool,
     sessions: AtomicU64,
     info: Mutex<BackendInfo>,
+    /// Resolved once here so sessions count queries without a label lookup.
+    pub metrics: Arc<BackendMetrics>,
 }
 
 impl Backend {
     pub fn new(addr: String) -> Self {
+        let metrics = crate::metrics::backend(&addr);
+        metrics.status.set(1);
         Self {
+            metrics,
             addr,
             // Optimistic until a probe says otherwise, so the proxy serves from its first second.
             healthy: AtomicBool::new(true),
@@ -41,11 +47,13 @@ impl Backend {
     /// Returns true when this changed the state.
     pub fn mark_unhealthy(&self, reason: &str) -> bool {
         self.info.lock().expect("backend info").last_error = reason.to_owned();
+        self.metrics.status.set(0);
         self.healthy.swap(false, Ordering::Relaxed)
     }
 
     /// Returns true when this changed the state.
     pub fn mark_healthy(&self) -> bool {
+        self.metrics.status.set(1);
         !self.healthy.swap(true, Ordering::Relaxed)
     }
 
@@ -80,6 +88,7 @@ pub struct BackendLease {
 impl BackendLease {
     pub fn new(backend: Arc<Backend>) -> Self {
         backend.sessions.fetch_add(1, Ordering::Relaxed);
+        backend.metrics.conns.inc();
         Self { backend }
     }
 
@@ -91,5 +100,6 @@ impl BackendLease {
 impl Drop for BackendLease {
     fn drop(&mut self) {
         self.backend.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.backend.metrics.conns.dec();
     }
 }

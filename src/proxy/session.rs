@@ -52,6 +52,9 @@ struct Session {
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
     let _guard = guard;
+    let born = std::time::Instant::now();
+    let m = crate::metrics::get();
+    m.connections.inc();
     let id = ctx.next_conn_id();
     let _ = tcp.set_nodelay(true);
     let settings = ctx.settings();
@@ -60,6 +63,8 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
     debug!(conn = id, client = %peer, "session opened");
     let end = match establish(&mut client, id, peer, &ctx).await {
         Ok(est) => {
+            let handshake = born.elapsed().as_secs_f64();
+            est.lease.backend().metrics.handshake.observe(handshake);
             registered
                 .entry
                 .set_identity(&est.user, &est.lease.backend().addr);
@@ -97,6 +102,22 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
         End::Shutdown => debug!(conn = id, client = %peer, "session closed: proxy shutting down"),
     }
     client.shutdown().await;
+    m.connections.dec();
+    m.conn_lifetime.observe(born.elapsed().as_secs_f64());
+    m.disconnected(end.metric_index()).inc();
+}
+
+impl End {
+    /// Position in `metrics::DISCONNECT_TYPES`.
+    fn metric_index(&self) -> usize {
+        match self {
+            End::ClientQuit => 0,
+            End::ClientGone(_) => 1,
+            End::Told(_) => 2,
+            End::AuthDenied => 3,
+            End::Shutdown => 4,
+        }
+    }
 }
 
 async fn tell(client: &mut PacketConn, seq: u8, err: ClientError) -> End {
@@ -219,8 +240,13 @@ async fn connect_backend(
         )
         .await;
         let reason = match attempt {
-            Ok(Ok(d)) => return Ok((d, lease)),
+            Ok(Ok(d)) => {
+                crate::metrics::get().get_backend_ok.inc();
+                return Ok((d, lease));
+            }
             Ok(Err(DialError::Tls(detail))) => {
+                backend.metrics.dial_fail.inc();
+                crate::metrics::get().get_backend_fail.inc();
                 return Err(ClientError::BackendTlsUnavailable {
                     backend: backend.addr.clone(),
                     detail,
@@ -232,11 +258,17 @@ async fn connect_backend(
                 settings.backend_connect_timeout.as_secs()
             ),
         };
+        backend.metrics.dial_fail.inc();
         if backend.mark_unhealthy(&reason) {
             warn!(backend = %backend.addr, %reason, "backend marked down after a failed connection");
+            crate::events::push(
+                "backend-down",
+                format!("backend {} is down: {reason}", backend.addr),
+            );
         }
         failures.push(format!("{} ({reason})", backend.addr));
     }
+    crate::metrics::get().get_backend_fail.inc();
     if failures.is_empty() {
         Err(ClientError::NoBackendAvailable {
             detail: ctx.backends.unavailable_reason(),
@@ -307,6 +339,7 @@ impl Session {
     }
 
     async fn execute_cmd(&mut self) -> Result<Flow, End> {
+        let started = std::time::Instant::now();
         let (len, _) = parse_header(self.client.buffered());
         let head_len = len.min(6);
         if let Err(e) = self.client.fill_to(HEADER_LEN + head_len).await {
@@ -335,6 +368,7 @@ impl Session {
             Err(RelayError::Protocol(e)) => return Err(End::ClientGone(e)),
         }
         let Some(shape) = Shape::of(command) else {
+            self.record(command, started, true);
             self.txn.after_command(&head[..head_len], None, true);
             return Ok(Flow::Continue);
         };
@@ -368,10 +402,16 @@ impl Session {
                 Err(e) => return Err(End::ClientGone(format!("{e:?}"))),
             }
         }
+        self.record(command, started, obs.error.is_none());
         self.txn
             .after_command(&head[..head_len], obs.status, obs.error.is_none());
         self.entry.set_in_transaction(self.txn.in_transaction());
         Ok(Flow::Continue)
+    }
+
+    fn record(&self, command: u8, started: std::time::Instant, ok: bool) {
+        let secs = started.elapsed().as_secs_f64();
+        self.lease.backend().metrics.record(command, secs, ok);
     }
 
     /// Reads a whole control packet from the client (small by nature).
