@@ -14,7 +14,6 @@ use serde_json::json;
 const MAX_BODY: usize = 1 << 20;
 
 const JSON: &str = "application/json";
-const TEXT: &str = "text/plain; charset=utf-8";
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));

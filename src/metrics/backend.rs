@@ -93,11 +93,19 @@ impl BackendMetrics {
             let m = h.duration.metric();
             for (i, b) in m.get_histogram().get_bucket().iter().enumerate() {
                 if let Some(slot) = t.buckets.get_mut(i) {
-                    *slot += b.get_cumulative_count();
+                    *slot += b.cumulative_count();
                 }
             }
         }
         t
+    }
+}
+
+impl std::fmt::Debug for BackendMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendMetrics")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
