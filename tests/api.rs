@@ -61,7 +61,10 @@ async fn health_config_and_events() {
         let bad = put(&t, "/api/admin/config", body).await;
         assert_eq!(bad.status, 400, "{body}");
         let reason = json(&bad)["error"].as_str().unwrap().to_owned();
-        assert!(reason.contains(needle), "{reason:?} should mention {needle}");
+        assert!(
+            reason.contains(needle),
+            "{reason:?} should mention {needle}"
+        );
         assert_eq!(app.running.get().proxy.max_connections, 5);
         assert_eq!(app.running.get().log.level, "info");
     }
@@ -73,13 +76,19 @@ async fn health_config_and_events() {
         .iter()
         .filter_map(|e| e["message"].as_str())
         .collect();
-    assert!(msgs.iter().any(|m| m.contains("proxy.max-connections")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("proxy.max-connections")),
+        "{msgs:?}"
+    );
 
     let info = json(&get(&t, "/api/info").await);
     assert_eq!(info["version"], tiproxy::version::VERSION);
     assert_eq!(get(&t, "/no/such/path").await.status, 404);
     assert_eq!(
-        t.request("DELETE", "/api/admin/config", None).await.unwrap().status,
+        t.request("DELETE", "/api/admin/config", None)
+            .await
+            .unwrap()
+            .status,
         405
     );
     let page = get(&t, "/").await;
@@ -89,7 +98,10 @@ async fn health_config_and_events() {
     app.draining.cancel();
     let h = get(&t, "/api/debug/health").await;
     assert_eq!(h.status, 502);
-    assert!(json(&h)["unhealthy_reason"].as_str().unwrap().contains("shutting down"));
+    assert!(json(&h)["unhealthy_reason"]
+        .as_str()
+        .unwrap()
+        .contains("shutting down"));
 }
 
 #[tokio::test]
@@ -121,15 +133,33 @@ async fn basic_auth_guards_all_but_health_and_metrics() {
     c.api.password = "pw".into();
     let app = start(c).await;
     let anon = plain(&app);
-    for path in ["/api/admin/config", "/api/backends", "/api/connections", "/api/events", "/"] {
+    for path in [
+        "/api/admin/config",
+        "/api/backends",
+        "/api/connections",
+        "/api/events",
+        "/",
+    ] {
         assert_eq!(get(&anon, path).await.status, 401, "{path}");
     }
     assert_eq!(put(&anon, "/api/admin/config", "").await.status, 401);
     assert_eq!(get(&anon, "/api/debug/health").await.status, 200);
     assert_eq!(get(&anon, "/api/metrics").await.status, 200);
-    let wrong = Target::new("127.0.0.1", app.api_addr.port(), &TlsConfig::default(), Some(("admin", "no"))).unwrap();
+    let wrong = Target::new(
+        "127.0.0.1",
+        app.api_addr.port(),
+        &TlsConfig::default(),
+        Some(("admin", "no")),
+    )
+    .unwrap();
     assert_eq!(get(&wrong, "/api/backends").await.status, 401);
-    let admin = Target::new("127.0.0.1", app.api_addr.port(), &TlsConfig::default(), Some(("admin", "pw"))).unwrap();
+    let admin = Target::new(
+        "127.0.0.1",
+        app.api_addr.port(),
+        &TlsConfig::default(),
+        Some(("admin", "pw")),
+    )
+    .unwrap();
     assert_eq!(get(&admin, "/api/backends").await.status, 200);
     assert_eq!(get(&admin, "/").await.status, 200);
 }
@@ -146,9 +176,15 @@ async fn https_with_auto_certs() {
     let t = Target::new("127.0.0.1", app.api_addr.port(), &tls, None).unwrap();
     assert!(t.url("/").starts_with("https://"));
     assert_eq!(get(&t, "/api/debug/health").await.status, 200);
-    assert!(get(&t, "/api/metrics").await.body.contains("process_start_time_seconds"));
+    assert!(get(&t, "/api/metrics")
+        .await
+        .body
+        .contains("process_start_time_seconds"));
     // Plain HTTP to an HTTPS port gets no HTTP answer.
-    assert!(plain(&app).request("GET", "/api/debug/health", None).await.is_err());
+    assert!(plain(&app)
+        .request("GET", "/api/debug/health", None)
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +197,11 @@ async fn live_backends_connections_and_data_plane_metrics() {
     // The dead backend is found out by the health probe, with its reason.
     let down = eventually(50, || async {
         let v = json(&get(&t, "/api/backends").await);
-        v["backends"].as_array().unwrap().iter().any(|b| b["addr"] == dead.as_str() && b["healthy"] == false)
+        v["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["addr"] == dead.as_str() && b["healthy"] == false)
     })
     .await;
     assert!(down, "the dead backend is reported down");
@@ -175,7 +215,10 @@ async fn live_backends_connections_and_data_plane_metrics() {
 
     let backends = json(&get(&t, "/api/backends").await);
     let list = backends["backends"].as_array().unwrap();
-    let live = list.iter().find(|b| b["addr"] == db.addr().as_str()).unwrap();
+    let live = list
+        .iter()
+        .find(|b| b["addr"] == db.addr().as_str())
+        .unwrap();
     assert_eq!(live["healthy"], true);
     assert_eq!(live["source"], "static");
     assert_eq!(live["sessions"], 1);
@@ -190,21 +233,39 @@ async fn live_backends_connections_and_data_plane_metrics() {
     assert!(c0["client"].as_str().unwrap().starts_with("127.0.0.1:"));
 
     let events = json(&get(&t, "/api/events").await);
-    assert!(events["events"].as_array().unwrap().iter().any(|e| e["kind"] == "backend-down"
-        && e["message"].as_str().unwrap().contains(&dead)));
+    assert!(events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "backend-down" && e["message"].as_str().unwrap().contains(&dead)));
 
     let text = get(&t, "/api/metrics").await.body;
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
     let has = |name: &str, label: &str, value: &str| {
-        scrape.samples.iter().any(|s| s.metric == name && s.labels.get(label) == Some(value))
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == name && s.labels.get(label) == Some(value))
     };
     let live_addr = db.addr();
     assert!(has("tiproxy_session_query_total", "backend", &live_addr));
     assert!(has("tiproxy_session_query_total", "cmd_type", "query"));
-    assert!(has("tiproxy_session_query_duration_seconds", "backend", &live_addr));
-    assert!(has("tiproxy_session_query_error_total", "backend", &live_addr));
-    assert!(has("tiproxy_session_handshake_duration_seconds", "backend", &live_addr));
+    assert!(has(
+        "tiproxy_session_query_duration_seconds",
+        "backend",
+        &live_addr
+    ));
+    assert!(has(
+        "tiproxy_session_query_error_total",
+        "backend",
+        &live_addr
+    ));
+    assert!(has(
+        "tiproxy_session_handshake_duration_seconds",
+        "backend",
+        &live_addr
+    ));
     assert!(has("tiproxy_backend_b_status", "backend", &dead));
     assert!(has("tiproxy_balance_b_conn", "backend", &live_addr));
     assert!(has("tiproxy_backend_get_backend", "res", "succeed"));
@@ -218,10 +279,14 @@ async fn live_backends_connections_and_data_plane_metrics() {
         assert!(names.contains(n), "{n} missing");
     }
     let gauge = |name: &str, addr: &str| {
-        scrape.samples.iter().find(|s| s.metric == name && s.labels.get("backend") == Some(addr)).map(|s| match s.value {
-            prometheus_parse::Value::Gauge(v) => v,
-            _ => f64::NAN,
-        })
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("backend") == Some(addr))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
     };
     assert_eq!(gauge("tiproxy_backend_b_status", &dead), Some(0.0));
     assert_eq!(gauge("tiproxy_backend_b_status", &live_addr), Some(1.0));
@@ -229,7 +294,10 @@ async fn live_backends_connections_and_data_plane_metrics() {
 
     conn.disconnect().await.unwrap();
     let gone = eventually(50, || async {
-        json(&get(&t, "/api/connections").await)["connections"].as_array().unwrap().is_empty()
+        json(&get(&t, "/api/connections").await)["connections"]
+            .as_array()
+            .unwrap()
+            .is_empty()
     })
     .await;
     assert!(gone, "the session leaves /api/connections");

@@ -40,12 +40,16 @@ async fn ctl(port: u16, args: &[&str], stdin: Option<&str>) -> Out {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subcommands_print_tables_json_and_exit_codes() {
     let dead = format!("127.0.0.1:{}", closed_port());
-    let app = start(test_config(&[dead.clone()])).await;
+    let app = start(test_config(std::slice::from_ref(&dead))).await;
     let port = app.api_addr.port();
 
     let h = ctl(port, &["health"], None).await;
     assert_eq!(h.code, 0, "{}", h.stderr);
-    assert!(h.stdout.starts_with("healthy (config checksum "), "{}", h.stdout);
+    assert!(
+        h.stdout.starts_with("healthy (config checksum "),
+        "{}",
+        h.stdout
+    );
 
     let b = ctl(port, &["backends"], None).await;
     assert_eq!(b.code, 0);
@@ -70,16 +74,35 @@ async fn subcommands_print_tables_json_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("part.toml");
     std::fs::write(&file, "[proxy]\nmax-connections = 9\n").unwrap();
-    let s = ctl(port, &["config", "set", "--input", file.to_str().unwrap()], None).await;
+    let s = ctl(
+        port,
+        &["config", "set", "--input", file.to_str().unwrap()],
+        None,
+    )
+    .await;
     assert_eq!(s.code, 0, "{}", s.stderr);
-    assert!(s.stdout.contains("applied: proxy.max-connections"), "{}", s.stdout);
+    assert!(
+        s.stdout.contains("applied: proxy.max-connections"),
+        "{}",
+        s.stdout
+    );
     assert_eq!(app.ctx.settings().max_connections, 9);
 
-    let s = ctl(port, &["config", "set"], Some("[proxy]\nmax-connections = 11\n")).await;
+    let s = ctl(
+        port,
+        &["config", "set"],
+        Some("[proxy]\nmax-connections = 11\n"),
+    )
+    .await;
     assert_eq!(s.code, 0, "{}", s.stderr);
     assert_eq!(app.ctx.settings().max_connections, 11);
 
-    let bad = ctl(port, &["config", "set"], Some("[proxy]\nmax-connections = \"x\"\n")).await;
+    let bad = ctl(
+        port,
+        &["config", "set"],
+        Some("[proxy]\nmax-connections = \"x\"\n"),
+    )
+    .await;
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("HTTP 400"), "{}", bad.stderr);
     assert!(bad.stderr.contains("max-connections"), "{}", bad.stderr);
@@ -100,21 +123,31 @@ async fn usage_version_and_unreachable() {
     let u = ctl(port, &["health"], None).await;
     assert_eq!(u.code, 3);
     assert!(
-        u.stderr.contains(&format!("http://127.0.0.1:{port}/api/debug/health")),
+        u.stderr
+            .contains(&format!("http://127.0.0.1:{port}/api/debug/health")),
         "{}",
         u.stderr
     );
 
     let v = ctl(port, &["-v"], None).await;
     assert_eq!(v.code, 0);
-    let expected = format!("version {}, commit {}", tiproxy::version::VERSION, tiproxy::version::GIT_HASH);
+    let expected = format!(
+        "version {}, commit {}",
+        tiproxy::version::VERSION,
+        tiproxy::version::GIT_HASH
+    );
     assert!(v.stdout.trim_end().ends_with(&expected), "{}", v.stdout);
     assert!(v.stdout.contains("tiproxyctl"));
 
     assert_eq!(ctl(port, &[], None).await.code, 2);
     assert_eq!(ctl(port, &["--no-such-flag", "health"], None).await.code, 2);
     assert_eq!(ctl(port, &["frobnicate"], None).await.code, 2);
-    let missing = ctl(port, &["config", "set", "--input", "/no/such/file.toml"], None).await;
+    let missing = ctl(
+        port,
+        &["config", "set", "--input", "/no/such/file.toml"],
+        None,
+    )
+    .await;
     assert_eq!(missing.code, 2);
     assert!(missing.stderr.contains("/no/such/file.toml"));
 }
@@ -132,8 +165,16 @@ async fn https_and_basic_auth() {
     let denied = ctl(port, &["-k", "backends"], None).await;
     assert_eq!(denied.code, 1);
     assert!(denied.stderr.contains("401"), "{}", denied.stderr);
-    let ok = ctl(port, &["-k", "--user", "admin", "--password", "pw", "backends"], None).await;
+    let ok = ctl(
+        port,
+        &["-k", "--user", "admin", "--password", "pw", "backends"],
+        None,
+    )
+    .await;
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     let plain = ctl(port, &["health"], None).await;
-    assert_eq!(plain.code, 3, "plain HTTP to an HTTPS port is a connection failure");
+    assert_eq!(
+        plain.code, 3,
+        "plain HTTP to an HTTPS port is a connection failure"
+    );
 }

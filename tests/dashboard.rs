@@ -58,7 +58,10 @@ async fn dashboard_shows_live_backends_and_sessions() {
     let url = format!("http://127.0.0.1:{}/", app.api_addr.port());
 
     let dom = run_chromium(&bin, &url, &["--dump-dom"]).await;
-    assert!(dom.contains(&db.addr()), "live backend missing from the page:\n{dom}");
+    assert!(
+        dom.contains(&db.addr()),
+        "live backend missing from the page:\n{dom}"
+    );
     assert!(dom.contains(&dead), "second backend missing from the page");
     assert!(dom.contains("class=\"session\""), "no session row:\n{dom}");
     assert!(dom.contains(">app<"), "the session's user is shown");
@@ -67,7 +70,12 @@ async fn dashboard_shows_live_backends_and_sessions() {
 
     if let Ok(path) = std::env::var("TIPROXY_DASHBOARD_SCREENSHOT") {
         let shot = format!("--screenshot={path}");
-        run_chromium(&bin, &url, &[&shot, "--window-size=1280,900", "--hide-scrollbars"]).await;
+        run_chromium(
+            &bin,
+            &url,
+            &[&shot, "--window-size=1280,900", "--hide-scrollbars"],
+        )
+        .await;
     }
     conn.disconnect().await.unwrap();
 }

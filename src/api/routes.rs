@@ -75,11 +75,9 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> 
             &json!({ "events": crate::events::global().recent() }),
         ),
         (Method::GET, "/api/info") => json_reply(StatusCode::OK, &info(state)),
-        (Method::GET, "" | "/index.html") => reply(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            dashboard::PAGE,
-        ),
+        (Method::GET, "" | "/index.html") => {
+            reply(StatusCode::OK, "text/html; charset=utf-8", dashboard::PAGE)
+        }
         (_, "/api/debug/health" | "/api/metrics" | "/metrics" | "/api/admin/config")
         | (_, "/api/backends" | "/api/connections" | "/api/events" | "/api/info" | "") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -128,7 +126,12 @@ fn get_config(state: &ApiState, req: &Request<Incoming>) -> Response<Body> {
 async fn put_config(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        }
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the body is not UTF-8 TOML");
@@ -179,7 +182,11 @@ fn backends(state: &ApiState) -> serde_json::Value {
                 source: "static",
                 healthy,
                 status: if healthy { "up" } else { "down" },
-                last_error: if healthy { String::new() } else { info.last_error },
+                last_error: if healthy {
+                    String::new()
+                } else {
+                    info.last_error
+                },
                 server_version: info.server_version,
                 sessions: b.sessions(),
                 rates: state.stats.rates(&b.addr),

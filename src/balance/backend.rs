@@ -1,8 +1,8 @@
 //! One backend as routing sees it: address, health, live session count, and what its last
 //! greeting said (server version and capabilities, which the proxy mirrors to clients).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::metrics::BackendMetrics;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default, Clone)]

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use tiproxy::ctl::{run, Cli, EXIT_UNREACHABLE, EXIT_USAGE};
 
 fn main() -> ExitCode {
-    let argv0 = std::env::args().next().unwrap_or_else(|| "tiproxyctl".into());
+    let argv0 = std::env::args()
+        .next()
+        .unwrap_or_else(|| "tiproxyctl".into());
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

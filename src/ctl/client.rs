@@ -91,7 +91,10 @@ impl Target {
             .method(method)
             .uri(path)
             .header("host", self.authority())
-            .header("user-agent", concat!("tiproxyctl/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "user-agent",
+                concat!("tiproxyctl/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(a) = &self.authorization {
             req = req.header("authorization", a);
         }

@@ -66,7 +66,9 @@ pub fn backends(v: &Value) -> String {
         })
         .collect();
     render(
-        &["ADDRESS", "HEALTH", "SESSIONS", "QPS", "ERRORS", "P99", "WHY"],
+        &[
+            "ADDRESS", "HEALTH", "SESSIONS", "QPS", "ERRORS", "P99", "WHY",
+        ],
         rows,
     )
 }
@@ -85,10 +87,7 @@ pub fn connections(v: &Value) -> String {
             ]
         })
         .collect();
-    render(
-        &["ID", "CLIENT", "USER", "BACKEND", "STATE", "AGE"],
-        rows,
-    )
+    render(&["ID", "CLIENT", "USER", "BACKEND", "STATE", "AGE"], rows)
 }
 
 pub fn events(v: &Value) -> String {

@@ -139,7 +139,10 @@ mod tests {
         let after = b.totals();
         assert_eq!(after.queries - before.queries, 3);
         assert_eq!(after.errors - before.errors, 1);
-        assert_eq!(after.buckets.last().unwrap() - before.buckets.last().unwrap(), 3);
+        assert_eq!(
+            after.buckets.last().unwrap() - before.buckets.last().unwrap(),
+            3
+        );
         assert!(Arc::ptr_eq(&b, &backend("127.0.0.1:2")));
     }
 }

@@ -91,24 +91,51 @@ impl Metrics {
         let handshake_buckets =
             prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
         let reject = reg!(IntCounterVec::new(
-            opts("server", "reject_connection_total", "Connections refused before a session started, by reason."),
+            opts(
+                "server",
+                "reject_connection_total",
+                "Connections refused before a session started, by reason."
+            ),
             &["type"]
         )
         .unwrap());
         let disconnection = reg!(IntCounterVec::new(
-            opts("server", "disconnection_total", "Sessions ended, by how they ended."),
+            opts(
+                "server",
+                "disconnection_total",
+                "Sessions ended, by how they ended."
+            ),
             &["type"]
         )
         .unwrap());
         let get_backend = reg!(IntCounterVec::new(
-            opts("backend", "get_backend", "Backend selections for new sessions, by result."),
+            opts(
+                "backend",
+                "get_backend",
+                "Backend selections for new sessions, by result."
+            ),
             &["res"]
         )
         .unwrap());
         let m = Metrics {
-            connections: reg!(IntGauge::with_opts(opts("server", "connections", "Client connections open now.")).unwrap()),
-            create_connection: reg!(IntCounter::with_opts(opts("server", "create_connection_total", "Client connections accepted.")).unwrap()),
-            maxprocs: reg!(IntGauge::with_opts(opts("server", "maxprocs", "CPUs the proxy may use.")).unwrap()),
+            connections: reg!(IntGauge::with_opts(opts(
+                "server",
+                "connections",
+                "Client connections open now."
+            ))
+            .unwrap()),
+            create_connection: reg!(IntCounter::with_opts(opts(
+                "server",
+                "create_connection_total",
+                "Client connections accepted."
+            ))
+            .unwrap()),
+            maxprocs: reg!(IntGauge::with_opts(opts(
+                "server",
+                "maxprocs",
+                "CPUs the proxy may use."
+            ))
+            .unwrap()),
             reject_too_many: reject.with_label_values(&[REJECT_TOO_MANY]),
             reject_shutting_down: reject.with_label_values(&[REJECT_SHUTTING_DOWN]),
             reject,
@@ -117,24 +144,46 @@ impl Metrics {
                 .map(|t| disconnection.with_label_values(&[*t]))
                 .collect(),
             disconnection,
-            server_err: reg!(IntCounterVec::new(opts("server", "err", "Internal errors, by kind."), &["type"]).unwrap()),
+            server_err: reg!(IntCounterVec::new(
+                opts("server", "err", "Internal errors, by kind."),
+                &["type"]
+            )
+            .unwrap()),
             query_total: reg!(IntCounterVec::new(
-                opts("session", "query_total", "Commands relayed, by backend and command type."),
+                opts(
+                    "session",
+                    "query_total",
+                    "Commands relayed, by backend and command type."
+                ),
                 &["backend", "cmd_type"]
             )
             .unwrap()),
             query_duration: reg!(HistogramVec::new(
-                hopts("session", "query_duration_seconds", "Command latency through the proxy, by backend and command type.", query_buckets()),
+                hopts(
+                    "session",
+                    "query_duration_seconds",
+                    "Command latency through the proxy, by backend and command type.",
+                    query_buckets()
+                ),
                 &["backend", "cmd_type"]
             )
             .unwrap()),
             query_errors: reg!(IntCounterVec::new(
-                opts("session", "query_error_total", "Commands the backend answered with an error, by backend."),
+                opts(
+                    "session",
+                    "query_error_total",
+                    "Commands the backend answered with an error, by backend."
+                ),
                 &["backend"]
             )
             .unwrap()),
             handshake_duration: reg!(HistogramVec::new(
-                hopts("session", "handshake_duration_seconds", "Time from accept to an authenticated session, by backend.", handshake_buckets),
+                hopts(
+                    "session",
+                    "handshake_duration_seconds",
+                    "Time from accept to an authenticated session, by backend.",
+                    handshake_buckets
+                ),
                 &["backend"]
             )
             .unwrap()),
@@ -146,7 +195,11 @@ impl Metrics {
             ))
             .unwrap()),
             b_status: reg!(IntGaugeVec::new(
-                opts("backend", "b_status", "Backend health: 1 healthy, 0 unhealthy."),
+                opts(
+                    "backend",
+                    "b_status",
+                    "Backend health: 1 healthy, 0 unhealthy."
+                ),
                 &["backend"]
             )
             .unwrap()),
@@ -159,7 +212,11 @@ impl Metrics {
             get_backend_fail: get_backend.with_label_values(&["fail"]),
             get_backend,
             dial_fail: reg!(IntCounterVec::new(
-                opts("backend", "dial_backend_fail", "Failed connection attempts to a backend."),
+                opts(
+                    "backend",
+                    "dial_backend_fail",
+                    "Failed connection attempts to a backend."
+                ),
                 &["backend"]
             )
             .unwrap()),
@@ -170,12 +227,21 @@ impl Metrics {
             ))
             .unwrap()),
             migrate_total: reg!(IntCounterVec::new(
-                opts("balance", "migrate_total", "Session migrations, by source, target, reason and result."),
+                opts(
+                    "balance",
+                    "migrate_total",
+                    "Session migrations, by source, target, reason and result."
+                ),
                 &["from", "to", "reason", "migrate_res"]
             )
             .unwrap()),
             migrate_duration: reg!(HistogramVec::new(
-                hopts("balance", "migrate_duration_seconds", "Session migration time.", query_buckets()),
+                hopts(
+                    "balance",
+                    "migrate_duration_seconds",
+                    "Session migration time.",
+                    query_buckets()
+                ),
                 &["from", "to", "migrate_res"]
             )
             .unwrap()),
@@ -189,14 +255,26 @@ impl Metrics {
                 &["backend"]
             )
             .unwrap()),
-            inbound_packets: reg!(IntCounter::with_opts(opts("traffic", "inbound_packets", "Commands received from clients.")).unwrap()),
-            outbound_packets: reg!(IntCounter::with_opts(opts("traffic", "outbound_packets", "Commands sent to backends.")).unwrap()),
+            inbound_packets: reg!(IntCounter::with_opts(opts(
+                "traffic",
+                "inbound_packets",
+                "Commands received from clients."
+            ))
+            .unwrap()),
+            outbound_packets: reg!(IntCounter::with_opts(opts(
+                "traffic",
+                "outbound_packets",
+                "Commands sent to backends."
+            ))
+            .unwrap()),
             registry: r,
         };
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
-            m.registry.register(Box::new(pc)).expect("process collector");
+            m.registry
+                .register(Box::new(pc))
+                .expect("process collector");
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         m.maxprocs.set(cpus as i64);

@@ -250,7 +250,7 @@ async fn connect_backend(
                 return Err(ClientError::BackendTlsUnavailable {
                     backend: backend.addr.clone(),
                     detail,
-                })
+                });
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!(
@@ -412,6 +412,9 @@ impl Session {
     fn record(&self, command: u8, started: std::time::Instant, ok: bool) {
         let secs = started.elapsed().as_secs_f64();
         self.lease.backend().metrics.record(command, secs, ok);
+        let m = crate::metrics::get();
+        m.inbound_packets.inc();
+        m.outbound_packets.inc();
     }
 
     /// Reads a whole control packet from the client (small by nature).

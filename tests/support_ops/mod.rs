@@ -37,7 +37,9 @@ pub fn plain(app: &App) -> Target {
 }
 
 pub async fn get(t: &Target, path: &str) -> Answer {
-    t.request("GET", path, None).await.expect("status port answers")
+    t.request("GET", path, None)
+        .await
+        .expect("status port answers")
 }
 
 pub async fn put(t: &Target, path: &str, body: &str) -> Answer {
@@ -86,7 +88,13 @@ impl MariaDb {
             .arg("start")
             .arg(dir.path())
             .arg(port.to_string())
-            .env("PATH", format!("/usr/sbin:/usr/bin:/sbin:/bin:{}", std::env::var("PATH").unwrap_or_default()))
+            .env(
+                "PATH",
+                format!(
+                    "/usr/sbin:/usr/bin:/sbin:/bin:{}",
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
             .output()
             .expect("run mariadb-instance.sh");
         assert!(
@@ -105,7 +113,10 @@ impl MariaDb {
 impl Drop for MariaDb {
     fn drop(&mut self) {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/mariadb-instance.sh");
-        let _ = Command::new(script).arg("stop").arg(self.dir.path()).output();
+        let _ = Command::new(script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
     }
 }
 
@@ -117,5 +128,7 @@ pub async fn connect(app: &App) -> mysql_async::Conn {
         .user(Some("app"))
         .pass(Some("secret"))
         .prefer_socket(false);
-    mysql_async::Conn::new(opts).await.expect("session through the proxy")
+    mysql_async::Conn::new(opts)
+        .await
+        .expect("session through the proxy")
 }
