@@ -7,6 +7,7 @@ mod info;
 mod load;
 mod types;
 mod validate;
+pub mod watch;
 
 pub use cli::{parse_args, Cli};
 pub use error::ConfigError;
