@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::health;
 use crate::logging::LogHandle;
 use crate::protocol::stream::TlsContext;
+use crate::proxy::query_log::QueryErrorLog;
 use crate::proxy::{server, tls, ProxyContext, SessionSettings};
 use crate::reload::Running;
 use anyhow::Context;
@@ -51,6 +52,7 @@ impl App {
             SessionSettings::from_config(&config),
             tls,
             backends.clone(),
+            QueryErrorLog::new(!config.log.query_error_file.filename.is_empty()),
         ));
         let listener = TcpListener::bind(&config.proxy.addr)
             .await

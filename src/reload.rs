@@ -151,6 +151,7 @@ mod tests {
             SessionSettings::from_config(c),
             TlsContext::new(None, None),
             backends,
+            crate::proxy::query_log::QueryErrorLog::new(false),
         ));
         Running::new(c.clone(), ctx)
     }
