@@ -81,7 +81,9 @@ pub fn mariadb(port: u16, user: &str, pass: &str, extra: &[&str], sql: &str) -> 
 /// Sends `sig` (e.g. "INT") to `pid` through the `kill` command, so the tests need no libc crate.
 pub fn send_signal(pid: u32, sig: &str) {
     let out = run(
-        Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()),
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string()),
         Duration::from_secs(10),
     );
     assert!(out.ok(), "kill -{sig} {pid}: {out:?}");

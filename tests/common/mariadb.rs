@@ -39,9 +39,7 @@ impl MariaDb {
 
     /// Starts `n` plain servers at once; each start is mostly waiting on InnoDB, so threads help.
     pub fn start_many(n: usize) -> Vec<MariaDb> {
-        let handles: Vec<_> = (0..n)
-            .map(|_| std::thread::spawn(MariaDb::start))
-            .collect();
+        let handles: Vec<_> = (0..n).map(|_| std::thread::spawn(MariaDb::start)).collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("mariadb start thread"))

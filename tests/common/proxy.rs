@@ -75,7 +75,11 @@ impl ProxyConfig {
             "graceful-wait-before-shutdown = {}",
             self.graceful_wait_before_shutdown
         );
-        let _ = writeln!(s, "backend-connect-timeout = {}", self.backend_connect_timeout);
+        let _ = writeln!(
+            s,
+            "backend-connect-timeout = {}",
+            self.backend_connect_timeout
+        );
         let _ = writeln!(
             s,
             "client-handshake-timeout = {}",
@@ -93,7 +97,12 @@ impl ProxyConfig {
         match &self.server_tls {
             Some(ServerTls::Files { cert, key }) => {
                 let _ = writeln!(s, "\n[security.server-tls]");
-                let _ = writeln!(s, "cert = {:?}\nkey = {:?}", cert.display().to_string(), key.display().to_string());
+                let _ = writeln!(
+                    s,
+                    "cert = {:?}\nkey = {:?}",
+                    cert.display().to_string(),
+                    key.display().to_string()
+                );
             }
             Some(ServerTls::AutoCerts) => {
                 let _ = writeln!(s, "\n[security.server-tls]\nauto-certs = true");
@@ -102,7 +111,11 @@ impl ProxyConfig {
         }
         match &self.sql_tls {
             Some(SqlTls::Ca(ca)) => {
-                let _ = writeln!(s, "\n[security.sql-tls]\nca = {:?}", ca.display().to_string());
+                let _ = writeln!(
+                    s,
+                    "\n[security.sql-tls]\nca = {:?}",
+                    ca.display().to_string()
+                );
             }
             Some(SqlTls::SkipCa) => {
                 let _ = writeln!(s, "\n[security.sql-tls]\nskip-ca = true");
@@ -133,7 +146,12 @@ impl Proxy {
                 .next()
                 .and_then(|p| p.parse().ok())
                 .expect("backend port");
-            return Proxy { child: None, port, api_port: 0, dir };
+            return Proxy {
+                child: None,
+                port,
+                api_port: 0,
+                dir,
+            };
         }
         let (port, api_port) = (free_port(), free_port());
         let log_file = dir.path().join("tiproxy.log");

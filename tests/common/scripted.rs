@@ -29,11 +29,17 @@ pub enum Script {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A HandshakeResponse arrived: who, and which plugin the sender named.
-    Response { user: String, plugin: String },
+    Response {
+        user: String,
+        plugin: String,
+    },
     /// The scramble reply to the AuthSwitchRequest matched the password.
     FastAuthMatched(bool),
     /// The full-auth password (RSA-decrypted when `rsa`) matched.
-    FullAuth { rsa: bool, matched: bool },
+    FullAuth {
+        rsa: bool,
+        matched: bool,
+    },
     Query(String),
 }
 
@@ -150,8 +156,19 @@ impl Io {
     }
 }
 
-const CAPS: u32 = 0x1 | 0x2 | 0x4 | 0x8 | 0x200 | 0x2000 | 0x8000 | 0x1_0000 | 0x2_0000
-    | 0x4_0000 | 0x8_0000 | 0x10_0000 | 0x20_0000;
+const CAPS: u32 = 0x1
+    | 0x2
+    | 0x4
+    | 0x8
+    | 0x200
+    | 0x2000
+    | 0x8000
+    | 0x1_0000
+    | 0x2_0000
+    | 0x4_0000
+    | 0x8_0000
+    | 0x10_0000
+    | 0x20_0000;
 
 fn serve(stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -213,7 +230,10 @@ fn commands(io: &mut Io, sh: &Shared) -> std::io::Result<()> {
         match p.first() {
             Some(0x01) | None => return Ok(()),
             Some(0x03) => {
-                record(sh, Event::Query(String::from_utf8_lossy(&p[1..]).into_owned()));
+                record(
+                    sh,
+                    Event::Query(String::from_utf8_lossy(&p[1..]).into_owned()),
+                );
                 if sh.script == Script::Malformed {
                     // Wrong sequence id (9 instead of 1) and 0xfc without its two length bytes.
                     io.s.write_all(&[2, 0, 0, 9, 0xfc, 0x01])?;
@@ -276,7 +296,10 @@ fn greeting(s: &[u8; 20]) -> Vec<u8> {
 fn parse_response(p: &[u8]) -> (String, String) {
     let caps = u32::from_le_bytes(p[..4].try_into().expect("caps"));
     let cstr = |pos: &mut usize| {
-        let end = p[*pos..].iter().position(|&b| b == 0).map_or(p.len(), |n| *pos + n);
+        let end = p[*pos..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(p.len(), |n| *pos + n);
         let s = String::from_utf8_lossy(&p[*pos..end]).into_owned();
         *pos = (end + 1).min(p.len());
         s

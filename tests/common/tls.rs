@@ -27,7 +27,14 @@ pub fn rsa_private_pem(dir: &Path) -> String {
     let path = dir.join("rsa-key.pem");
     let out = super::cli::run(
         Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
             .arg(&path),
         Duration::from_secs(60),
     );
