@@ -52,13 +52,18 @@ impl MariaDb {
             .tempdir()
             .expect("tempdir");
         let datadir = dir.path().join("data");
+        // A private tmpdir: bootstraps running in parallel in the shared /tmp were seen to
+        // fail with "Error on delete of '/tmp/#sql-temptable-...'".
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir tmp");
         let out = cli::run(
             Command::new("mariadb-install-db")
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", datadir.display()))
                 .arg("--auth-root-authentication-method=socket")
                 .arg("--user=root")
-                .arg("--skip-test-db"),
+                .arg("--skip-test-db")
+                .arg(format!("--tmpdir={}", tmp.display())),
             Duration::from_secs(60),
         );
         assert!(out.ok(), "mariadb-install-db failed: {out:?}");
@@ -164,6 +169,7 @@ fn spawn_mariadbd(dir: &TempDir, port: u16, certs: Option<&CertFiles>, attempt: 
         .arg(format!("--socket={}", d.join("sock").display()))
         .arg(format!("--pid-file={}", d.join("mariadbd.pid").display()))
         .arg(format!("--log-error={}", d.join("error.log").display()))
+        .arg(format!("--tmpdir={}", d.join("tmp").display()))
         .arg("--user=root")
         .arg("--skip-log-bin")
         .arg("--max-allowed-packet=64M")
