@@ -82,6 +82,18 @@ impl RawConn {
         }
     }
 
+    /// Like `connect`, but a refused connection is returned instead of failing the test.
+    pub fn try_connect(addr: &str) -> std::io::Result<RawConn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(20)))?;
+        Ok(RawConn {
+            stream,
+            seq: 0,
+            col_types: Vec::new(),
+        })
+    }
+
     /// Connects and logs in with mysql_native_password; the ERR is returned if login fails.
     pub fn login(addr: &str, user: &str, pass: &str, db: Option<&str>) -> Res<RawConn> {
         let mut c = RawConn::connect(addr);
