@@ -1,5 +1,6 @@
 //! tiproxy: a MySQL-protocol proxy for TiDB, MySQL and MariaDB.
 
+pub mod app;
 pub mod balance;
 pub mod config;
 pub mod health;

@@ -1,1 +1,18 @@
-//! placeholder
+//! Configuration: the TOML model, loading with warnings, validation, CLI flags and key metadata.
+
+mod checksum;
+pub mod cli;
+mod error;
+mod info;
+mod load;
+mod types;
+mod validate;
+
+pub use cli::{parse_args, Cli};
+pub use error::ConfigError;
+pub use info::{config_info_json, is_hot_reloadable};
+pub use load::{load_file, merge_partial, parse_str, Loaded};
+pub use types::{
+    normalize_log_level, normalize_tls_version, ApiConfig, BalanceConfig, Config, HealthConfig,
+    LogConfig, LogFileConfig, ProxyConfig, SecurityConfig, TlsConfig,
+};

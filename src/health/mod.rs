@@ -1,1 +1,149 @@
-//! placeholder
+//! Backend health probes: a periodic SQL-port check (connect, read the greeting, close) with
+//! failure and recovery thresholds, marking backends up and down for routing.
+
+use crate::balance::{Backend, BackendSet};
+use crate::config::HealthConfig;
+use crate::protocol::constants::ERR_HEADER;
+use crate::protocol::handshake::Greeting;
+use crate::protocol::response::ErrPacket;
+use crate::protocol::{PacketConn, Stream};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// One probe of a backend's SQL port. The greeting is read and the connection closed before
+/// any handshake response, which loopback and proxy hosts are exempt from counting against
+/// max_connect_errors; issue-level TiDB `/status` checks come with discovery.
+pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), String> {
+    let fut = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut conn = PacketConn::new(Stream::Plain(tcp), 1024);
+        let (_, p) = conn
+            .read_packet(64 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
+        if p.first() == Some(&ERR_HEADER) {
+            let e = ErrPacket::parse(&p)
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            return Err(format!("backend answered with an error: {e}"));
+        }
+        let g = Greeting::parse(&p).map_err(|e| format!("malformed greeting: {e}"))?;
+        conn.shutdown().await;
+        Ok((g.server_version, g.capabilities))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no greeting within {} ms", timeout.as_millis())),
+    }
+}
+
+#[derive(Default)]
+struct Streak {
+    fails: u32,
+    oks: u32,
+}
+
+fn apply(
+    backend: &Backend,
+    streak: &mut Streak,
+    result: Result<(String, u32), String>,
+    cfg: &HealthConfig,
+) {
+    match result {
+        Ok((version, caps)) => {
+            backend.record_greeting(&version, caps);
+            streak.fails = 0;
+            streak.oks = streak.oks.saturating_add(1);
+            if streak.oks >= cfg.recovery_threshold.max(1) && backend.mark_healthy() {
+                info!(backend = %backend.addr, version = %version, "backend is up");
+            }
+        }
+        Err(reason) => {
+            streak.oks = 0;
+            streak.fails = streak.fails.saturating_add(1);
+            if streak.fails >= cfg.failure_threshold.max(1) && backend.mark_unhealthy(&reason) {
+                warn!(backend = %backend.addr, %reason, "backend is down");
+            }
+        }
+    }
+}
+
+/// Probes every backend each interval until `shutdown` fires.
+pub fn start(
+    backends: Arc<BackendSet>,
+    cfg: HealthConfig,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut streaks: HashMap<String, Streak> = HashMap::new();
+        let interval = Duration::from_millis(cfg.interval_ms.max(10));
+        let timeout = Duration::from_millis(cfg.timeout_ms.max(10));
+        loop {
+            let list = backends.snapshot();
+            let mut probes = JoinSet::new();
+            for b in list.iter() {
+                let b = b.clone();
+                probes.spawn(async move {
+                    let r = probe_sql(&b.addr, timeout).await;
+                    (b, r)
+                });
+            }
+            while let Some(joined) = probes.join_next().await {
+                if let Ok((b, r)) = joined {
+                    let streak = streaks.entry(b.addr.clone()).or_default();
+                    apply(&b, streak, r, &cfg);
+                }
+            }
+            streaks.retain(|addr, _| list.iter().any(|b| &b.addr == addr));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HealthConfig {
+        HealthConfig {
+            interval_ms: 10,
+            timeout_ms: 10,
+            failure_threshold: 2,
+            recovery_threshold: 2,
+        }
+    }
+
+    #[test]
+    fn thresholds_decide_transitions() {
+        let b = Backend::new("x:1".into());
+        let mut s = Streak::default();
+        apply(&b, &mut s, Err("refused".into()), &cfg());
+        assert!(b.is_healthy(), "one failure is below the threshold");
+        apply(&b, &mut s, Err("refused".into()), &cfg());
+        assert!(!b.is_healthy());
+        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
+        assert!(
+            !b.is_healthy(),
+            "one success is below the recovery threshold"
+        );
+        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
+        assert!(b.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn probe_of_a_closed_port_fails_with_a_reason() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let err = probe_sql(&addr, Duration::from_secs(2)).await.unwrap_err();
+        assert!(!err.is_empty());
+    }
+}

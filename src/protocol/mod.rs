@@ -1,1 +1,13 @@
-//! placeholder
+//! MySQL wire format only: framing, capabilities, handshake and auth packets, OK/ERR/EOF,
+//! compression and the TLS-capable stream. Knows nothing of config, metrics or backends.
+
+pub mod buf;
+pub mod compress;
+pub mod conn;
+pub mod constants;
+pub mod handshake;
+pub mod response;
+pub mod stream;
+
+pub use conn::PacketConn;
+pub use stream::Stream;

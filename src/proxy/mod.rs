@@ -1,1 +1,16 @@
-//! placeholder
+//! The data plane: listener, one task per client session, the backend connection, the
+//! streaming command relay, transaction tracking and graceful close.
+
+pub mod backend_conn;
+pub mod client_handshake;
+pub mod context;
+pub mod error;
+pub mod relay;
+pub mod response;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod txn;
+
+pub use context::{ProxyContext, SessionSettings};
+pub use error::ClientError;

@@ -1,0 +1,134 @@
+//! The process lifecycle: build the services from a config, serve, and shut down gracefully
+//! on a signal (stop accepting, let transactions finish, then exit).
+
+use crate::balance::BackendSet;
+use crate::config::Config;
+use crate::health;
+use crate::protocol::stream::TlsContext;
+use crate::proxy::{server, tls, ProxyContext, SessionSettings};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The running proxy: what a shutdown needs to reach.
+pub struct App {
+    pub ctx: Arc<ProxyContext>,
+    pub config: Arc<Config>,
+    background: CancellationToken,
+}
+
+impl App {
+    /// Binds the SQL port and starts every service. Nothing here waits for a backend or PD.
+    pub async fn start(config: Config) -> anyhow::Result<App> {
+        let tls = TlsContext::new(
+            tls::server_config(&config.security.server_tls).context("[security.server-tls]")?,
+            tls::client_config(&config.security.sql_tls).context("[security.sql-tls]")?,
+        );
+        let backends = Arc::new(BackendSet::new(&config.proxy.backend_addrs));
+        let ctx = Arc::new(ProxyContext::new(
+            SessionSettings::from_config(&config),
+            tls,
+            backends.clone(),
+        ));
+        let listener = TcpListener::bind(&config.proxy.addr)
+            .await
+            .with_context(|| format!("cannot listen on [proxy] addr = {:?}", config.proxy.addr))?;
+        let background = CancellationToken::new();
+        health::start(backends, config.health.clone(), background.clone());
+        server::start(listener, ctx.clone());
+        if config.proxy.backend_addrs.is_empty() {
+            warn!("no backend is configured: set [proxy] backend-addrs or --backend-addrs; clients will get error 2003 until one is");
+        }
+        Ok(App {
+            ctx,
+            config: Arc::new(config),
+            background,
+        })
+    }
+
+    /// Graceful shutdown: keep serving for graceful-wait-before-shutdown, then refuse new
+    /// sessions, close each session at its next transaction boundary, and force-close what is
+    /// left after graceful-close-conn-timeout. A second signal skips the waiting.
+    pub async fn shutdown(&self, hurry: &mut Signals) {
+        let wait = Duration::from_secs(self.config.proxy.graceful_wait_before_shutdown);
+        if !wait.is_zero() {
+            info!(
+                seconds = wait.as_secs(),
+                "still serving before shutdown (graceful-wait-before-shutdown)"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = hurry.next() => {}
+            }
+        }
+        self.ctx.reject_new.cancel();
+        self.ctx.closing.cancel();
+        let limit = Duration::from_secs(self.config.proxy.graceful_close_conn_timeout);
+        let left = self.ctx.active_sessions();
+        if left > 0 {
+            info!(
+                sessions = left,
+                timeout_seconds = limit.as_secs(),
+                "waiting for sessions to finish their transactions"
+            );
+        }
+        let drained = tokio::select! {
+            d = wait_until_idle(&self.ctx, limit) => d,
+            _ = hurry.next() => false,
+        };
+        if !drained {
+            warn!(
+                sessions = self.ctx.active_sessions(),
+                "closing sessions still in a transaction"
+            );
+        }
+        self.ctx.force_close.cancel();
+        self.background.cancel();
+        wait_until_idle(&self.ctx, Duration::from_secs(2)).await;
+        info!("proxy stopped");
+    }
+}
+
+async fn wait_until_idle(ctx: &ProxyContext, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while ctx.active_sessions() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// SIGINT, SIGTERM, SIGQUIT and SIGHUP all mean "shut down gracefully" (TiUP sends each).
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The name of the next signal received.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.quit.recv() => "SIGQUIT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! A packet connection: a stream with an owned read buffer (so reads are cancel-safe), a write
+//! buffer for packets the proxy composes, and optional compression on top.
+
+use super::compress::CompressState;
+use super::constants::MAX_PAYLOAD;
+use super::stream::Stream;
+use bytes::{Buf, BytesMut};
+use std::io;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const HEADER_LEN: usize = 4;
+
+/// Payload length and sequence id of the packet header at the start of `b` (at least 4 bytes).
+#[inline]
+pub fn parse_header(b: &[u8]) -> (usize, u8) {
+    (
+        usize::from(b[0]) | usize::from(b[1]) << 8 | usize::from(b[2]) << 16,
+        b[3],
+    )
+}
+
+#[inline]
+pub fn put_header(out: &mut Vec<u8>, len: usize, seq: u8) {
+    out.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8, seq]);
+}
+
+pub struct PacketConn {
+    stream: Stream,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    compress: Option<Box<CompressState>>,
+    buf_size: usize,
+}
+
+fn eof() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed by peer")
+}
+
+impl PacketConn {
+    pub fn new(stream: Stream, buf_size: usize) -> Self {
+        Self {
+            stream,
+            rbuf: BytesMut::with_capacity(buf_size),
+            wbuf: Vec::new(),
+            compress: None,
+            buf_size,
+        }
+    }
+
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// From now on, bytes both ways travel in compressed frames.
+    pub fn enable_compression(&mut self) {
+        let mut st = Box::new(CompressState::new());
+        // Bytes already read past the handshake are compressed frames, not packets.
+        st.raw.extend_from_slice(&self.rbuf);
+        self.rbuf.clear();
+        self.compress = Some(st);
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        self.compress.is_some()
+    }
+
+    /// The bytes read and not yet consumed (uncompressed).
+    #[inline]
+    pub fn buffered(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    #[inline]
+    pub fn consume(&mut self, n: usize) {
+        self.rbuf.advance(n);
+    }
+
+    /// Reads whatever arrives next into the buffer; `Ok(0)` means the peer closed. Cancel-safe:
+    /// bytes are only ever appended to buffers this struct owns.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.buf_size / 4 {
+            self.rbuf.reserve(self.buf_size);
+        }
+        match &mut self.compress {
+            None => self.stream.read_buf(&mut self.rbuf).await,
+            Some(c) => loop {
+                if c.raw.capacity() - c.raw.len() < 1024 {
+                    c.raw.reserve(self.buf_size);
+                }
+                if self.stream.read_buf(&mut c.raw).await? == 0 {
+                    return Ok(0);
+                }
+                let produced = c.decode_frames(&mut self.rbuf)?;
+                if produced > 0 {
+                    return Ok(produced);
+                }
+            },
+        }
+    }
+
+    /// Fills until at least `n` bytes are buffered; a close before that is an error.
+    pub async fn fill_to(&mut self, n: usize) -> io::Result<()> {
+        if self.rbuf.len() < n {
+            self.rbuf.reserve(n - self.rbuf.len());
+        }
+        while self.rbuf.len() < n {
+            if self.fill().await? == 0 {
+                return Err(eof());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one physical packet whole: for the connection phase and small control packets
+    /// only (the command relay streams instead). Packets over `limit` bytes are refused.
+    pub async fn read_packet(&mut self, limit: usize) -> io::Result<(u8, BytesMut)> {
+        self.fill_to(HEADER_LEN).await?;
+        let (len, seq) = parse_header(&self.rbuf);
+        if len > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("packet of {len} bytes exceeds the {limit}-byte limit of this phase"),
+            ));
+        }
+        self.fill_to(HEADER_LEN + len).await?;
+        self.rbuf.advance(HEADER_LEN);
+        Ok((seq, self.rbuf.split_to(len)))
+    }
+
+    /// Appends one logical packet to the write buffer, split at 16 MiB as the protocol says.
+    /// Returns the sequence id the next packet should use.
+    pub fn queue_packet(&mut self, mut seq: u8, payload: &[u8]) -> u8 {
+        let mut rest = payload;
+        loop {
+            let n = rest.len().min(MAX_PAYLOAD);
+            put_header(&mut self.wbuf, n, seq);
+            self.wbuf.extend_from_slice(&rest[..n]);
+            seq = seq.wrapping_add(1);
+            rest = &rest[n..];
+            if n < MAX_PAYLOAD {
+                return seq;
+            }
+        }
+    }
+
+    /// Writes the queued packets out.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.wbuf);
+        let res = self.write_raw(&data).await;
+        self.wbuf = data;
+        self.wbuf.clear();
+        res
+    }
+
+    pub async fn write_packet(&mut self, seq: u8, payload: &[u8]) -> io::Result<u8> {
+        let next = self.queue_packet(seq, payload);
+        self.flush().await?;
+        Ok(next)
+    }
+
+    /// Writes bytes that already form packets (relayed from the other side) in one go.
+    pub async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.compress {
+            None => self.stream.write_all(data).await?,
+            Some(c) => {
+                let mut framed = Vec::with_capacity(data.len() / 2 + 64);
+                c.encode(data, &mut framed)?;
+                self.stream.write_all(&framed).await?;
+            }
+        }
+        if self.stream.is_tls() {
+            self.stream.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}

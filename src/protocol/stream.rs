@@ -1,0 +1,125 @@
+//! A byte stream that is plain TCP or TLS on either side, upgraded in place after SSLRequest.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+
+pub enum Stream {
+    Plain(TcpStream),
+    Server(Box<server::TlsStream<TcpStream>>),
+    Client(Box<client::TlsStream<TcpStream>>),
+    /// Only while an upgrade is in progress; any I/O on it fails.
+    Upgrading,
+}
+
+impl Stream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Server(_) | Stream::Client(_))
+    }
+
+    /// TLS accept on a plain stream (the client sent SSLRequest).
+    pub async fn upgrade_server(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Upgrading) else {
+            return Err(io::Error::other("stream is already TLS"));
+        };
+        *self = Stream::Server(Box::new(acceptor.accept(tcp).await?));
+        Ok(())
+    }
+
+    /// TLS connect on a plain stream (after sending SSLRequest to a backend).
+    pub async fn upgrade_client(
+        &mut self,
+        connector: &TlsConnector,
+        name: rustls_pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Upgrading) else {
+            return Err(io::Error::other("stream is already TLS"));
+        };
+        *self = Stream::Client(Box::new(connector.connect(name, tcp).await?));
+        Ok(())
+    }
+
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(t) => Some(t),
+            Stream::Server(t) => Some(t.get_ref().0),
+            Stream::Client(t) => Some(t.get_ref().0),
+            Stream::Upgrading => None,
+        }
+    }
+}
+
+fn upgrading() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream is being upgraded")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Shared TLS settings for each side, built once from the config.
+#[derive(Clone, Default)]
+pub struct TlsContext {
+    pub server: Option<TlsAcceptor>,
+    pub client: Option<TlsConnector>,
+}
+
+impl TlsContext {
+    pub fn new(
+        server: Option<Arc<rustls::ServerConfig>>,
+        client: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        Self {
+            server: server.map(TlsAcceptor::from),
+            client: client.map(TlsConnector::from),
+        }
+    }
+}

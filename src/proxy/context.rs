@@ -1,0 +1,123 @@
+//! What every session shares: settings read at session start, TLS, the backend selector,
+//! the live session count, and the shutdown tokens.
+
+use crate::balance::BackendSet;
+use crate::config::Config;
+use crate::protocol::constants::cap;
+use crate::protocol::stream::TlsContext;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Session settings derived from the config; replaced as a whole on reload.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub max_connections: u64,
+    pub conn_buffer_size: usize,
+    pub client_handshake_timeout: Duration,
+    pub backend_connect_timeout: Duration,
+    pub require_backend_tls: bool,
+}
+
+impl SessionSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            max_connections: c.proxy.max_connections,
+            conn_buffer_size: c.proxy.conn_buffer_size.max(1024),
+            client_handshake_timeout: Duration::from_secs(c.proxy.client_handshake_timeout.max(1)),
+            backend_connect_timeout: Duration::from_secs(c.proxy.backend_connect_timeout.max(1)),
+            require_backend_tls: c.security.require_backend_tls,
+        }
+    }
+}
+
+pub struct ProxyContext {
+    settings: RwLock<Arc<SessionSettings>>,
+    pub tls: TlsContext,
+    pub backends: Arc<BackendSet>,
+    next_conn_id: AtomicU64,
+    active: AtomicU64,
+    /// New connections get "shutting down" instead of a session.
+    pub reject_new: CancellationToken,
+    /// Sessions close at their next transaction boundary.
+    pub closing: CancellationToken,
+    /// Sessions close now, wherever they are.
+    pub force_close: CancellationToken,
+}
+
+impl ProxyContext {
+    pub fn new(settings: SessionSettings, tls: TlsContext, backends: Arc<BackendSet>) -> Self {
+        Self {
+            settings: RwLock::new(Arc::new(settings)),
+            tls,
+            backends,
+            next_conn_id: AtomicU64::new(1),
+            active: AtomicU64::new(0),
+            reject_new: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            force_close: CancellationToken::new(),
+        }
+    }
+
+    pub fn settings(&self) -> Arc<SessionSettings> {
+        self.settings.read().expect("settings lock").clone()
+    }
+
+    pub fn set_settings(&self, s: SessionSettings) {
+        *self.settings.write().expect("settings lock") = Arc::new(s);
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn active_sessions(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection until the guard drops; `None` when max-connections is reached.
+    pub fn admit(self: &Arc<Self>, max: u64) -> Option<ActiveGuard> {
+        let prev = self.active.fetch_add(1, Ordering::AcqRel);
+        if max > 0 && prev >= max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ActiveGuard(self.clone()))
+    }
+
+    /// The server version and capabilities to greet clients with: what the backends announce,
+    /// so clients pick features every backend has.
+    pub fn greeting_hint(&self) -> (String, u32) {
+        let list = self.backends.snapshot();
+        let mut version = String::new();
+        let mut caps = u32::MAX;
+        let mut seen = false;
+        for b in list.iter() {
+            let info = b.info();
+            if info.server_version.is_empty() {
+                continue;
+            }
+            if version.is_empty() || b.is_healthy() {
+                version = info.server_version;
+            }
+            caps &= info.capabilities;
+            seen = true;
+        }
+        if !seen {
+            return (
+                format!("8.0.11-tiproxy-{}", crate::version::VERSION),
+                cap::PROXY_DEFAULT,
+            );
+        }
+        (version, caps)
+    }
+}
+
+pub struct ActiveGuard(Arc<ProxyContext>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}

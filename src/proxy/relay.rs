@@ -1,0 +1,156 @@
+//! The streaming forwarder: moves packets from one connection to the other, showing each
+//! packet's start to an observer that decides where the exchange ends. Bytes are forwarded
+//! straight from the read buffer with one write per read; packets larger than the buffer
+//! pass through in pieces and are never held whole.
+
+use crate::protocol::conn::{parse_header, PacketConn, HEADER_LEN};
+use crate::protocol::constants::MAX_PAYLOAD;
+use std::io;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    More,
+    Done,
+}
+
+/// Sees the start of each logical packet; continuation fragments of 16 MiB packets are not shown.
+pub trait Observer {
+    /// `payload` is the whole payload when `complete`, else at least its first byte.
+    fn on_packet(&mut self, len: usize, payload: &[u8], complete: bool) -> Result<Verdict, String>;
+}
+
+#[derive(Debug)]
+pub enum RelayError {
+    /// Reading the source failed or it closed.
+    Source(io::Error),
+    /// Writing the destination failed.
+    Dest(io::Error),
+    /// The observer found a packet that cannot be where it is.
+    Protocol(String),
+}
+
+async fn forward_scanned(
+    src: &mut PacketConn,
+    dst: &mut PacketConn,
+    scan: &mut usize,
+) -> Result<(), RelayError> {
+    if *scan > 0 {
+        dst.write_raw(&src.buffered()[..*scan])
+            .await
+            .map_err(RelayError::Dest)?;
+        src.consume(*scan);
+        *scan = 0;
+    }
+    Ok(())
+}
+
+async fn read_more(src: &mut PacketConn) -> Result<(), RelayError> {
+    match src.fill().await {
+        Ok(0) => Err(RelayError::Source(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(RelayError::Source(e)),
+    }
+}
+
+/// Forwards packets from `src` to `dst` until the observer says `Done` and that logical
+/// packet has been written. Nothing is read past the final packet.
+pub async fn relay(
+    src: &mut PacketConn,
+    dst: &mut PacketConn,
+    obs: &mut impl Observer,
+) -> Result<(), RelayError> {
+    let whole_limit = src.buf_size().saturating_sub(HEADER_LEN).max(64);
+    let mut scan = 0usize;
+    // Bytes of the current physical packet that were not in the buffer yet.
+    let mut skip = 0usize;
+    let mut continuing = false;
+    let mut done = false;
+    loop {
+        if skip > 0 {
+            let avail = src.buffered().len() - scan;
+            let take = avail.min(skip);
+            scan += take;
+            skip -= take;
+            if skip > 0 {
+                forward_scanned(src, dst, &mut scan).await?;
+                read_more(src).await?;
+                continue;
+            }
+        } else {
+            let buf = src.buffered();
+            let have = buf.len() - scan;
+            if have < HEADER_LEN {
+                if done && !continuing {
+                    return forward_scanned(src, dst, &mut scan).await;
+                }
+                forward_scanned(src, dst, &mut scan).await?;
+                read_more(src).await?;
+                continue;
+            }
+            if done && !continuing {
+                return forward_scanned(src, dst, &mut scan).await;
+            }
+            let (len, _) = parse_header(&buf[scan..]);
+            let body = have - HEADER_LEN;
+            if !continuing {
+                let verdict = if len <= whole_limit {
+                    if body < len {
+                        forward_scanned(src, dst, &mut scan).await?;
+                        read_more(src).await?;
+                        continue;
+                    }
+                    let p = &buf[scan + HEADER_LEN..scan + HEADER_LEN + len];
+                    obs.on_packet(len, p, true)
+                } else {
+                    if body == 0 {
+                        forward_scanned(src, dst, &mut scan).await?;
+                        read_more(src).await?;
+                        continue;
+                    }
+                    let p = &buf[scan + HEADER_LEN..scan + HEADER_LEN + body.min(len)];
+                    obs.on_packet(len, p, false)
+                };
+                if verdict.map_err(RelayError::Protocol)? == Verdict::Done {
+                    done = true;
+                }
+            }
+            continuing = len == MAX_PAYLOAD;
+            let total = HEADER_LEN + len;
+            if have >= total {
+                scan += total;
+            } else {
+                scan += have;
+                skip = total - have;
+                continue;
+            }
+        }
+        if done && !continuing && skip == 0 {
+            return forward_scanned(src, dst, &mut scan).await;
+        }
+    }
+}
+
+/// Ends at the first logical packet: a command, however many 16 MiB fragments it has.
+pub struct OnePacket;
+
+impl Observer for OnePacket {
+    fn on_packet(&mut self, _: usize, _: &[u8], _: bool) -> Result<Verdict, String> {
+        Ok(Verdict::Done)
+    }
+}
+
+/// LOAD DATA LOCAL INFILE content: packets until an empty one.
+pub struct UntilEmpty;
+
+impl Observer for UntilEmpty {
+    fn on_packet(&mut self, len: usize, _: &[u8], _: bool) -> Result<Verdict, String> {
+        Ok(if len == 0 {
+            Verdict::Done
+        } else {
+            Verdict::More
+        })
+    }
+}

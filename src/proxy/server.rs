@@ -1,0 +1,53 @@
+//! The SQL listener: accepts clients, enforces max-connections with a 1040 error, answers
+//! "shutting down" once draining, and starts one task per session.
+
+use super::context::ProxyContext;
+use super::error::ClientError;
+use super::session;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Accepts until `ctx.force_close` fires; after `ctx.reject_new` every new connection is
+/// told the proxy is shutting down instead of being served.
+pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Ok(addr) = listener.local_addr() {
+            info!(addr = %addr, "SQL port listening");
+        }
+        loop {
+            let accepted = tokio::select! {
+                _ = ctx.force_close.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if ctx.reject_new.is_cancelled() {
+                tokio::spawn(session::reject(tcp, ClientError::ShuttingDown));
+                continue;
+            }
+            let max = ctx.settings().max_connections;
+            match ctx.admit(max) {
+                Some(guard) => {
+                    tokio::spawn(session::run(tcp, peer, ctx.clone(), guard));
+                }
+                None => {
+                    warn!(client = %peer, max_connections = max, "connection rejected: too many connections");
+                    tokio::spawn(session::reject(
+                        tcp,
+                        ClientError::TooManyConnections { limit: max },
+                    ));
+                }
+            }
+        }
+    })
+}

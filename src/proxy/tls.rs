@@ -1,0 +1,283 @@
+//! rustls configurations built from `[security]`: the client-facing server side (files or
+//! auto-generated certificates) and the backend-facing client side (CA, skip-ca, client cert).
+
+use crate::config::TlsConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, Error as TlsError, SignatureScheme};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read {what} {path:?}: {reason}")]
+    File {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("invalid TLS settings: {0}")]
+    Rustls(#[from] TlsError),
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("unsupported min-tls-version {0:?}: use \"1.2\" or \"1.3\"")]
+    Version(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn versions(
+    min: &str,
+) -> Result<&'static [&'static rustls::SupportedProtocolVersion], TlsSetupError> {
+    let v = min.trim().to_ascii_lowercase();
+    let v = v.trim_start_matches("tls").trim_start_matches('v');
+    match v {
+        "" | "1.0" | "1.1" | "1.2" => Ok(rustls::ALL_VERSIONS),
+        "1.3" => Ok(TLS13_ONLY),
+        _ => Err(TlsSetupError::Version(min.to_owned())),
+    }
+}
+
+fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsSetupError::File {
+            what: "certificate",
+            path: path.into(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    let certs = certs.map_err(|e| TlsSetupError::File {
+        what: "certificate",
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::File {
+            what: "certificate",
+            path: path.into(),
+            reason: "no PEM certificate in it".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsSetupError::File {
+        what: "private key",
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The server side for clients; `None` when TLS to clients is off.
+pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSetupError> {
+    if !cfg.enabled_for_server() {
+        return Ok(None);
+    }
+    let (certs, key) = if cfg.has_cert() {
+        (load_certs(&cfg.cert)?, load_key(&cfg.key)?)
+    } else {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
+        let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der())
+            .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
+        (vec![ck.cert.der().clone()], key)
+    };
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(&cfg.min_tls_version)?)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Some(Arc::new(config)))
+}
+
+/// The client side for backends; `None` when TLS to backends is not configured.
+pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>>, TlsSetupError> {
+    if !cfg.enabled_for_client() {
+        return Ok(None);
+    }
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> = if cfg.skip_ca || cfg.ca.is_empty() {
+        Arc::new(AcceptAnyCert(provider.clone()))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs(&cfg.ca)? {
+            roots.add(c)?;
+        }
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsError::General(e.to_string()))?;
+        Arc::new(ChainOnly(inner))
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(&cfg.min_tls_version)?)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = if cfg.has_cert() {
+        builder.with_client_auth_cert(load_certs(&cfg.cert)?, load_key(&cfg.key)?)?
+    } else {
+        builder.with_no_client_auth()
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// The name to present to a backend: its IP, or its host name.
+pub fn server_name(addr: &str) -> ServerName<'static> {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(addr)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .unwrap_or_else(|_| ServerName::try_from("localhost").expect("static name"))
+}
+
+/// `skip-ca = true`: encryption without authentication of the backend.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// With a CA: the chain must verify, but backends are dialled by IP and their certificates
+/// rarely name it, so a name mismatch alone is accepted (as TiProxy does).
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(TlsError::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_certs_build_a_server_config() {
+        let cfg = TlsConfig {
+            auto_certs: true,
+            ..Default::default()
+        };
+        assert!(server_config(&cfg).unwrap().is_some());
+        assert!(server_config(&TlsConfig::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn missing_files_name_the_path() {
+        let cfg = TlsConfig {
+            cert: "/nonexistent/c.pem".into(),
+            key: "/nonexistent/k.pem".into(),
+            ..Default::default()
+        };
+        let err = server_config(&cfg).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/c.pem"), "{err}");
+    }
+
+    #[test]
+    fn skip_ca_builds_a_client_config_and_names_parse() {
+        let cfg = TlsConfig {
+            skip_ca: true,
+            ..Default::default()
+        };
+        assert!(client_config(&cfg).unwrap().is_some());
+        assert!(matches!(
+            server_name("127.0.0.1:3306"),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("[::1]:3306"),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("db.local:3306"),
+            ServerName::DnsName(_)
+        ));
+    }
+}
