@@ -31,11 +31,8 @@ async fn mysql_async_compressed_session() {
     let b: Vec<i64> = result.collect().await.unwrap();
     drop(result);
     assert_eq!((a, b), (vec![1], vec![2]));
-    let status: Option<(String, String)> = conn
-        .query_first("SHOW SESSION STATUS LIKE 'Compression'")
-        .await
-        .unwrap();
-    assert_eq!(status.map(|s| s.1).as_deref(), Some("ON"));
+    // Not checked: the backend's own Compression status. The proxy may end compression at
+    // itself and talk plain to the backend; only the client's leg is the contract.
 }
 
 #[test]
@@ -46,9 +43,18 @@ fn mariadb_cli_with_compress() {
         APP_USER,
         APP_PASS,
         &["--compress"],
-        "SHOW SESSION STATUS LIKE 'Compression'; SELECT REPEAT('ab', 50000) = REPEAT('ab', 50000)",
+        "SELECT REPEAT('ab', 50000) = REPEAT('ab', 50000)",
     );
     assert!(out.ok(), "{out:?}");
-    let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines, vec!["Compression\tON", "1"], "{out:?}");
+    assert_eq!(out.stdout.trim(), "1", "{out:?}");
+    // `status` is a client command only when it is the whole -e text.
+    let out = common::cli::mariadb(proxy.port(), APP_USER, APP_PASS, &["--compress"], "status");
+    assert!(out.ok(), "{out:?}");
+    // The CLI's own view of its connection, so this holds wherever compression ends.
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("Protocol:") && l.contains("Compressed")),
+        "client leg not compressed: {out:?}"
+    );
 }

@@ -70,16 +70,23 @@ fn unsupported_command_is_1047() {
 fn new_session_while_shutting_down_is_1053() {
     let db = MariaDb::start();
     let mut cfg = ProxyConfig::new(vec![db.addr()]);
-    cfg.graceful_wait_before_shutdown = 10;
+    cfg.graceful_wait_before_shutdown = 2;
+    cfg.graceful_close_conn_timeout = 60;
     let mut proxy = Proxy::start(&cfg);
+    // An open transaction keeps the proxy shutting down (not yet gone) for as long as we poll,
+    // whether it refuses new sessions during graceful-wait-before-shutdown or just after it.
+    let mut busy = login(&proxy).unwrap();
+    busy.query("BEGIN").unwrap();
     proxy.signal("TERM");
-    // Until the signal is handled a login may still succeed; poll for the refusal.
-    let err = poll_until(Duration::from_secs(8), || match login(&proxy) {
-        Ok(_) => None,
-        Err(e) => Some(e),
+    let addr = proxy.addr();
+    let err = poll_until(Duration::from_secs(30), || {
+        let mut c = RawConn::try_connect(&addr)
+            .unwrap_or_else(|e| panic!("listener gone instead of answering 1053: {e}"));
+        c.handshake(APP_USER, APP_PASS, None).err()
     })
-    .expect("no 1053 within the graceful wait");
+    .expect("no 1053 while shutting down");
     assert_err(&err, 1053, "08S01");
+    busy.query("COMMIT").unwrap();
     let status = proxy.wait_exit(Duration::from_secs(60));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

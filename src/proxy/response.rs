@@ -239,7 +239,10 @@ mod tests {
         // two result sets flagged MORE_RESULTS_EXISTS, then the OK of a CALL ends it all
         let more = [0xfe, 0, 0, 0x0a, 0, 0, 0];
         let ok = [0x00, 0, 0, 0x03, 0, 0, 0];
-        let v = feed(&mut o, &[&[1], COLDEF, ROW, &more, &[1], COLDEF, ROW, &more, &ok]);
+        let v = feed(
+            &mut o,
+            &[&[1], COLDEF, ROW, &more, &[1], COLDEF, ROW, &more, &ok],
+        );
         assert_eq!(v.iter().filter(|v| **v == Verdict::Done).count(), 1);
         assert_eq!(v.last(), Some(&Verdict::Done));
         assert_eq!(o.status, Some(3));
