@@ -35,8 +35,7 @@ async fn wrong_password_via_mysql_async() {
     let (_db, proxy) = common::db_and_proxy();
     let err = mysql_async::Conn::new(opts(proxy.port(), APP_USER, "bad"))
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     match err {
         mysql_async::Error::Server(e) => {
             assert_eq!((e.code, e.state.as_str()), (1045, "28000"), "{e:?}");
@@ -111,8 +110,7 @@ async fn caching_sha2_wrong_password_is_rejected_by_backend() {
     let proxy = Proxy::start(&ProxyConfig::new(vec![backend.addr()]));
     let err = mysql_async::Conn::new(builder(proxy.port(), "shauser", "wrong"))
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     match err {
         mysql_async::Error::Server(e) => assert_eq!(e.code, 1045, "{e:?}"),
         other => panic!("expected 1045 from the scripted backend, got {other:?}"),

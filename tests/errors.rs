@@ -130,7 +130,7 @@ fn backend_lost_mid_session_is_2013() {
     let mut c = login(&proxy).unwrap();
     assert_eq!(c.query_value("SELECT 1").as_deref(), Some("1"));
     db.kill();
-    let err = c.query("SELECT 2").err().expect("backend is gone");
+    let err = c.query("SELECT 2").expect_err("backend is gone");
     assert_err(&err, 2013, "08S01");
 }
 

@@ -68,7 +68,7 @@ async fn load_data_local_infile_with_mysql_async() {
     let body: String = (0..5000).map(|i| format!("{i},name{i}\n")).collect();
     std::fs::write(&file, body).unwrap();
     let opts = builder(proxy.port(), APP_USER, APP_PASS)
-        .local_infile_handler(Some(WhiteListFsHandler::new(&[&file])));
+        .local_infile_handler(Some(WhiteListFsHandler::new([&file])));
     let mut conn = mysql_async::Conn::new(opts).await.unwrap();
     conn.query_drop("CREATE TABLE l (id INT PRIMARY KEY, name VARCHAR(20))")
         .await

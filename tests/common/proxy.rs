@@ -140,19 +140,6 @@ impl Proxy {
             .prefix("tiproxy")
             .tempdir()
             .expect("tempdir");
-        if std::env::var("TIPROXY_TEST_DIRECT").as_deref() == Ok("1") {
-            let port = cfg.backends[0]
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .expect("backend port");
-            return Proxy {
-                child: None,
-                port,
-                api_port: 0,
-                dir,
-            };
-        }
         let (port, api_port) = (free_port(), free_port());
         let log_file = dir.path().join("tiproxy.log");
         let conf = dir.path().join("tiproxy.toml");

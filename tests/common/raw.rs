@@ -123,7 +123,7 @@ impl RawConn {
         let mut chunks = payload.chunks(0xff_ffff).peekable();
         let mut buf = Vec::with_capacity(payload.len() + 8);
         // An exact multiple of 16 MiB - 1 needs an empty trailing packet.
-        let needs_empty = payload.len() % 0xff_ffff == 0;
+        let needs_empty = payload.len().is_multiple_of(0xff_ffff);
         while let Some(chunk) = chunks.next() {
             let len = chunk.len() as u32;
             buf.extend_from_slice(&len.to_le_bytes()[..3]);
