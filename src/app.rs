@@ -5,6 +5,7 @@ use crate::balance::BackendSet;
 use crate::config::Config;
 use crate::health;
 use crate::protocol::stream::TlsContext;
+use crate::proxy::query_log::QueryErrorLog;
 use crate::proxy::{server, tls, ProxyContext, SessionSettings};
 use anyhow::Context;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ impl App {
             SessionSettings::from_config(&config),
             tls,
             backends.clone(),
+            QueryErrorLog::new(!config.log.query_error_file.filename.is_empty()),
         ));
         let listener = TcpListener::bind(&config.proxy.addr)
             .await

@@ -1,0 +1,153 @@
+//! The live sessions, for the HTTP API and the dashboard: who is connected, through which
+//! backend, in what state. Updated at session start, backend choice and end, never per query.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+#[derive(Debug)]
+pub struct SessionEntry {
+    pub id: u64,
+    pub client: SocketAddr,
+    pub started: SystemTime,
+    details: Mutex<Details>,
+    in_transaction: AtomicBool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Details {
+    user: String,
+    backend: String,
+}
+
+/// A point-in-time copy of one session for display.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionView {
+    pub id: u64,
+    pub client: String,
+    pub user: String,
+    pub backend: String,
+    /// "handshake", "idle" or "in-transaction".
+    pub state: &'static str,
+    pub age_seconds: f64,
+}
+
+impl SessionEntry {
+    pub fn set_identity(&self, user: &str, backend: &str) {
+        let mut d = self.details.lock().expect("session details");
+        d.user = user.to_owned();
+        d.backend = backend.to_owned();
+    }
+
+    pub fn set_in_transaction(&self, v: bool) {
+        self.in_transaction.store(v, Ordering::Relaxed);
+    }
+
+    pub fn view(&self) -> SessionView {
+        let d = self.details.lock().expect("session details").clone();
+        let state = if d.backend.is_empty() {
+            "handshake"
+        } else if self.in_transaction.load(Ordering::Relaxed) {
+            "in-transaction"
+        } else {
+            "idle"
+        };
+        SessionView {
+            id: self.id,
+            client: self.client.to_string(),
+            user: d.user,
+            backend: d.backend,
+            state,
+            age_seconds: self
+                .started
+                .elapsed()
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<u64, Arc<SessionEntry>>>,
+}
+
+impl Registry {
+    /// Registers a session; it is removed when the returned handle drops.
+    pub fn register(self: &Arc<Self>, id: u64, client: SocketAddr) -> RegisteredSession {
+        let entry = Arc::new(SessionEntry {
+            id,
+            client,
+            started: SystemTime::now(),
+            details: Mutex::new(Details::default()),
+            in_transaction: AtomicBool::new(false),
+        });
+        self.sessions
+            .lock()
+            .expect("registry")
+            .insert(id, entry.clone());
+        RegisteredSession {
+            registry: self.clone(),
+            entry,
+        }
+    }
+
+    pub fn list(&self) -> Vec<SessionView> {
+        let entries: Vec<Arc<SessionEntry>> = self
+            .sessions
+            .lock()
+            .expect("registry")
+            .values()
+            .cloned()
+            .collect();
+        let mut views: Vec<SessionView> = entries.iter().map(|e| e.view()).collect();
+        views.sort_by_key(|v| v.id);
+        views
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("registry").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct RegisteredSession {
+    registry: Arc<Registry>,
+    pub entry: Arc<SessionEntry>,
+}
+
+impl Drop for RegisteredSession {
+    fn drop(&mut self) {
+        self.registry
+            .sessions
+            .lock()
+            .expect("registry")
+            .remove(&self.entry.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_appear_with_state_and_leave_on_drop() {
+        let reg = Arc::new(Registry::default());
+        let a = reg.register(1, "127.0.0.1:5000".parse().unwrap());
+        let b = reg.register(2, "127.0.0.1:5001".parse().unwrap());
+        assert_eq!(reg.list()[0].state, "handshake");
+        a.entry.set_identity("app", "127.0.0.1:3306");
+        b.entry.set_identity("app", "127.0.0.1:3307");
+        b.entry.set_in_transaction(true);
+        let l = reg.list();
+        assert_eq!((l[0].state, l[1].state), ("idle", "in-transaction"));
+        assert_eq!(l[1].backend, "127.0.0.1:3307");
+        drop(a);
+        assert_eq!(reg.len(), 1);
+    }
+}
