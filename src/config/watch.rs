@@ -55,9 +55,12 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         let stop = CancellationToken::new();
-        let task = start(path.clone(), Duration::from_millis(20), stop.clone(), move |l| {
-            s2.lock().unwrap().push(l.config.proxy.max_connections)
-        });
+        let task = start(
+            path.clone(),
+            Duration::from_millis(20),
+            stop.clone(),
+            move |l| s2.lock().unwrap().push(l.config.proxy.max_connections),
+        );
         let wait_for = |n: usize| {
             let seen = seen.clone();
             async move {
@@ -73,7 +76,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         std::fs::write(&path, "[proxy]\nmax-connections = \"many\"\n").unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(seen.lock().unwrap().is_empty(), "invalid file must not be applied");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "invalid file must not be applied"
+        );
         std::fs::write(&path, "[proxy]\nmax-connections = 7\n").unwrap();
         assert!(wait_for(1).await, "valid change not seen");
         assert_eq!(seen.lock().unwrap()[0], 7);
