@@ -147,6 +147,10 @@ impl ResponseObserver {
                     Ok(Verdict::Done)
                 }
                 OK_HEADER => Err("truncated OK packet".into()),
+                _ if complete && !is_column_count(p) => Err(format!(
+                    "malformed column count {:02x?}",
+                    &p[..p.len().min(9)]
+                )),
                 _ => {
                     // A column count: definitions follow.
                     self.state = if self.deprecate_eof {
@@ -159,6 +163,12 @@ impl ResponseObserver {
             },
         }
     }
+}
+
+/// A result set starts with a packet holding exactly one length-encoded integer.
+fn is_column_count(p: &[u8]) -> bool {
+    let mut r = crate::protocol::buf::Reader::new(p);
+    matches!(r.lenenc_int(), Ok(Some(n)) if n > 0) && r.is_empty()
 }
 
 impl ResponseObserver {
@@ -294,6 +304,14 @@ mod tests {
         let mut o = ResponseObserver::new(Shape::ResultSets, true);
         assert_eq!(feed(&mut o, &[&[0xfb, b'f']]), vec![Verdict::Done]);
         assert!(o.local_infile);
+    }
+
+    #[test]
+    fn truncated_column_count_is_malformed() {
+        let mut o = ResponseObserver::new(Shape::ResultSets, true);
+        assert!(o.on_packet(2, &[0xfc, 0x01], true).is_err());
+        let mut o = ResponseObserver::new(Shape::ResultSets, true);
+        assert!(o.on_packet(3, &[0xfc, 0x01, 0x01], true).is_ok());
     }
 
     #[test]

@@ -382,14 +382,24 @@ impl Session {
             }
             _ => {}
         }
-        match relay(&mut self.client, &mut self.backend, &mut OnePacket).await {
+        let mut seq = 0u8;
+        match relay(
+            &mut self.client,
+            &mut self.backend,
+            &mut OnePacket,
+            &mut seq,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(RelayError::Source(e)) => return Err(End::ClientGone(e.to_string())),
             Err(RelayError::Dest(e)) => {
                 let err = self.backend_lost(e);
-                return Err(tell(&mut self.client, 1, err).await);
+                return Err(tell(&mut self.client, seq, err).await);
             }
-            Err(RelayError::Protocol(e)) => return Err(End::ClientGone(e)),
+            Err(RelayError::Protocol(e)) => {
+                return Err(End::ClientGone(format!("client broke the protocol: {e}")))
+            }
         }
         let Some(shape) = Shape::of(command) else {
             self.record(command, started, true);
@@ -398,11 +408,11 @@ impl Session {
         };
         let mut obs = ResponseObserver::new(shape, self.deprecate_eof());
         loop {
-            match relay(&mut self.backend, &mut self.client, &mut obs).await {
+            match relay(&mut self.backend, &mut self.client, &mut obs, &mut seq).await {
                 Ok(()) => {}
                 Err(RelayError::Source(e)) => {
                     let err = self.backend_lost(e);
-                    return Err(tell(&mut self.client, 1, err).await);
+                    return Err(tell(&mut self.client, seq, err).await);
                 }
                 Err(RelayError::Dest(e)) => return Err(End::ClientGone(e.to_string())),
                 Err(RelayError::Protocol(detail)) => {
@@ -411,17 +421,24 @@ impl Session {
                         detail,
                     };
                     warn!(conn = self.id, backend = %self.backend_addr(), error = %err, "closing session");
-                    return Err(tell(&mut self.client, 1, err).await);
+                    return Err(tell(&mut self.client, seq, err).await);
                 }
             }
             if !obs.local_infile {
                 break;
             }
-            match relay(&mut self.client, &mut self.backend, &mut UntilEmpty).await {
+            match relay(
+                &mut self.client,
+                &mut self.backend,
+                &mut UntilEmpty,
+                &mut seq,
+            )
+            .await
+            {
                 Ok(()) => obs.resume_after_infile(),
                 Err(RelayError::Dest(e)) => {
                     let err = self.backend_lost(e);
-                    return Err(tell(&mut self.client, 1, err).await);
+                    return Err(tell(&mut self.client, seq, err).await);
                 }
                 Err(e) => return Err(End::ClientGone(format!("{e:?}"))),
             }
