@@ -9,7 +9,7 @@ use crate::logging::LogHandle;
 use crate::protocol::stream::TlsContext;
 use crate::proxy::query_log::QueryErrorLog;
 use crate::proxy::{server, tls, ProxyContext, SessionSettings};
-use crate::reload::Running;
+use crate::reload::{self, Running};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// How often the config file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
 
 /// The running proxy: what a shutdown needs to reach.
 pub struct App {
@@ -94,6 +97,27 @@ impl App {
             draining,
             background,
         })
+    }
+
+    /// Re-reads `path` when it changes and applies it like `PUT /api/admin/config`;
+    /// `overrides` re-applies the command-line flags, which win over the file.
+    pub fn watch_config_file(
+        &self,
+        path: std::path::PathBuf,
+        overrides: impl Fn(&mut Config) + Send + 'static,
+    ) {
+        let running = self.running.clone();
+        let shown = path.display().to_string();
+        crate::config::watch::start(path, CONFIG_POLL, self.background.clone(), move |loaded| {
+            for w in &loaded.warnings {
+                warn!(file = %shown, "{w}");
+            }
+            let mut next = loaded.config;
+            overrides(&mut next);
+            if let Err(e) = reload::apply(&running, next) {
+                warn!(file = %shown, error = %e, "config file rejected; the running config stays");
+            }
+        });
     }
 
     /// Graceful shutdown: keep serving for graceful-wait-before-shutdown, then refuse new

@@ -83,6 +83,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(path) = cli.config.clone() {
+            let flags = cli.clone();
+            app.watch_config_file(path, move |c| flags.apply(c));
+        }
         let sig = signals.next().await;
         info!(signal = sig, "shutting down");
         app.shutdown(&mut signals).await;
