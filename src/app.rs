@@ -85,6 +85,7 @@ impl App {
         api::start(api_listener, state, http_tls, background.clone());
         health::start(backends, config.health.clone(), background.clone());
         server::start(listener, ctx.clone());
+        crate::proxy::rebalance::start(ctx.clone(), background.clone());
         if config.proxy.backend_addrs.is_empty() {
             warn!("no backend is configured: set [proxy] backend-addrs or --backend-addrs; clients will get error 2003 until one is");
         }

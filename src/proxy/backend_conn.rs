@@ -4,9 +4,9 @@
 
 use super::client_handshake::{ClientHello, HANDSHAKE_PACKET_LIMIT};
 use super::context::ProxyContext;
+use super::migrate::credential::{native_reply, Proof, ProofCapture};
 use super::tls::server_name;
 use crate::balance::Backend;
-use super::migrate::credential::{native_reply, Proof, ProofCapture};
 use crate::protocol::constants::{
     cap, AUTH_MORE_DATA_HEADER, EOF_HEADER, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
     UNKNOWN_AUTH_PLUGIN,
@@ -52,9 +52,12 @@ pub enum AuthAnswer<'a> {
     /// mysql_native_password computed from SHA1(password) (MySQL/MariaDB migration, and the
     /// service account).
     Native(&'a [u8; 20]),
+    /// mysql_native_password for a user without a password.
+    EmptyPassword,
 }
 
 /// The client identity a backend connection is opened for.
+#[derive(Clone, Copy)]
 pub struct Identity<'a> {
     pub response: &'a HandshakeResponse,
     /// Capabilities in force between the client and the proxy.
@@ -97,6 +100,10 @@ pub async fn dial(
     let mut caps = who.capabilities & greeting.capabilities & !(cap::COMPRESS | cap::SSL);
     caps |= cap::PLUGIN_AUTH | cap::PROTOCOL_41 | cap::SECURE_CONNECTION;
     let resp = who.response;
+    // An empty database name is not "no database" to MariaDB: views then fail with 1046.
+    if resp.database.is_none() {
+        caps &= !cap::CONNECT_WITH_DB;
+    }
     let mut seq = 1u8;
     let backend_tls = greeting.capabilities & cap::SSL != 0;
     match (&ctx.tls.client, backend_tls) {
@@ -124,7 +131,11 @@ pub async fn dial(
     let (plugin, auth_data) = match answer {
         AuthAnswer::PassThrough => (UNKNOWN_AUTH_PLUGIN, Vec::new()),
         AuthAnswer::SessionToken(t) => (TIDB_TOKEN_PLUGIN, t.to_vec()),
-        AuthAnswer::Native(stage1) => (NATIVE_PASSWORD_PLUGIN, native_reply(stage1, &greeting.scramble)),
+        AuthAnswer::Native(stage1) => (
+            NATIVE_PASSWORD_PLUGIN,
+            native_reply(stage1, &greeting.scramble),
+        ),
+        AuthAnswer::EmptyPassword => (NATIVE_PASSWORD_PLUGIN, Vec::new()),
     };
     let forwarded = HandshakeResponse {
         capabilities: caps,
@@ -182,7 +193,10 @@ pub async fn relay_auth(
             .map_err(AuthRelayError::Client)?;
         match p.first() {
             Some(&OK_HEADER) => {
-                return Ok(AuthOutcome::Ok(ok_status(&p).unwrap_or(0), capture.finish()))
+                return Ok(AuthOutcome::Ok(
+                    ok_status(&p).unwrap_or(0),
+                    capture.finish(),
+                ))
             }
             Some(&ERR_HEADER) => {
                 return Ok(AuthOutcome::Denied(
@@ -211,10 +225,7 @@ pub async fn relay_auth(
 
 /// Reads the answer to a response the proxy composed itself (`AuthAnswer::Native` or
 /// `SessionToken`), answering a native-password auth switch; returns the OK's status flags.
-pub async fn finish_auth(
-    conn: &mut PacketConn,
-    answer: AuthAnswer<'_>,
-) -> Result<u16, String> {
+pub async fn finish_auth(conn: &mut PacketConn, answer: AuthAnswer<'_>) -> Result<u16, String> {
     for _ in 0..4 {
         let (seq, p) = conn
             .read_packet(HANDSHAKE_PACKET_LIMIT)
@@ -226,7 +237,7 @@ pub async fn finish_auth(
                 let e = ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "HY000", ""));
                 return Err(format!("the backend refused the login: {e}"));
             }
-            (Some(&EOF_HEADER), AuthAnswer::Native(stage1)) => {
+            (Some(&EOF_HEADER), AuthAnswer::Native(_) | AuthAnswer::EmptyPassword) => {
                 let rest = &p[1..];
                 let nul = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
                 if &rest[..nul] != NATIVE_PASSWORD_PLUGIN.as_bytes() {
@@ -237,7 +248,11 @@ pub async fn finish_auth(
                 }
                 let data = rest.get(nul + 1..).unwrap_or_default();
                 let scramble = data.strip_suffix(&[0]).unwrap_or(data);
-                conn.write_packet(seq.wrapping_add(1), &native_reply(stage1, scramble))
+                let reply = match answer {
+                    AuthAnswer::Native(stage1) => native_reply(stage1, scramble),
+                    _ => Vec::new(),
+                };
+                conn.write_packet(seq.wrapping_add(1), &reply)
                     .await
                     .map_err(|e| e.to_string())?;
             }

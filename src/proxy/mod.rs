@@ -8,6 +8,7 @@ pub mod digest;
 pub mod error;
 pub mod migrate;
 pub mod query_log;
+pub mod rebalance;
 pub mod registry;
 pub mod relay;
 pub mod response;

@@ -4,5 +4,8 @@
 //! the client's own native-password exchange).
 
 pub mod credential;
+pub mod restore;
+pub mod service;
 pub mod sql;
 pub mod state;
+pub mod tidb;

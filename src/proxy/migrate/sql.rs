@@ -24,7 +24,11 @@ pub type Row = Vec<Option<Vec<u8>>>;
 
 /// Runs `sql` and returns the rows of its (single) result set; statements without one give
 /// no rows.
-pub async fn query(conn: &mut PacketConn, sql: &str, deprecate_eof: bool) -> Result<Vec<Row>, SqlError> {
+pub async fn query(
+    conn: &mut PacketConn,
+    sql: &str,
+    deprecate_eof: bool,
+) -> Result<Vec<Row>, SqlError> {
     let mut payload = Vec::with_capacity(sql.len() + 1);
     payload.push(cmd::QUERY);
     payload.extend_from_slice(sql.as_bytes());
@@ -94,13 +98,38 @@ fn parse_text_row(p: &[u8], columns: usize) -> Result<Row, SqlError> {
     Ok(row)
 }
 
+/// Runs a statement and returns the status flags of its final OK.
+pub async fn exec_status(
+    conn: &mut PacketConn,
+    sql: &str,
+    deprecate_eof: bool,
+) -> Result<u16, SqlError> {
+    let mut payload = Vec::with_capacity(sql.len() + 1);
+    payload.push(cmd::QUERY);
+    payload.extend_from_slice(sql.as_bytes());
+    conn.write_packet(0, &payload).await?;
+    let (_, p) = conn.read_packet(PACKET_LIMIT).await?;
+    match p.first() {
+        Some(&OK_HEADER) => Ok(ok_status(&p).unwrap_or(0)),
+        Some(&ERR_HEADER) => Err(server_error(&p)),
+        _ => {
+            let mut rows = Vec::new();
+            read_result_set(conn, &p, deprecate_eof, &mut rows).await
+        }
+    }
+}
+
 /// Runs a statement that must succeed without a result set.
 pub async fn exec(conn: &mut PacketConn, sql: &str, deprecate_eof: bool) -> Result<(), SqlError> {
     query(conn, sql, deprecate_eof).await.map(|_| ())
 }
 
 /// COM_STMT_PREPARE on the proxy's behalf; returns the statement id the backend chose.
-pub async fn prepare(conn: &mut PacketConn, sql: &[u8], deprecate_eof: bool) -> Result<u32, SqlError> {
+pub async fn prepare(
+    conn: &mut PacketConn,
+    sql: &[u8],
+    deprecate_eof: bool,
+) -> Result<u32, SqlError> {
     let mut payload = Vec::with_capacity(sql.len() + 1);
     payload.push(cmd::STMT_PREPARE);
     payload.extend_from_slice(sql);

@@ -28,17 +28,77 @@ pub struct Tracked {
     pub binary: BTreeMap<u32, Box<[u8]>>,
     /// Why the tracked state may miss something, if it may.
     pub incomplete: Option<&'static str>,
+    /// Server-side state that cannot be moved: the session stays while it holds any.
+    pub blockers: Blockers,
+}
+
+/// Counts of what pins a session to its backend.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Blockers {
+    pub temporary_tables: u32,
+    pub user_locks: u32,
+    pub table_locks: bool,
+}
+
+/// Case-insensitive search for an ASCII needle (already lower case).
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len()
+        && hay.windows(needle.len()).any(|w| {
+            w.iter()
+                .zip(needle)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+        })
 }
 
 impl Tracked {
+    /// What pins the session to its backend, if anything.
+    pub fn blocker(&self) -> Option<&'static str> {
+        let b = &self.blockers;
+        if b.temporary_tables > 0 {
+            Some("a temporary table")
+        } else if b.user_locks > 0 {
+            Some("a user-level lock (GET_LOCK)")
+        } else if b.table_locks {
+            Some("table locks (LOCK TABLES)")
+        } else {
+            None
+        }
+    }
+
+    /// Notes blockers a statement takes or releases. Only statements that can name them are
+    /// scanned, so the common SELECT/INSERT costs one keyword comparison.
+    fn track_blockers(&mut self, sql: &[u8]) {
+        let (first, _) = word(sql);
+        let b = &mut self.blockers;
+        if first.eq_ignore_ascii_case(b"CREATE") && contains_ci(sql, b"temporary") {
+            b.temporary_tables += 1;
+        } else if first.eq_ignore_ascii_case(b"DROP") && contains_ci(sql, b"temporary") {
+            b.temporary_tables = b.temporary_tables.saturating_sub(1);
+        } else if first.eq_ignore_ascii_case(b"LOCK") {
+            b.table_locks = true;
+        } else if first.eq_ignore_ascii_case(b"UNLOCK") {
+            b.table_locks = false;
+        } else if first.eq_ignore_ascii_case(b"SELECT") || first.eq_ignore_ascii_case(b"DO") {
+            if contains_ci(sql, b"release_all_locks(") {
+                b.user_locks = 0;
+            } else if contains_ci(sql, b"release_lock(") {
+                b.user_locks = b.user_locks.saturating_sub(1);
+            } else if contains_ci(sql, b"get_lock(") {
+                b.user_locks += 1;
+            }
+        }
+    }
+
     /// Records a COM_QUERY that succeeded. `full` is false when only a prefix was captured.
     pub fn after_query(&mut self, sql: &[u8], full: bool) {
+        self.track_blockers(sql);
         let kind = classify(sql);
         if kind == Kind::Other {
             return;
         }
         if !full || is_multi(sql) {
-            self.incomplete = Some("a SET, USE or PREPARE statement was too long or part of a multi-statement");
+            self.incomplete =
+                Some("a SET, USE or PREPARE statement was too long or part of a multi-statement");
             return;
         }
         match kind {
@@ -155,6 +215,14 @@ pub fn classify(sql: &[u8]) -> Kind {
     Kind::Other
 }
 
+/// `BEGIN` or `START TRANSACTION`: the statements a pending move may commit ahead of.
+pub fn is_begin(sql: &[u8]) -> bool {
+    let (first, rest) = word(sql);
+    first.eq_ignore_ascii_case(b"BEGIN")
+        || (first.eq_ignore_ascii_case(b"START")
+            && word(rest).0.eq_ignore_ascii_case(b"TRANSACTION"))
+}
+
 /// True when text follows a `;` outside quotes: a multi-statement.
 fn is_multi(sql: &[u8]) -> bool {
     let mut quote: Option<u8> = None;
@@ -187,11 +255,20 @@ mod tests {
         assert_eq!(classify(b"  set sql_mode='ANSI'"), Kind::Set);
         assert_eq!(classify(b"/* c */ SET @x = 1"), Kind::Set);
         assert_eq!(classify(b"SET TRANSACTION READ ONLY"), Kind::Other);
-        assert_eq!(classify(b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"), Kind::Set);
+        assert_eq!(
+            classify(b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+            Kind::Set
+        );
         assert_eq!(classify(b"SET GLOBAL max_connections=1"), Kind::Other);
         assert_eq!(classify(b"use test"), Kind::Use);
-        assert_eq!(classify(b"PREPARE `S1` FROM 'select 1'"), Kind::Prepare("s1".into()));
-        assert_eq!(classify(b"deallocate prepare s1"), Kind::Deallocate("s1".into()));
+        assert_eq!(
+            classify(b"PREPARE `S1` FROM 'select 1'"),
+            Kind::Prepare("s1".into())
+        );
+        assert_eq!(
+            classify(b"deallocate prepare s1"),
+            Kind::Deallocate("s1".into())
+        );
         assert_eq!(classify(b"DROP PREPARE s1"), Kind::Deallocate("s1".into()));
         assert_eq!(classify(b"DROP TABLE t"), Kind::Other);
         assert_eq!(classify(b"select 1"), Kind::Other);
@@ -216,5 +293,30 @@ mod tests {
         assert!(t.incomplete.is_some(), "multi-statements are not replayed");
         assert_eq!(t.statements.len(), 2);
         assert!(!is_multi(b"SET @x = 'a;b';"));
+    }
+
+    #[test]
+    fn begin_statements() {
+        assert!(is_begin(b"begin"));
+        assert!(is_begin(b" START  transaction READ ONLY"));
+        assert!(!is_begin(b"START SLAVE"));
+        assert!(!is_begin(b"SELECT 'begin'"));
+    }
+
+    #[test]
+    fn blockers_come_and_go() {
+        let mut t = Tracked::default();
+        t.after_query(b"CREATE TEMPORARY TABLE t (a INT)", true);
+        assert_eq!(t.blocker(), Some("a temporary table"));
+        t.after_query(b"DROP TEMPORARY TABLE t", true);
+        assert_eq!(t.blocker(), None);
+        t.after_query(b"SELECT GET_LOCK('x', 1)", true);
+        assert!(t.blocker().is_some());
+        t.after_query(b"select release_lock('x')", true);
+        assert_eq!(t.blocker(), None);
+        t.after_query(b"LOCK TABLES t READ", true);
+        assert!(t.blocker().is_some());
+        t.after_query(b"UNLOCK TABLES", true);
+        assert_eq!(t.blocker(), None);
     }
 }

@@ -2,16 +2,17 @@
 //! and session state, and handle the commands the proxy rewrites or refuses.
 
 use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
+use crate::protocol::conn::{parse_header, HEADER_LEN};
+use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
+use crate::protocol::handshake::ChangeUser;
 use crate::proxy::backend_conn::{relay_auth, AuthOutcome, AuthRelayError};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::digest::digest;
 use crate::proxy::error::ClientError;
+use crate::proxy::migrate::state::{is_begin, MAX_TRACKED_TEXT};
 use crate::proxy::query_log::QueryError;
 use crate::proxy::relay::{relay, OnePacket, RelayError, UntilEmpty};
 use crate::proxy::response::{ResponseObserver, Shape};
-use crate::protocol::conn::{parse_header, HEADER_LEN};
-use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
-use crate::protocol::handshake::ChangeUser;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
@@ -51,16 +52,36 @@ impl Session {
 
     pub(super) async fn serve(&mut self, ctx: &ProxyContext) -> End {
         loop {
+            if self.entry.close_requested() {
+                return self.close_for_failover(ctx).await;
+            }
+            self.redirect_if_requested(ctx).await;
             if self.client.buffered().len() < HEADER_LEN + 1 {
+                let idle = self.txn.at_boundary();
                 tokio::select! {
                     biased;
                     _ = ctx.force_close.cancelled() => return End::Shutdown,
-                    _ = ctx.closing.cancelled(), if self.txn.at_boundary() => return End::Shutdown,
+                    _ = ctx.closing.cancelled(), if idle => return End::Shutdown,
+                    _ = self.entry.redirect_requested(), if idle => continue,
                     r = self.client.fill() => match r {
                         Ok(0) => return End::ClientGone("closed".into()),
                         Ok(_) => continue,
                         Err(e) => return End::ClientGone(e.to_string()),
                     },
+                    // A backend says nothing between commands: anything here means it is
+                    // gone or killed the connection, so the session is rebuilt elsewhere
+                    // before the client needs it.
+                    r = self.backend.fill(), if idle => {
+                        let why = match r {
+                            Ok(0) => "the backend closed the connection".to_owned(),
+                            Ok(_) => "the backend ended the connection with an error".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        if let Some(end) = self.rebuild_idle(ctx, &why).await {
+                            return end;
+                        }
+                        continue;
+                    }
                 }
             }
             let step = tokio::select! {
@@ -94,11 +115,32 @@ impl Session {
             }
             cmd::CHANGE_USER => return self.change_user(len).await,
             c if is_refused_command(c) => return self.refuse(len, c).await,
-            cmd::QUERY | cmd::STMT_PREPARE => {
+            cmd::QUERY | cmd::STMT_PREPARE | cmd::INIT_DB => {
+                // Prepared statements and database names are kept whole for re-creating them
+                // elsewhere; a query only as far as a digest or a SET needs.
+                let limit = if command == cmd::QUERY {
+                    STATEMENT_PREFIX
+                } else {
+                    MAX_TRACKED_TEXT
+                };
+                if len <= limit + 1 {
+                    if let Err(e) = self.client.fill_to(HEADER_LEN + len).await {
+                        return Err(End::ClientGone(e.to_string()));
+                    }
+                }
                 let buf = &self.client.buffered()[HEADER_LEN + 1..];
-                let n = buf.len().min(len.saturating_sub(1)).min(STATEMENT_PREFIX);
+                let n = buf.len().min(len.saturating_sub(1)).min(limit);
                 self.statement.clear();
                 self.statement.extend_from_slice(&buf[..n]);
+                if command == cmd::QUERY
+                    && self.entry.has_redirect()
+                    && self.txn.in_transaction()
+                    && is_begin(&self.statement)
+                    && self.commit_then_move(ctx, len).await?
+                {
+                    self.record(command, started, false);
+                    return Ok(Flow::Continue);
+                }
             }
             cmd::STMT_CLOSE if head_len >= 5 => {
                 let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
@@ -128,6 +170,7 @@ impl Session {
         let Some(shape) = Shape::of(command) else {
             self.record(command, started, true);
             self.txn.after_command(&head[..head_len], None, true);
+            self.track(command, &head[..head_len], len, None);
             return Ok(Flow::Continue);
         };
         let mut obs = ResponseObserver::new(shape, self.deprecate_eof());
@@ -135,8 +178,7 @@ impl Session {
             match relay(&mut self.backend, &mut self.client, &mut obs, &mut seq).await {
                 Ok(()) => {}
                 Err(RelayError::Source(e)) => {
-                    let err = self.backend_lost(e);
-                    return Err(tell(&mut self.client, seq, err).await);
+                    return self.after_backend_failure(ctx, seq, e.to_string()).await;
                 }
                 Err(RelayError::Dest(e)) => return Err(End::ClientGone(e.to_string())),
                 Err(RelayError::Protocol(detail)) => {
@@ -167,9 +209,12 @@ impl Session {
                 Err(e) => return Err(End::ClientGone(format!("{e:?}"))),
             }
         }
-        self.record(command, started, obs.error.is_none());
-        self.txn
-            .after_command(&head[..head_len], obs.status, obs.error.is_none());
+        let ok = obs.error.is_none();
+        self.record(command, started, ok);
+        self.txn.after_command(&head[..head_len], obs.status, ok);
+        if ok {
+            self.track(command, &head[..head_len], len, obs.prepared_id);
+        }
         self.entry.set_in_transaction(self.txn.in_transaction());
         if let Some(id) = obs.prepared_id {
             self.prepared.insert(id, digest(&self.statement).into());
@@ -178,6 +223,47 @@ impl Session {
             self.log_query_error(ctx, head[0], &head[..head_len], code, &obs.error_message);
         }
         Ok(Flow::Continue)
+    }
+
+    /// The session outstayed failover-timeout on a failed backend: drop the backend now and
+    /// answer the client's next command with the reason.
+    async fn close_for_failover(&mut self, ctx: &ProxyContext) -> End {
+        let err = ClientError::FailoverTimeout {
+            backend: self.backend_addr(),
+            secs: ctx.settings().failover_timeout.as_secs(),
+        };
+        let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
+        self.backend.shutdown().await;
+        while self.client.buffered().len() < HEADER_LEN {
+            tokio::select! {
+                _ = ctx.force_close.cancelled() => return End::Shutdown,
+                r = self.client.fill() => match r {
+                    Ok(0) | Err(_) => return End::ClientGone("closed".into()),
+                    Ok(_) => {}
+                },
+            }
+        }
+        tell(&mut self.client, 1, err).await
+    }
+
+    /// Updates the state the proxy keeps for rebuilding the session elsewhere.
+    fn track(&mut self, command: u8, head: &[u8], len: usize, prepared_id: Option<u32>) {
+        let full = len.saturating_sub(1) == self.statement.len();
+        match command {
+            cmd::QUERY => self.tracked.after_query(&self.statement, full),
+            cmd::INIT_DB if full => self.tracked.after_init_db(&self.statement),
+            cmd::STMT_PREPARE => {
+                if let Some(id) = prepared_id {
+                    self.tracked.after_prepare(id, &self.statement, full);
+                }
+            }
+            cmd::STMT_CLOSE if head.len() >= 5 => {
+                self.tracked
+                    .after_close(u32::from_le_bytes([head[1], head[2], head[3], head[4]]));
+            }
+            cmd::RESET_CONNECTION => self.tracked.reset(),
+            _ => {}
+        }
     }
 
     fn record(&self, command: u8, started: std::time::Instant, ok: bool) {
@@ -270,9 +356,13 @@ impl Session {
             return Err(tell(&mut self.client, 1, err).await);
         }
         match relay_auth(&mut self.client, &mut self.backend, 0).await {
-            Ok(AuthOutcome::Ok(status, _)) => {
+            Ok(AuthOutcome::Ok(status, proof)) => {
                 self.entry.set_identity(&new_user, &self.backend_addr());
+                self.identity.user = new_user.as_bytes().to_vec();
                 self.user = new_user;
+                self.proof = proof;
+                self.login = None;
+                self.tracked.reset();
                 self.txn
                     .after_command(&[cmd::CHANGE_USER], Some(status), true);
                 Ok(Flow::Continue)

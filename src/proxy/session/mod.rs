@@ -2,27 +2,28 @@
 //! command loop that relays each command and its response and tracks the transaction state.
 
 mod command;
+mod redirect;
 
 use super::backend_conn::{dial, relay_auth, AuthAnswer, AuthOutcome, AuthRelayError, DialError};
-use super::migrate::credential::Proof;
-use super::migrate::state::Tracked;
-use crate::protocol::handshake::HandshakeResponse;
 use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
+use super::migrate::credential::Proof;
+use super::migrate::service::Login;
+use super::migrate::state::Tracked;
 use super::registry::SessionEntry;
 use super::txn::TxnState;
 use crate::balance::{BackendLease, BackendSelector};
 use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::cap;
+use crate::protocol::handshake::HandshakeResponse;
 use crate::protocol::{PacketConn, Stream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tracing::{debug, warn};
-
+use tracing::{debug, info, warn};
 
 pub(crate) enum Flow {
     Continue,
@@ -37,6 +38,8 @@ pub(crate) enum End {
     Told(ClientError),
     AuthDenied,
     Shutdown,
+    /// The backend went away while idle and no other backend could take the session.
+    BackendGone(String),
 }
 
 pub(crate) struct Session {
@@ -61,8 +64,10 @@ pub(crate) struct Session {
     pub(crate) client_capabilities: u32,
     /// The client's observed authentication, for re-authentication elsewhere.
     pub(crate) proof: Proof,
-    /// SHA1(password), once derived with the service account.
-    pub(crate) stage1: Option<[u8; 20]>,
+    /// How to log in as the session's user elsewhere, once worked out.
+    pub(crate) login: Option<Login>,
+    /// A failed move makes the session ignore requests until then.
+    pub(crate) redirect_retry_at: Option<std::time::Instant>,
     /// State the proxy tracks for rebuilding the session elsewhere.
     pub(crate) tracked: Tracked,
 }
@@ -106,7 +111,8 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
                 identity: est.identity,
                 client_capabilities: est.client_capabilities,
                 proof: est.proof,
-                stage1: None,
+                login: None,
+                redirect_retry_at: None,
                 tracked: Tracked::default(),
             };
             let end = session.serve(&ctx).await;
@@ -128,6 +134,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
             debug!(conn = id, client = %peer, "session closed: authentication denied")
         }
         End::Shutdown => debug!(conn = id, client = %peer, "session closed: proxy shutting down"),
+        End::BackendGone(why) => {
+            info!(conn = id, client = %peer, reason = %why, "session closed: its backend went away and no other could take it")
+        }
     }
     client.shutdown().await;
     m.connections.dec();
@@ -141,7 +150,7 @@ impl End {
         match self {
             End::ClientQuit => 0,
             End::ClientGone(_) => 1,
-            End::Told(_) => 2,
+            End::Told(_) | End::BackendGone(_) => 2,
             End::AuthDenied => 3,
             End::Shutdown => 4,
         }
@@ -257,7 +266,14 @@ async fn connect_backend(
     ctx: &ProxyContext,
     settings: &super::context::SessionSettings,
 ) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
-    let mut tried = Vec::new();
+    // Backends in fail-backend-list get no new sessions.
+    let mut tried: Vec<_> = ctx
+        .backends
+        .snapshot()
+        .iter()
+        .filter(|b| settings.fail_backend_list.contains(&b.addr))
+        .cloned()
+        .collect();
     let mut failures: Vec<String> = Vec::new();
     while let Some(backend) = ctx.backends.select(&tried) {
         tried.push(backend.clone());
@@ -314,4 +330,3 @@ async fn connect_backend(
         })
     }
 }
-
