@@ -3,6 +3,7 @@
 
 use crate::balance::BackendSet;
 use crate::config::Config;
+use crate::discovery;
 use crate::health;
 use crate::protocol::stream::TlsContext;
 use crate::proxy::{server, tls, ProxyContext, SessionSettings};
@@ -19,6 +20,8 @@ pub struct App {
     pub ctx: Arc<ProxyContext>,
     pub config: Arc<Config>,
     background: CancellationToken,
+    /// PD discovery and registration; awaited at shutdown so our PD keys are removed.
+    discovery: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl App {
@@ -38,15 +41,17 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on [proxy] addr = {:?}", config.proxy.addr))?;
         let background = CancellationToken::new();
-        health::start(backends, config.health.clone(), background.clone());
+        health::start(backends.clone(), config.health.clone(), background.clone());
         server::start(listener, ctx.clone());
-        if config.proxy.backend_addrs.is_empty() {
+        let discovery = discovery::start(&config, backends, background.clone());
+        if config.proxy.backend_addrs.is_empty() && discovery.is_none() {
             warn!("no backend is configured: set [proxy] backend-addrs or --backend-addrs; clients will get error 2003 until one is");
         }
         Ok(App {
             ctx,
             config: Arc::new(config),
             background,
+            discovery: std::sync::Mutex::new(discovery),
         })
     }
 
@@ -88,6 +93,11 @@ impl App {
         }
         self.ctx.force_close.cancel();
         self.background.cancel();
+        let pd_task = self.discovery.lock().expect("discovery handle").take();
+        if let Some(task) = pd_task {
+            // Deregistration bounds itself; this bound only guards against a stuck task.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         wait_until_idle(&self.ctx, Duration::from_secs(2)).await;
         info!("proxy stopped");
     }

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod discovery;
 pub mod health;
 pub mod logging;
 pub mod protocol;
