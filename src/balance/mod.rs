@@ -211,7 +211,11 @@ mod tests {
         let names: Vec<_> = list.iter().map(|b| b.addr.as_str()).collect();
         assert_eq!(names, ["s:1", "t:1", "p:1"]);
         assert!(Arc::ptr_eq(&list[0], &s) && !list[0].is_healthy());
-        assert_eq!(list[1].source(), BackendSource::Pd, "PD knows the status port");
+        assert_eq!(
+            list[1].source(),
+            BackendSource::Pd,
+            "PD knows the status port"
+        );
         assert_eq!(list[2].status_addr().as_deref(), Some("p:10080"));
         assert_eq!(list[2].labels().get("zone").map(String::as_str), Some("z1"));
         // A static reload keeps discovered TiDBs; PD forgetting a TiDB keeps static ones.

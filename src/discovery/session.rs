@@ -150,7 +150,12 @@ impl Pd {
         Ok(lease)
     }
 
-    async fn put_keys(&self, client: &mut Client, reg: &Registration, lease: i64) -> Result<(), String> {
+    async fn put_keys(
+        &self,
+        client: &mut Client,
+        reg: &Registration,
+        lease: i64,
+    ) -> Result<(), String> {
         let with_lease = || Some(PutOptions::new().with_lease(lease));
         self.call(
             "register",
@@ -159,7 +164,11 @@ impl Pd {
         .await?;
         self.call(
             "register",
-            client.put(reg.ttl_key.as_str(), Registration::ttl_value(), with_lease()),
+            client.put(
+                reg.ttl_key.as_str(),
+                Registration::ttl_value(),
+                with_lease(),
+            ),
         )
         .await?;
         Ok(())
@@ -270,16 +279,20 @@ impl Pd {
     }
 
     async fn deregister(&self, conn: &mut Conn) {
-        let (Some(mut client), Some(lease), Some(reg)) =
-            (conn.client.take(), conn.lease.take(), self.registration.as_ref())
-        else {
+        let (Some(mut client), Some(lease), Some(reg)) = (
+            conn.client.take(),
+            conn.lease.take(),
+            self.registration.as_ref(),
+        ) else {
             return;
         };
         // Revoking our lease deletes exactly the keys written under it: ours, nobody else's.
         let revoke = client.lease_revoke(lease);
         match tokio::time::timeout(self.opts.deregister_timeout, revoke).await {
             Ok(Ok(_)) => info!(key = %reg.info_key, "removed our registration from PD"),
-            Ok(Err(e)) => warn!(error = %describe(&e), "could not remove our registration from PD; it expires with its lease"),
+            Ok(Err(e)) => {
+                warn!(error = %describe(&e), "could not remove our registration from PD; it expires with its lease")
+            }
             Err(_) => warn!("PD did not answer in time; our registration expires with its lease"),
         }
     }

@@ -82,7 +82,9 @@ impl TidbTopology {
                     self.infos.insert(addr.to_owned(), info);
                 }
                 // A TiDB we cannot read is one we cannot health-check; leave it out.
-                Err(e) => warn!(key, error = %e, "ignoring a TiDB topology entry that is not valid JSON"),
+                Err(e) => {
+                    warn!(key, error = %e, "ignoring a TiDB topology entry that is not valid JSON")
+                }
             },
             None => {}
         }
@@ -168,7 +170,10 @@ mod tests {
         assert_eq!(specs[0].addr, "10.0.0.1:4000");
         assert_eq!(specs[0].source, BackendSource::Pd);
         assert_eq!(specs[0].status_addr.as_deref(), Some("10.0.0.1:10080"));
-        assert_eq!(specs[0].labels.get("zone").map(String::as_str), Some("east"));
+        assert_eq!(
+            specs[0].labels.get("zone").map(String::as_str),
+            Some("east")
+        );
         t.delete("/topology/tidb/10.0.0.1:4000/ttl");
         assert!(t.specs().is_empty(), "lease gone");
     }
@@ -176,7 +181,10 @@ mod tests {
     #[test]
     fn missing_ip_falls_back_to_the_key_and_bad_json_is_skipped() {
         let mut t = TidbTopology::default();
-        t.put("/topology/tidb/[::1]:4000/info", br#"{"status_port":10080}"#);
+        t.put(
+            "/topology/tidb/[::1]:4000/info",
+            br#"{"status_port":10080}"#,
+        );
         t.put("/topology/tidb/[::1]:4000/ttl", b"1");
         t.put("/topology/tidb/h:4000/info", b"not json");
         t.put("/topology/tidb/h:4000/ttl", b"1");

@@ -94,6 +94,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed = l.local_addr().unwrap().to_string();
         drop(l);
-        assert!(probe_status(&closed, t).await.unwrap_err().contains(&closed));
+        assert!(probe_status(&closed, t)
+            .await
+            .unwrap_err()
+            .contains(&closed));
     }
 }
