@@ -67,40 +67,36 @@ async fn tidbs_follow_their_ttl_and_status_and_the_proxy_registers_itself() {
     let ttl = ours.iter().find(|(k, _)| k.ends_with("/ttl")).unwrap();
     assert!(ttl.1.parse::<u128>().is_ok(), "ttl is UnixNano: {}", ttl.1);
 
-    // A second TiDB: with a session held on A, the next one goes to B.
-    let (held_a, port) = proxy.session().await.unwrap();
-    assert_eq!(port, a.port);
+    // With two idle TiDBs, ties go to the first address in order: call it the preferred one.
     register_tidb(&mut kv, &b.addr(), sb.port).await;
-    let held_b = wait_for("a second TiDB to get sessions", SOON, || async {
-        let (c, p) = proxy.session().await.ok()?;
-        (p == b.port).then_some(c)
-    })
-    .await;
+    let ((first, s_first), (second, _)) = if a.addr() < b.addr() {
+        ((&a, &sa), (&b, &sb))
+    } else {
+        ((&b, &sb), (&a, &sa))
+    };
+    wait_landing(&proxy, first.port, "the preferred TiDB to get sessions").await;
 
-    // With A idle and B busy, A would be chosen; answering 500 on /status keeps it out.
-    held_a.disconnect().await.unwrap();
-    sa.set(500);
-    wait_landing(&proxy, b.port, "a TiDB answering 500 to be skipped").await;
+    // A TiDB answering 500 on /status (draining) gets no new sessions.
+    s_first.set(500);
+    wait_landing(&proxy, second.port, "a TiDB answering 500 to be skipped").await;
     for _ in 0..5 {
-        assert_eq!(proxy.landing_port().await.unwrap(), b.port);
+        assert_eq!(proxy.landing_port().await.unwrap(), second.port);
     }
 
-    // A TiDB whose ttl key is gone gets no new sessions either, though it is the idle one.
-    sa.set(200);
-    let held_a = wait_for("A to recover", SOON, || async {
-        let (c, p) = proxy.session().await.ok()?;
-        (p == a.port).then_some(c)
-    })
-    .await;
-    held_b.disconnect().await.unwrap();
-    kv.delete(format!("/topology/tidb/{}/ttl", b.addr()), None)
+    // Back to 200 it is preferred again; once its ttl key is gone it gets no new sessions.
+    s_first.set(200);
+    wait_landing(&proxy, first.port, "a recovered TiDB to get sessions").await;
+    kv.delete(format!("/topology/tidb/{}/ttl", first.addr()), None)
         .await
         .unwrap();
-    wait_landing(&proxy, a.port, "a TiDB without ttl to be dropped").await;
+    wait_landing(&proxy, second.port, "a TiDB without ttl to be dropped").await;
     for _ in 0..5 {
-        assert_eq!(proxy.landing_port().await.unwrap(), a.port);
+        assert_eq!(proxy.landing_port().await.unwrap(), second.port);
     }
-    held_a.disconnect().await.unwrap();
+    assert!(proxy.log().contains(&format!(
+        "status port 127.0.0.1:{} answered 500",
+        s_first.port
+    )));
 
     // Graceful exit removes our two keys and nothing else.
     assert!(proxy.terminate().await, "graceful exit");
@@ -111,7 +107,7 @@ async fn tidbs_follow_their_ttl_and_status_and_the_proxy_registers_itself() {
         .collect();
     assert_eq!(left, [other.to_string()]);
     assert_eq!(
-        keys(&mut kv, &format!("/topology/tidb/{}/", a.addr()))
+        keys(&mut kv, &format!("/topology/tidb/{}/", second.addr()))
             .await
             .len(),
         2

@@ -2,15 +2,15 @@
 //! proxy's own registration there, and the PD reachability state both share.
 
 mod backoff;
+mod pd_loop;
 mod pd_status;
 mod register;
-mod session;
 mod topology;
 
 pub use backoff::{human_duration, Backoff, RateLimit};
+pub use pd_loop::Options;
 pub use pd_status::{PdSnapshot, PdState, PdStatus};
 pub use register::{advertise_ip, ProxyInfo, Registration, PROXY_PREFIX};
-pub use session::Options;
 pub use topology::{parse_tidb_key, KeyKind, TidbInfo, TidbTopology, TIDB_PREFIX};
 
 use crate::balance::BackendSet;
@@ -42,12 +42,12 @@ pub fn start_with(
     }
     let status = Arc::new(PdStatus::new(endpoints.clone()));
     backends.attach_pd_status(status.clone());
-    let pd = session::Pd {
+    let pd = pd_loop::Pd {
         registration: Some(Registration::from_config(cfg, &endpoints)),
         endpoints,
         backends,
         status,
         opts,
     };
-    Some(session::start(pd, shutdown))
+    Some(pd_loop::start(pd, shutdown))
 }

@@ -322,6 +322,22 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            // Per-session debug lines drown the story; keep the rest.
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("[session.rs:"))
+                .collect();
+            eprintln!(
+                "--- proxy log without session lines ---\n{}",
+                tail.join("\n")
+            );
+            let keep = std::env::temp_dir().join(format!("tiproxy-disc-{}.log", self.port));
+            if std::fs::write(&keep, &log).is_ok() {
+                eprintln!("--- whole log kept at {} ---", keep.display());
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
