@@ -40,6 +40,9 @@ pub fn start_with(
     if endpoints.is_empty() {
         return None;
     }
+    if cfg.security.cluster_tls.enabled_for_client() {
+        tracing::warn!("[security.cluster-tls] is set but TLS to PD is not supported yet; PD is contacted in plain text");
+    }
     let status = Arc::new(PdStatus::new(endpoints.clone()));
     backends.attach_pd_status(status.clone());
     let pd = pd_loop::Pd {
