@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::discovery;
 use crate::health;
 use crate::protocol::stream::TlsContext;
+use crate::proxy::query_log::QueryErrorLog;
 use crate::proxy::{server, tls, ProxyContext, SessionSettings};
 use anyhow::Context;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ impl App {
             SessionSettings::from_config(&config),
             tls,
             backends.clone(),
+            QueryErrorLog::new(!config.log.query_error_file.filename.is_empty()),
         ));
         let listener = TcpListener::bind(&config.proxy.addr)
             .await

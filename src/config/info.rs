@@ -81,6 +81,10 @@ const KEYS: &[(&str, &str)] = &[
         "rotated files to keep, 0 = no count limit",
     ),
     (
+        "log.query-error-file.filename",
+        "file for query errors returned by backends; empty = main log, rate-limited",
+    ),
+    (
         "security.server-tls.ca",
         "CA to verify client certificates on the SQL port",
     ),

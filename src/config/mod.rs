@@ -7,6 +7,7 @@ mod info;
 mod load;
 mod types;
 mod validate;
+pub mod watch;
 
 pub use cli::{parse_args, Cli};
 pub use error::ConfigError;
@@ -14,5 +15,5 @@ pub use info::{config_info_json, is_hot_reloadable};
 pub use load::{load_file, merge_partial, parse_str, Loaded};
 pub use types::{
     normalize_log_level, normalize_tls_version, ApiConfig, BalanceConfig, Config, HealthConfig,
-    LogConfig, LogFileConfig, ProxyConfig, SecurityConfig, TlsConfig,
+    LogConfig, LogFileConfig, ProxyConfig, QueryErrorFileConfig, SecurityConfig, TlsConfig,
 };

@@ -128,6 +128,15 @@ pub struct LogConfig {
     pub level: String,
     pub encoder: String,
     pub log_file: LogFileConfig,
+    pub query_error_file: QueryErrorFileConfig,
+}
+
+/// `[log.query-error-file]`: where errors that backends return to queries are logged. Empty
+/// means the main log, at WARN and rate-limited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct QueryErrorFileConfig {
+    pub filename: String,
 }
 
 impl Default for LogConfig {
@@ -136,6 +145,7 @@ impl Default for LogConfig {
             level: "info".into(),
             encoder: "tidb".into(),
             log_file: LogFileConfig::default(),
+            query_error_file: QueryErrorFileConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tracing::Subscriber;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -100,6 +101,14 @@ fn open_writer(cfg: &LogConfig) -> Result<(BoxMakeWriter, bool), LogError> {
             std::io::stdout().is_terminal(),
         ));
     }
+    Ok((open_rotating(&f.filename, f)?, false))
+}
+
+/// A rotating file writer at `filename`, rotated per `[log.log-file]`.
+fn open_rotating(
+    filename: &str,
+    f: &crate::config::LogFileConfig,
+) -> Result<BoxMakeWriter, LogError> {
     let mb = if f.max_size == 0 {
         DEFAULT_MAX_SIZE_MB
     } else {
@@ -110,12 +119,16 @@ fn open_writer(cfg: &LogConfig) -> Result<(BoxMakeWriter, bool), LogError> {
         max_backups: f.max_backups,
         max_days: f.max_days,
     };
-    let path = PathBuf::from(&f.filename);
+    let path = PathBuf::from(filename);
     let file = RotatingFile::open(&path, opts).map_err(|source| LogError::Io { path, source })?;
-    Ok((
-        BoxMakeWriter::new(SharedFile(Arc::new(Mutex::new(file)))),
-        false,
-    ))
+    Ok(BoxMakeWriter::new(SharedFile(Arc::new(Mutex::new(file)))))
+}
+
+/// The tracing target of query-error events, which `[log.query-error-file]` can divert.
+pub const QUERY_ERROR_TARGET: &str = "query_error";
+
+fn is_query_error(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target() == QUERY_ERROR_TARGET
 }
 
 type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
@@ -127,23 +140,43 @@ fn build(
     ansi: bool,
 ) -> Result<(impl Subscriber + Send + Sync, LogHandle), LogError> {
     let (filter, handle) = reload::Layer::new(build_filter(&cfg.level)?);
-    let output: Box<dyn Layer<Filtered> + Send + Sync> =
-        match cfg.encoder.to_ascii_lowercase().as_str() {
-            "" | "tidb" => fmt::layer()
-                .fmt_fields(TidbFields)
-                .event_format(TidbFormat)
-                .with_writer(writer)
+    let qfile = &cfg.query_error_file.filename;
+    let output = encoder_layer(&cfg.encoder, writer, ansi)?;
+    let outputs: Vec<Box<dyn Layer<Filtered> + Send + Sync>> = if qfile.is_empty() {
+        vec![output]
+    } else {
+        let qwriter = open_rotating(qfile, &cfg.log_file)?;
+        let q = encoder_layer(&cfg.encoder, qwriter, false)?;
+        vec![
+            output
+                .with_filter(filter_fn(|m| !is_query_error(m)))
                 .boxed(),
-            "json" => fmt::layer()
-                .fmt_fields(JsonFields)
-                .event_format(JsonFormat)
-                .with_writer(writer)
-                .boxed(),
-            "console" => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
-            other => return Err(LogError::InvalidEncoder(other.to_string())),
-        };
-    let subscriber = Registry::default().with(filter).with(output);
+            q.with_filter(filter_fn(is_query_error)).boxed(),
+        ]
+    };
+    let subscriber = Registry::default().with(filter).with(outputs);
     Ok((subscriber, LogHandle { filter: handle }))
+}
+
+fn encoder_layer(
+    encoder: &str,
+    writer: BoxMakeWriter,
+    ansi: bool,
+) -> Result<Box<dyn Layer<Filtered> + Send + Sync>, LogError> {
+    Ok(match encoder.to_ascii_lowercase().as_str() {
+        "" | "tidb" => fmt::layer()
+            .fmt_fields(TidbFields)
+            .event_format(TidbFormat)
+            .with_writer(writer)
+            .boxed(),
+        "json" => fmt::layer()
+            .fmt_fields(JsonFields)
+            .event_format(JsonFormat)
+            .with_writer(writer)
+            .boxed(),
+        "console" => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+        other => return Err(LogError::InvalidEncoder(other.to_string())),
+    })
 }
 
 #[cfg(test)]

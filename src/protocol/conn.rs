@@ -135,6 +135,27 @@ impl PacketConn {
         Ok((seq, self.rbuf.split_to(len)))
     }
 
+    /// Reads one packet without reading a byte past it. Needed where the peer may send the
+    /// next bytes in another framing right behind it: a TLS ClientHello follows SSLRequest
+    /// without waiting, and must be left in the socket for the TLS layer.
+    pub async fn read_packet_exact(&mut self, limit: usize) -> io::Result<(u8, BytesMut)> {
+        if !self.rbuf.is_empty() || self.compress.is_some() {
+            return self.read_packet(limit).await;
+        }
+        let mut h = [0u8; HEADER_LEN];
+        self.stream.read_exact(&mut h).await?;
+        let (len, seq) = parse_header(&h);
+        if len > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("packet of {len} bytes exceeds the {limit}-byte limit of this phase"),
+            ));
+        }
+        let mut payload = BytesMut::zeroed(len);
+        self.stream.read_exact(&mut payload).await?;
+        Ok((seq, payload))
+    }
+
     /// Appends one logical packet to the write buffer, split at 16 MiB as the protocol says.
     /// Returns the sequence id the next packet should use.
     pub fn queue_packet(&mut self, mut seq: u8, payload: &[u8]) -> u8 {

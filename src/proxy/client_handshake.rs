@@ -46,7 +46,7 @@ async fn read_response(
     client: &mut PacketConn,
     last_seq: u8,
 ) -> Result<(u8, bytes::BytesMut), ClientHandshakeError> {
-    match client.read_packet(HANDSHAKE_PACKET_LIMIT).await {
+    match client.read_packet_exact(HANDSHAKE_PACKET_LIMIT).await {
         Ok(x) => Ok(x),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(ClientHandshakeError::Malformed {
             reason: e.to_string(),

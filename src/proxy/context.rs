@@ -1,6 +1,7 @@
 //! What every session shares: settings read at session start, TLS, the backend selector,
 //! the live session count, and the shutdown tokens.
 
+use super::query_log::QueryErrorLog;
 use super::registry::Registry;
 use crate::balance::BackendSet;
 use crate::config::Config;
@@ -38,6 +39,7 @@ pub struct ProxyContext {
     pub tls: TlsContext,
     pub backends: Arc<BackendSet>,
     pub registry: Arc<Registry>,
+    pub query_errors: QueryErrorLog,
     next_conn_id: AtomicU64,
     active: AtomicU64,
     /// New connections get "shutting down" instead of a session.
@@ -49,12 +51,18 @@ pub struct ProxyContext {
 }
 
 impl ProxyContext {
-    pub fn new(settings: SessionSettings, tls: TlsContext, backends: Arc<BackendSet>) -> Self {
+    pub fn new(
+        settings: SessionSettings,
+        tls: TlsContext,
+        backends: Arc<BackendSet>,
+        query_errors: QueryErrorLog,
+    ) -> Self {
         Self {
             settings: RwLock::new(Arc::new(settings)),
             tls,
             backends,
             registry: Arc::new(Registry::default()),
+            query_errors,
             next_conn_id: AtomicU64::new(1),
             active: AtomicU64::new(0),
             reject_new: CancellationToken::new(),

@@ -4,7 +4,9 @@
 pub mod backend_conn;
 pub mod client_handshake;
 pub mod context;
+pub mod digest;
 pub mod error;
+pub mod query_log;
 pub mod registry;
 pub mod relay;
 pub mod response;

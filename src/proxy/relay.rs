@@ -56,11 +56,13 @@ async fn read_more(src: &mut PacketConn) -> Result<(), RelayError> {
 }
 
 /// Forwards packets from `src` to `dst` until the observer says `Done` and that logical
-/// packet has been written. Nothing is read past the final packet.
+/// packet has been written. Nothing is read past the final packet. `seq` is the sequence id
+/// the next packet must carry; a packet out of order is refused before it is forwarded.
 pub async fn relay(
     src: &mut PacketConn,
     dst: &mut PacketConn,
     obs: &mut impl Observer,
+    seq: &mut u8,
 ) -> Result<(), RelayError> {
     let whole_limit = src.buf_size().saturating_sub(HEADER_LEN).max(64);
     let mut scan = 0usize;
@@ -93,7 +95,13 @@ pub async fn relay(
             if done && !continuing {
                 return forward_scanned(src, dst, &mut scan).await;
             }
-            let (len, _) = parse_header(&buf[scan..]);
+            let (len, got) = parse_header(&buf[scan..]);
+            if got != *seq {
+                return Err(RelayError::Protocol(format!(
+                    "packet with sequence id {got} where {} was due",
+                    *seq
+                )));
+            }
             let body = have - HEADER_LEN;
             if !continuing {
                 let verdict = if len <= whole_limit {
@@ -118,6 +126,7 @@ pub async fn relay(
                 }
             }
             continuing = len == MAX_PAYLOAD;
+            *seq = seq.wrapping_add(1);
             let total = HEADER_LEN + len;
             if have >= total {
                 scan += total;

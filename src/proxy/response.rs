@@ -5,7 +5,9 @@ use super::relay::{Observer, Verdict};
 use crate::protocol::constants::{
     cmd, status, EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER,
 };
-use crate::protocol::response::{eof_status, is_eof, is_terminator, ok_status, terminator_status};
+use crate::protocol::response::{
+    eof_status, is_eof, is_terminator, ok_status, terminator_status, ErrPacket,
+};
 
 /// The response shapes the relay distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,10 @@ pub struct ResponseObserver {
     pub status: Option<u16>,
     /// Error code when the response ended in ERR.
     pub error: Option<u16>,
+    /// Its message (filled only on error).
+    pub error_message: String,
+    /// Statement id from a successful COM_STMT_PREPARE.
+    pub prepared_id: Option<u32>,
     /// The server asked for a LOAD DATA LOCAL INFILE upload.
     pub local_infile: bool,
 }
@@ -65,6 +71,8 @@ impl ResponseObserver {
             deprecate_eof,
             status: None,
             error: None,
+            error_message: String::new(),
+            prepared_id: None,
             local_infile: false,
         }
     }
@@ -101,7 +109,7 @@ impl ResponseObserver {
                             }
                             .or(self.status)
                         }
-                        ERR_HEADER => self.error = Some(err_code(p)),
+                        ERR_HEADER => self.record_error(p),
                         _ => {}
                     }
                 }
@@ -109,10 +117,11 @@ impl ResponseObserver {
             }
             Shape::Prepare => match head {
                 ERR_HEADER => {
-                    self.error = Some(err_code(p));
+                    self.record_error(p);
                     Ok(Verdict::Done)
                 }
                 OK_HEADER if complete && p.len() >= 9 => {
+                    self.prepared_id = Some(u32::from_le_bytes([p[1], p[2], p[3], p[4]]));
                     let cols = u32::from(u16::from_le_bytes([p[5], p[6]]));
                     let params = u32::from(u16::from_le_bytes([p[7], p[8]]));
                     let mut n = cols + params;
@@ -130,7 +139,7 @@ impl ResponseObserver {
             Shape::ResultSets | Shape::Rows => match head {
                 OK_HEADER if complete => Ok(self.end_result(ok_status(p))),
                 ERR_HEADER => {
-                    self.error = Some(err_code(p));
+                    self.record_error(p);
                     Ok(Verdict::Done)
                 }
                 LOCAL_INFILE_HEADER => {
@@ -138,6 +147,10 @@ impl ResponseObserver {
                     Ok(Verdict::Done)
                 }
                 OK_HEADER => Err("truncated OK packet".into()),
+                _ if complete && !is_column_count(p) => Err(format!(
+                    "malformed column count {:02x?}",
+                    &p[..p.len().min(9)]
+                )),
                 _ => {
                     // A column count: definitions follow.
                     self.state = if self.deprecate_eof {
@@ -152,11 +165,21 @@ impl ResponseObserver {
     }
 }
 
-fn err_code(p: &[u8]) -> u16 {
-    if p.len() >= 3 {
-        u16::from_le_bytes([p[1], p[2]])
-    } else {
-        0
+/// A result set starts with a packet holding exactly one length-encoded integer.
+fn is_column_count(p: &[u8]) -> bool {
+    let mut r = crate::protocol::buf::Reader::new(p);
+    matches!(r.lenenc_int(), Ok(Some(n)) if n > 0) && r.is_empty()
+}
+
+impl ResponseObserver {
+    fn record_error(&mut self, p: &[u8]) {
+        match ErrPacket::parse(p) {
+            Some(e) => {
+                self.error = Some(e.code);
+                self.error_message = e.message;
+            }
+            None => self.error = Some(0),
+        }
     }
 }
 
@@ -181,7 +204,7 @@ impl Observer for ResponseObserver {
             }
             State::Columns => {
                 if p[0] == ERR_HEADER {
-                    self.error = Some(err_code(p));
+                    self.record_error(p);
                     return Ok(Verdict::Done);
                 }
                 if is_eof(p[0], len) {
@@ -197,7 +220,7 @@ impl Observer for ResponseObserver {
             }
             State::Rows => {
                 if p[0] == ERR_HEADER {
-                    self.error = Some(err_code(p));
+                    self.record_error(p);
                     return Ok(Verdict::Done);
                 }
                 if complete && is_terminator(p[0], len, self.deprecate_eof) {
@@ -277,9 +300,18 @@ mod tests {
         let err = [0xff, 0x7a, 0x04, b'#', b'4', b'2', b'S', b'0', b'2', b'x'];
         assert_eq!(feed(&mut o, &[&err]), vec![Verdict::Done]);
         assert_eq!(o.error, Some(1146));
+        assert_eq!(o.error_message, "x");
         let mut o = ResponseObserver::new(Shape::ResultSets, true);
         assert_eq!(feed(&mut o, &[&[0xfb, b'f']]), vec![Verdict::Done]);
         assert!(o.local_infile);
+    }
+
+    #[test]
+    fn truncated_column_count_is_malformed() {
+        let mut o = ResponseObserver::new(Shape::ResultSets, true);
+        assert!(o.on_packet(2, &[0xfc, 0x01], true).is_err());
+        let mut o = ResponseObserver::new(Shape::ResultSets, true);
+        assert!(o.on_packet(3, &[0xfc, 0x01, 0x01], true).is_ok());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use super::backend_conn::{dial, relay_auth, AuthOutcome, AuthRelayError, DialError};
 use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
 use super::context::{ActiveGuard, ProxyContext};
+use super::digest::digest;
 use super::error::ClientError;
+use super::query_log::QueryError;
 use super::registry::SessionEntry;
 use super::relay::{relay, OnePacket, RelayError, UntilEmpty};
 use super::response::{ResponseObserver, Shape};
@@ -14,6 +16,7 @@ use crate::protocol::conn::{parse_header, HEADER_LEN};
 use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
 use crate::protocol::handshake::ChangeUser;
 use crate::protocol::{PacketConn, Stream};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -48,7 +51,15 @@ struct Session {
     collation: u8,
     txn: TxnState,
     entry: Arc<SessionEntry>,
+    user: String,
+    /// The start of the current COM_QUERY / COM_STMT_PREPARE text, for error digests.
+    statement: Vec<u8>,
+    /// Digests of prepared statements by id, for errors of COM_STMT_EXECUTE.
+    prepared: HashMap<u32, Box<str>>,
 }
+
+/// How much statement text is kept for a digest.
+const STATEMENT_PREFIX: usize = 1024;
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
     let _guard = guard;
@@ -75,6 +86,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
                 collation: est.collation,
                 txn,
                 entry: registered.entry.clone(),
+                user: est.user,
+                statement: Vec::with_capacity(STATEMENT_PREFIX),
+                prepared: HashMap::new(),
             };
             let end = session.serve(&ctx).await;
             session.close().await;
@@ -296,7 +310,7 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 _ = ctx.force_close.cancelled() => return End::Shutdown,
-                r = self.execute_cmd() => r,
+                r = self.execute_cmd(ctx) => r,
             };
             match step {
                 Ok(Flow::Continue) => {}
@@ -306,7 +320,7 @@ impl Session {
         }
     }
 
-    async fn execute_cmd(&mut self) -> Result<Flow, End> {
+    async fn execute_cmd(&mut self, ctx: &ProxyContext) -> Result<Flow, End> {
         let (len, _) = parse_header(self.client.buffered());
         let head_len = len.min(6);
         if let Err(e) = self.client.fill_to(HEADER_LEN + head_len).await {
@@ -323,16 +337,36 @@ impl Session {
             }
             cmd::CHANGE_USER => return self.change_user(len).await,
             c if is_refused_command(c) => return self.refuse(len, c).await,
+            cmd::QUERY | cmd::STMT_PREPARE => {
+                let buf = &self.client.buffered()[HEADER_LEN + 1..];
+                let n = buf.len().min(len.saturating_sub(1)).min(STATEMENT_PREFIX);
+                self.statement.clear();
+                self.statement.extend_from_slice(&buf[..n]);
+            }
+            cmd::STMT_CLOSE if head_len >= 5 => {
+                let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+                self.prepared.remove(&id);
+            }
             _ => {}
         }
-        match relay(&mut self.client, &mut self.backend, &mut OnePacket).await {
+        let mut seq = 0u8;
+        match relay(
+            &mut self.client,
+            &mut self.backend,
+            &mut OnePacket,
+            &mut seq,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(RelayError::Source(e)) => return Err(End::ClientGone(e.to_string())),
             Err(RelayError::Dest(e)) => {
                 let err = self.backend_lost(e);
-                return Err(tell(&mut self.client, 1, err).await);
+                return Err(tell(&mut self.client, seq, err).await);
             }
-            Err(RelayError::Protocol(e)) => return Err(End::ClientGone(e)),
+            Err(RelayError::Protocol(e)) => {
+                return Err(End::ClientGone(format!("client broke the protocol: {e}")))
+            }
         }
         let Some(shape) = Shape::of(command) else {
             self.txn.after_command(&head[..head_len], None, true);
@@ -340,11 +374,11 @@ impl Session {
         };
         let mut obs = ResponseObserver::new(shape, self.deprecate_eof());
         loop {
-            match relay(&mut self.backend, &mut self.client, &mut obs).await {
+            match relay(&mut self.backend, &mut self.client, &mut obs, &mut seq).await {
                 Ok(()) => {}
                 Err(RelayError::Source(e)) => {
                     let err = self.backend_lost(e);
-                    return Err(tell(&mut self.client, 1, err).await);
+                    return Err(tell(&mut self.client, seq, err).await);
                 }
                 Err(RelayError::Dest(e)) => return Err(End::ClientGone(e.to_string())),
                 Err(RelayError::Protocol(detail)) => {
@@ -353,17 +387,24 @@ impl Session {
                         detail,
                     };
                     warn!(conn = self.id, backend = %self.backend_addr(), error = %err, "closing session");
-                    return Err(tell(&mut self.client, 1, err).await);
+                    return Err(tell(&mut self.client, seq, err).await);
                 }
             }
             if !obs.local_infile {
                 break;
             }
-            match relay(&mut self.client, &mut self.backend, &mut UntilEmpty).await {
+            match relay(
+                &mut self.client,
+                &mut self.backend,
+                &mut UntilEmpty,
+                &mut seq,
+            )
+            .await
+            {
                 Ok(()) => obs.resume_after_infile(),
                 Err(RelayError::Dest(e)) => {
                     let err = self.backend_lost(e);
-                    return Err(tell(&mut self.client, 1, err).await);
+                    return Err(tell(&mut self.client, seq, err).await);
                 }
                 Err(e) => return Err(End::ClientGone(format!("{e:?}"))),
             }
@@ -371,7 +412,44 @@ impl Session {
         self.txn
             .after_command(&head[..head_len], obs.status, obs.error.is_none());
         self.entry.set_in_transaction(self.txn.in_transaction());
+        if let Some(id) = obs.prepared_id {
+            self.prepared.insert(id, digest(&self.statement).into());
+        }
+        if let Some(code) = obs.error {
+            self.log_query_error(ctx, head[0], &head[..head_len], code, &obs.error_message);
+        }
         Ok(Flow::Continue)
+    }
+
+    fn log_query_error(
+        &self,
+        ctx: &ProxyContext,
+        command: u8,
+        head: &[u8],
+        code: u16,
+        message: &str,
+    ) {
+        let digest_text: String = match command {
+            cmd::QUERY | cmd::STMT_PREPARE => digest(&self.statement),
+            cmd::STMT_EXECUTE if head.len() >= 5 => {
+                let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+                self.prepared
+                    .get(&id)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        let backend = self.backend_addr();
+        ctx.query_errors.record(&QueryError {
+            conn: self.id,
+            user: &self.user,
+            backend: &backend,
+            command: cmd::name(command),
+            code,
+            message,
+            digest: &digest_text,
+        });
     }
 
     /// Reads a whole control packet from the client (small by nature).
@@ -427,6 +505,7 @@ impl Session {
         match relay_auth(&mut self.client, &mut self.backend, 0).await {
             Ok(AuthOutcome::Ok(status)) => {
                 self.entry.set_identity(&new_user, &self.backend_addr());
+                self.user = new_user;
                 self.txn
                     .after_command(&[cmd::CHANGE_USER], Some(status), true);
                 Ok(Flow::Continue)

@@ -1,0 +1,125 @@
+//! Logging of errors that backends return to queries: one WARN line each with the connection,
+//! user, backend, code, message and statement digest. In the main log they are rate-limited
+//! so a failing application cannot flood it; `[log.query-error-file]` takes them all.
+
+use crate::logging::QUERY_ERROR_TARGET;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+/// Lines per window in the main log.
+const LINES_PER_WINDOW: u32 = 10;
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// Fixed-window limiter that reports how many lines it dropped when the next window opens.
+pub struct RateLimiter {
+    state: Mutex<Window>,
+    limit: u32,
+    window: Duration,
+}
+
+struct Window {
+    start: Option<Instant>,
+    used: u32,
+    dropped: u64,
+}
+
+pub enum Admit {
+    /// Log it; `dropped` lines were suppressed since the last admitted one.
+    Yes {
+        dropped: u64,
+    },
+    No,
+}
+
+impl RateLimiter {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            state: Mutex::new(Window {
+                start: None,
+                used: 0,
+                dropped: 0,
+            }),
+            limit,
+            window,
+        }
+    }
+
+    pub fn admit(&self, now: Instant) -> Admit {
+        let mut w = self.state.lock().expect("rate limiter");
+        if w.start.is_none_or(|s| now.duration_since(s) >= self.window) {
+            w.start = Some(now);
+            w.used = 0;
+        }
+        if w.used < self.limit {
+            w.used += 1;
+            Admit::Yes {
+                dropped: std::mem::take(&mut w.dropped),
+            }
+        } else {
+            w.dropped += 1;
+            Admit::No
+        }
+    }
+}
+
+pub struct QueryErrorLog {
+    limiter: Option<RateLimiter>,
+}
+
+/// What one failed statement leaves in the log.
+pub struct QueryError<'a> {
+    pub conn: u64,
+    pub user: &'a str,
+    pub backend: &'a str,
+    pub command: &'static str,
+    pub code: u16,
+    pub message: &'a str,
+    pub digest: &'a str,
+}
+
+impl QueryErrorLog {
+    /// `to_own_file`: `[log.query-error-file]` is set, so nothing is rate-limited.
+    pub fn new(to_own_file: bool) -> Self {
+        Self {
+            limiter: (!to_own_file).then(|| RateLimiter::new(LINES_PER_WINDOW, WINDOW)),
+        }
+    }
+
+    pub fn record(&self, e: &QueryError<'_>) {
+        let dropped = match self.limiter.as_ref().map(|l| l.admit(Instant::now())) {
+            Some(Admit::No) => return,
+            Some(Admit::Yes { dropped }) => dropped,
+            None => 0,
+        };
+        warn!(
+            target: QUERY_ERROR_TARGET,
+            conn = e.conn,
+            user = e.user,
+            backend = e.backend,
+            cmd = e.command,
+            code = e.code,
+            error = e.message,
+            digest = e.digest,
+            suppressed = dropped,
+            "query failed on backend"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_allows_a_burst_then_counts_what_it_drops() {
+        let l = RateLimiter::new(2, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(matches!(l.admit(t0), Admit::Yes { dropped: 0 }));
+        assert!(matches!(l.admit(t0), Admit::Yes { dropped: 0 }));
+        assert!(matches!(l.admit(t0), Admit::No));
+        assert!(matches!(l.admit(t0), Admit::No));
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(matches!(l.admit(t1), Admit::Yes { dropped: 2 }));
+    }
+}

@@ -1,0 +1,118 @@
+//! Authentication passes through the proxy: backend errors unchanged, MariaDB's ed25519, and
+//! MySQL 8's caching_sha2_password full authentication (via a scripted backend).
+
+mod common;
+
+use common::client::{builder, opts};
+use common::mariadb::{APP_USER, ED_PASS, ED_USER};
+use common::proxy::{Proxy, ProxyConfig};
+use common::raw::RawConn;
+use common::scripted::{Event, Script, ScriptedBackend};
+use mysql_async::prelude::*;
+
+#[test]
+fn wrong_password_gets_backend_1045_unchanged() {
+    let (_db, proxy) = common::db_and_proxy();
+    let err = RawConn::login(&proxy.addr(), APP_USER, "wrong", None)
+        .err()
+        .expect("login with a wrong password must fail");
+    assert_eq!(err.code, 1045, "{err:?}");
+    assert_eq!(err.sqlstate, "28000", "{err:?}");
+    assert!(
+        err.message.contains("Access denied for user 'app'"),
+        "backend message must reach the client: {err:?}"
+    );
+    // Unknown users are rejected by the backend the same way.
+    let err = RawConn::login(&proxy.addr(), "nobody", "x", None)
+        .err()
+        .expect("unknown user must fail");
+    assert_eq!(err.code, 1045, "{err:?}");
+    assert!(err.message.contains("'nobody'"), "{err:?}");
+}
+
+#[tokio::test]
+async fn wrong_password_via_mysql_async() {
+    let (_db, proxy) = common::db_and_proxy();
+    let err = mysql_async::Conn::new(opts(proxy.port(), APP_USER, "bad"))
+        .await
+        .expect_err("must fail");
+    match err {
+        mysql_async::Error::Server(e) => {
+            assert_eq!((e.code, e.state.as_str()), (1045, "28000"), "{e:?}");
+            assert!(e.message.contains("'app'"), "{e:?}");
+        }
+        other => panic!("expected the backend's 1045, got {other:?}"),
+    }
+}
+
+#[test]
+fn ed25519_user_with_mariadb_cli() {
+    let (_db, proxy) = common::db_and_proxy();
+    let out = common::cli::mariadb(proxy.port(), ED_USER, ED_PASS, &[], "SELECT CURRENT_USER()");
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "edu@%");
+    let bad = common::cli::mariadb(proxy.port(), ED_USER, "nope", &[], "SELECT 1");
+    assert!(!bad.ok(), "{bad:?}");
+    assert!(bad.stderr.contains("1045"), "{bad:?}");
+}
+
+#[tokio::test]
+async fn ed25519_user_with_mysql_async() {
+    let (_db, proxy) = common::db_and_proxy();
+    let mut conn = mysql_async::Conn::new(opts(proxy.port(), ED_USER, ED_PASS))
+        .await
+        .unwrap();
+    let who: String = conn
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(who, "edu@%");
+}
+
+#[tokio::test]
+async fn caching_sha2_full_auth_with_rsa_key_exchange() {
+    let backend = ScriptedBackend::start("sha2secret", Script::Answer);
+    let proxy = Proxy::start(&ProxyConfig::new(vec![backend.addr()]));
+    let mut conn = mysql_async::Conn::new(builder(proxy.port(), "shauser", "sha2secret"))
+        .await
+        .unwrap_or_else(|e| panic!("login failed: {e}; backend saw {:?}", backend.events()));
+    let v: String = conn.query_first("SELECT 'x'").await.unwrap().unwrap();
+    assert_eq!(v, "scripted");
+    drop(conn);
+    let events = backend.events();
+    let login = events
+        .iter()
+        .position(|e| matches!(e, Event::Response { user, .. } if user == "shauser"))
+        .unwrap_or_else(|| panic!("no login for shauser: {events:?}"));
+    assert_eq!(
+        events[login + 1],
+        Event::FastAuthMatched(true),
+        "scramble must be computed against the backend's AuthSwitch scramble: {events:?}"
+    );
+    assert_eq!(
+        events[login + 2],
+        Event::FullAuth {
+            rsa: true,
+            matched: true
+        },
+        "RSA-encrypted password must decrypt to the real one: {events:?}"
+    );
+    assert!(
+        events.contains(&Event::Query("SELECT 'x'".into())),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn caching_sha2_wrong_password_is_rejected_by_backend() {
+    let backend = ScriptedBackend::start("right", Script::Answer);
+    let proxy = Proxy::start(&ProxyConfig::new(vec![backend.addr()]));
+    let err = mysql_async::Conn::new(builder(proxy.port(), "shauser", "wrong"))
+        .await
+        .expect_err("must fail");
+    match err {
+        mysql_async::Error::Server(e) => assert_eq!(e.code, 1045, "{e:?}"),
+        other => panic!("expected 1045 from the scripted backend, got {other:?}"),
+    }
+}

@@ -1,0 +1,19 @@
+//! Shared test harness: private MariaDB servers, the proxy process, clients and a scripted backend.
+// Every test binary compiles this module but uses only part of it; the unused rest is not dead code.
+#![allow(dead_code)]
+
+pub mod cli;
+pub mod client;
+pub mod mariadb;
+pub mod net;
+pub mod proxy;
+pub mod raw;
+pub mod scripted;
+pub mod tls;
+
+/// One MariaDB and a proxy in front of it: the setup most tests need.
+pub fn db_and_proxy() -> (mariadb::MariaDb, proxy::Proxy) {
+    let db = mariadb::MariaDb::start();
+    let proxy = proxy::Proxy::start(&proxy::ProxyConfig::new(vec![db.addr()]));
+    (db, proxy)
+}

@@ -1,0 +1,231 @@
+//! The tiproxy process under test: config built from a struct, spawned, waited for, killed on drop.
+
+use super::cli;
+use super::net::{free_port, poll_until, wait_for_port};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// TLS offered to clients.
+#[derive(Clone, Debug)]
+pub enum ServerTls {
+    Files { cert: PathBuf, key: PathBuf },
+    AutoCerts,
+}
+
+/// TLS used towards backends.
+#[derive(Clone, Debug)]
+pub enum SqlTls {
+    Ca(PathBuf),
+    SkipCa,
+}
+
+/// Every key the tests set. Rendered once into TOML so each table header appears exactly once.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub backends: Vec<String>,
+    pub max_connections: u64,
+    pub graceful_close_conn_timeout: u64,
+    pub graceful_wait_before_shutdown: u64,
+    pub backend_connect_timeout: u64,
+    pub client_handshake_timeout: u64,
+    pub health_interval_ms: u64,
+    pub failure_threshold: u64,
+    pub recovery_threshold: u64,
+    pub require_backend_tls: bool,
+    pub server_tls: Option<ServerTls>,
+    pub sql_tls: Option<SqlTls>,
+}
+
+impl ProxyConfig {
+    pub fn new(backends: Vec<String>) -> ProxyConfig {
+        ProxyConfig {
+            backends,
+            max_connections: 0,
+            graceful_close_conn_timeout: 15,
+            graceful_wait_before_shutdown: 0,
+            backend_connect_timeout: 5,
+            client_handshake_timeout: 10,
+            // Fast probes so tests that kill a backend do not wait long for the proxy to notice.
+            health_interval_ms: 500,
+            failure_threshold: 2,
+            recovery_threshold: 1,
+            require_backend_tls: false,
+            server_tls: None,
+            sql_tls: None,
+        }
+    }
+
+    fn render(&self, port: u16, api_port: u16, log_file: &str) -> String {
+        let quoted: Vec<String> = self.backends.iter().map(|b| format!("{b:?}")).collect();
+        let mut s = String::new();
+        let _ = writeln!(s, "[proxy]");
+        let _ = writeln!(s, "addr = \"127.0.0.1:{port}\"");
+        let _ = writeln!(s, "backend-addrs = [{}]", quoted.join(", "));
+        let _ = writeln!(s, "max-connections = {}", self.max_connections);
+        let _ = writeln!(
+            s,
+            "graceful-close-conn-timeout = {}",
+            self.graceful_close_conn_timeout
+        );
+        let _ = writeln!(
+            s,
+            "graceful-wait-before-shutdown = {}",
+            self.graceful_wait_before_shutdown
+        );
+        let _ = writeln!(
+            s,
+            "backend-connect-timeout = {}",
+            self.backend_connect_timeout
+        );
+        let _ = writeln!(
+            s,
+            "client-handshake-timeout = {}",
+            self.client_handshake_timeout
+        );
+        let _ = writeln!(s, "\n[api]\naddr = \"127.0.0.1:{api_port}\"");
+        let _ = writeln!(s, "\n[log]\nlevel = \"info\"");
+        let _ = writeln!(s, "\n[log.log-file]\nfilename = {log_file:?}");
+        let _ = writeln!(s, "\n[health]");
+        let _ = writeln!(s, "interval-ms = {}", self.health_interval_ms);
+        let _ = writeln!(s, "failure-threshold = {}", self.failure_threshold);
+        let _ = writeln!(s, "recovery-threshold = {}", self.recovery_threshold);
+        let _ = writeln!(s, "\n[security]");
+        let _ = writeln!(s, "require-backend-tls = {}", self.require_backend_tls);
+        match &self.server_tls {
+            Some(ServerTls::Files { cert, key }) => {
+                let _ = writeln!(s, "\n[security.server-tls]");
+                let _ = writeln!(
+                    s,
+                    "cert = {:?}\nkey = {:?}",
+                    cert.display().to_string(),
+                    key.display().to_string()
+                );
+            }
+            Some(ServerTls::AutoCerts) => {
+                let _ = writeln!(s, "\n[security.server-tls]\nauto-certs = true");
+            }
+            None => {}
+        }
+        match &self.sql_tls {
+            Some(SqlTls::Ca(ca)) => {
+                let _ = writeln!(
+                    s,
+                    "\n[security.sql-tls]\nca = {:?}",
+                    ca.display().to_string()
+                );
+            }
+            Some(SqlTls::SkipCa) => {
+                let _ = writeln!(s, "\n[security.sql-tls]\nskip-ca = true");
+            }
+            None => {}
+        }
+        s
+    }
+}
+
+pub struct Proxy {
+    child: Option<Child>,
+    port: u16,
+    api_port: u16,
+    dir: TempDir,
+}
+
+impl Proxy {
+    /// Starts the proxy with `cfg` and waits (at most 30 s) until its SQL port accepts TCP.
+    pub fn start(cfg: &ProxyConfig) -> Proxy {
+        let dir = tempfile::Builder::new()
+            .prefix("tiproxy")
+            .tempdir()
+            .expect("tempdir");
+        let (port, api_port) = (free_port(), free_port());
+        let log_file = dir.path().join("tiproxy.log");
+        let conf = dir.path().join("tiproxy.toml");
+        let text = cfg.render(port, api_port, &log_file.display().to_string());
+        std::fs::write(&conf, text).expect("write config");
+        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr");
+        let child = Command::new(env!("CARGO_BIN_EXE_tiproxy"))
+            .arg("--config")
+            .arg(&conf)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tiproxy");
+        let mut proxy = Proxy {
+            child: Some(child),
+            port,
+            api_port,
+            dir,
+        };
+        let ready = poll_until(Duration::from_secs(30), || {
+            let child = proxy.child.as_mut().expect("child");
+            if child.try_wait().ok().flatten().is_some() {
+                return Some(false);
+            }
+            wait_for_port(port, Duration::from_millis(100)).then_some(true)
+        });
+        assert_eq!(
+            ready,
+            Some(true),
+            "tiproxy did not become ready on port {port}:\n{}",
+            proxy.log()
+        );
+        proxy
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("proxy process").id()
+    }
+
+    /// Sends a signal by name ("INT", "TERM", "QUIT") with the `kill` command.
+    pub fn signal(&self, sig: &str) {
+        cli::send_signal(self.pid(), sig);
+    }
+
+    /// The exit status if the process ends within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        poll_until(timeout, || child.try_wait().ok().flatten())
+    }
+
+    /// Log file plus whatever went to stdout and stderr, for assertion messages.
+    pub fn log(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        format!(
+            "--- tiproxy.log\n{}\n--- stdout\n{}\n--- stderr\n{}",
+            read("tiproxy.log"),
+            read("stdout.log"),
+            read("stderr.log")
+        )
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
