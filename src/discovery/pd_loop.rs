@@ -218,7 +218,8 @@ impl Pd {
         conn.published = specs;
     }
 
-    /// One connected period; returns only with the error that ended it.
+    /// One connected period: ends with the error that ended it, or Ok when PD asked for a
+    /// fresh listing.
     async fn serve(&self, conn: &mut Conn, backoff: &mut Backoff) -> Result<(), String> {
         let mut client = self.connect().await?;
         conn.client = Some(client.clone());
@@ -260,8 +261,9 @@ impl Pd {
                         .map_err(|e| format!("watch TiDB topology: {}", describe(&e)))?
                         .ok_or("watch TiDB topology: PD closed the stream")?;
                     if msg.canceled() {
-                        // Compaction or a PD restart: list again from scratch.
-                        return Err(format!("watch TiDB topology canceled: {}", msg.cancel_reason()));
+                        // Compaction, say: PD is fine, so no outage is reported; list again.
+                        info!(reason = msg.cancel_reason(), "PD canceled the topology watch; listing again");
+                        return Ok(());
                     }
                     for ev in msg.events() {
                         let Some(kv) = ev.kv() else { continue };

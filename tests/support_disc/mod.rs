@@ -130,7 +130,12 @@ impl Mariadb {
     pub fn start() -> Mariadb {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        // A private TMPDIR (the server's default tmpdir): bootstraps running in parallel in the
+        // shared /tmp collide on their temporary table files.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
         let out = Command::new("bash")
+            .env("TMPDIR", &tmp)
             .arg(scripts())
             .arg("start")
             .arg(dir.path())
