@@ -1,4 +1,4 @@
-# tiproxy: `make` builds bin/tiproxy; see README.md for the rest.
+# tiproxy: `make` builds bin/tiproxy and bin/tiproxyctl; see README.md for the rest.
 SHELL := /bin/bash
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
 GIT_HASH ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -14,6 +14,7 @@ build:
 	$(CARGO) build --release --bins
 	mkdir -p bin
 	cp target/release/tiproxy bin/tiproxy
+	cp target/release/tiproxyctl bin/tiproxyctl
 
 deps:
 	scripts/install-deps.sh

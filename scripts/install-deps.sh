@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need when it is missing (Debian/Ubuntu, via apt):
-# MariaDB server and client, protoc, sysbench, haproxy, etcd. Safe to run again.
+# MariaDB server and client, protoc, sysbench, haproxy, etcd, curl, chromium (the dashboard
+# test). Safe to run again.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -11,6 +12,7 @@ have sysbench || need+=(sysbench)
 have haproxy || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 have etcd || need+=(etcd-server)
 have curl || need+=(curl)
+have chromium || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing: ${need[*]}"
 SUDO=""

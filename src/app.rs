@@ -1,14 +1,18 @@
 //! The process lifecycle: build the services from a config, serve, and shut down gracefully
 //! on a signal (stop accepting, let transactions finish, then exit).
 
+use crate::api::{self, ApiState};
 use crate::balance::BackendSet;
 use crate::config::Config;
 use crate::discovery;
 use crate::health;
+use crate::logging::LogHandle;
 use crate::protocol::stream::TlsContext;
 use crate::proxy::query_log::QueryErrorLog;
 use crate::proxy::{server, tls, ProxyContext, SessionSettings};
+use crate::reload::{self, Running};
 use anyhow::Context;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -16,10 +20,20 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// How often the config file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
 /// The running proxy: what a shutdown needs to reach.
 pub struct App {
     pub ctx: Arc<ProxyContext>,
+    /// The config the proxy started with; `running` has the current one.
     pub config: Arc<Config>,
+    pub running: Arc<Running>,
+    /// The bound SQL and status ports (useful when the config asked for port 0).
+    pub sql_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    /// Set first thing on shutdown; the health API answers 502 from then on.
+    pub draining: CancellationToken,
     background: CancellationToken,
     /// PD discovery and registration; awaited at shutdown so our PD keys are removed.
     discovery: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -28,6 +42,13 @@ pub struct App {
 impl App {
     /// Binds the SQL port and starts every service. Nothing here waits for a backend or PD.
     pub async fn start(config: Config) -> anyhow::Result<App> {
+        Self::start_with_log(config, None).await
+    }
+
+    /// Like `start`, with the logger's handle so `log.level` changes apply without a restart.
+    pub async fn start_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Result<App> {
+        let http_tls = tls::server_config(&config.security.server_http_tls)
+            .context("[security.server-http-tls]")?;
         let tls = TlsContext::new(
             tls::server_config(&config.security.server_tls).context("[security.server-tls]")?,
             tls::client_config(&config.security.sql_tls).context("[security.sql-tls]")?,
@@ -42,7 +63,29 @@ impl App {
         let listener = TcpListener::bind(&config.proxy.addr)
             .await
             .with_context(|| format!("cannot listen on [proxy] addr = {:?}", config.proxy.addr))?;
+        let api_listener = TcpListener::bind(&config.api.addr)
+            .await
+            .with_context(|| format!("cannot listen on [api] addr = {:?}", config.api.addr))?;
+        let sql_addr = listener.local_addr()?;
+        let api_addr = api_listener.local_addr()?;
+        let running = Arc::new(Running::new(config.clone(), ctx.clone()));
+        if let Some(h) = log {
+            running.set_log_handle(h);
+        }
         let background = CancellationToken::new();
+        let draining = CancellationToken::new();
+        let credentials = (!config.api.user.is_empty() || !config.api.password.is_empty())
+            .then(|| (config.api.user.clone(), config.api.password.clone()));
+        let state = Arc::new(ApiState {
+            ctx: ctx.clone(),
+            running: running.clone(),
+            draining: draining.clone(),
+            started_at: std::time::SystemTime::now(),
+            started: std::time::Instant::now(),
+            stats: Default::default(),
+            credentials,
+        });
+        api::start(api_listener, state, http_tls, background.clone());
         health::start(backends.clone(), config.health.clone(), background.clone());
         server::start(listener, ctx.clone());
         let discovery = discovery::start(&config, backends, background.clone());
@@ -52,16 +95,43 @@ impl App {
         Ok(App {
             ctx,
             config: Arc::new(config),
+            running,
+            sql_addr,
+            api_addr,
+            draining,
             background,
             discovery: std::sync::Mutex::new(discovery),
         })
+    }
+
+    /// Re-reads `path` when it changes and applies it like `PUT /api/admin/config`;
+    /// `overrides` re-applies the command-line flags, which win over the file.
+    pub fn watch_config_file(
+        &self,
+        path: std::path::PathBuf,
+        overrides: impl Fn(&mut Config) + Send + 'static,
+    ) {
+        let running = self.running.clone();
+        let shown = path.display().to_string();
+        crate::config::watch::start(path, CONFIG_POLL, self.background.clone(), move |loaded| {
+            for w in &loaded.warnings {
+                warn!(file = %shown, "{w}");
+            }
+            let mut next = loaded.config;
+            overrides(&mut next);
+            if let Err(e) = reload::apply(&running, next) {
+                warn!(file = %shown, error = %e, "config file rejected; the running config stays");
+            }
+        });
     }
 
     /// Graceful shutdown: keep serving for graceful-wait-before-shutdown, then refuse new
     /// sessions, close each session at its next transaction boundary, and force-close what is
     /// left after graceful-close-conn-timeout. A second signal skips the waiting.
     pub async fn shutdown(&self, hurry: &mut Signals) {
-        let wait = Duration::from_secs(self.config.proxy.graceful_wait_before_shutdown);
+        self.draining.cancel();
+        let config = self.running.get();
+        let wait = Duration::from_secs(config.proxy.graceful_wait_before_shutdown);
         if !wait.is_zero() {
             info!(
                 seconds = wait.as_secs(),
@@ -74,7 +144,7 @@ impl App {
         }
         self.ctx.reject_new.cancel();
         self.ctx.closing.cancel();
-        let limit = Duration::from_secs(self.config.proxy.graceful_close_conn_timeout);
+        let limit = Duration::from_secs(config.proxy.graceful_close_conn_timeout);
         let left = self.ctx.active_sessions();
         if left > 0 {
             info!(

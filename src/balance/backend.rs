@@ -2,6 +2,7 @@
 //! and what its last greeting said (server version and capabilities, which the proxy mirrors
 //! to clients).
 
+use crate::metrics::BackendMetrics;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -67,6 +68,8 @@ pub struct Backend {
     healthy: AtomicBool,
     sessions: AtomicU64,
     info: Mutex<BackendInfo>,
+    /// Resolved once here so sessions count queries without a label lookup.
+    pub metrics: Arc<BackendMetrics>,
 }
 
 impl Backend {
@@ -75,7 +78,10 @@ impl Backend {
     }
 
     pub fn from_spec(spec: BackendSpec) -> Self {
+        let metrics = crate::metrics::backend(&spec.addr);
+        metrics.status.set(1);
         Self {
+            metrics,
             addr: spec.addr,
             meta: RwLock::new(Meta {
                 source: spec.source,
@@ -124,11 +130,13 @@ impl Backend {
     /// Returns true when this changed the state.
     pub fn mark_unhealthy(&self, reason: &str) -> bool {
         self.info.lock().expect("backend info").last_error = reason.to_owned();
+        self.metrics.status.set(0);
         self.healthy.swap(false, Ordering::Relaxed)
     }
 
     /// Returns true when this changed the state.
     pub fn mark_healthy(&self) -> bool {
+        self.metrics.status.set(1);
         !self.healthy.swap(true, Ordering::Relaxed)
     }
 
@@ -163,6 +171,7 @@ pub struct BackendLease {
 impl BackendLease {
     pub fn new(backend: Arc<Backend>) -> Self {
         backend.sessions.fetch_add(1, Ordering::Relaxed);
+        backend.metrics.conns.inc();
         Self { backend }
     }
 
@@ -174,5 +183,6 @@ impl BackendLease {
 impl Drop for BackendLease {
     fn drop(&mut self) {
         self.backend.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.backend.metrics.conns.dec();
     }
 }

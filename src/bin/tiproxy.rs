@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         eprintln!("{argv0}: {e}");
         return ExitCode::FAILURE;
     }
-    let _log = match tiproxy::logging::init(&config.log) {
+    let log = match tiproxy::logging::init(&config.log) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("{argv0}: cannot start logging: {e}");
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let app = match App::start(config).await {
+        let app = match App::start_with_log(config, Some(log)).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -83,6 +83,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(path) = cli.config.clone() {
+            let flags = cli.clone();
+            app.watch_config_file(path, move |c| flags.apply(c));
+        }
         let sig = signals.next().await;
         info!(signal = sig, "shutting down");
         app.shutdown(&mut signals).await;

@@ -64,6 +64,7 @@ fn apply(
             streak.oks = streak.oks.saturating_add(1);
             if streak.oks >= cfg.recovery_threshold.max(1) && backend.mark_healthy() {
                 info!(backend = %backend.addr, version = %version, "backend is up");
+                crate::events::push("backend-up", format!("backend {} is up", backend.addr));
             }
         }
         Err(reason) => {
@@ -71,6 +72,10 @@ fn apply(
             streak.fails = streak.fails.saturating_add(1);
             if streak.fails >= cfg.failure_threshold.max(1) && backend.mark_unhealthy(&reason) {
                 warn!(backend = %backend.addr, %reason, "backend is down");
+                crate::events::push(
+                    "backend-down",
+                    format!("backend {} is down: {reason}", backend.addr),
+                );
             }
         }
     }
@@ -87,6 +92,7 @@ pub fn start(
         let interval = Duration::from_millis(cfg.interval_ms.max(10));
         let timeout = Duration::from_millis(cfg.timeout_ms.max(10));
         loop {
+            let round = std::time::Instant::now();
             let list = backends.snapshot();
             let mut probes = JoinSet::new();
             for b in list.iter() {
@@ -108,6 +114,9 @@ pub fn start(
                 }
             }
             streaks.retain(|addr, _| list.iter().any(|b| &b.addr == addr));
+            crate::metrics::get()
+                .health_check_seconds
+                .set(round.elapsed().as_secs_f64());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}

@@ -6,6 +6,7 @@ pub mod client_handshake;
 pub mod context;
 pub mod digest;
 pub mod error;
+pub mod migrate;
 pub mod query_log;
 pub mod registry;
 pub mod relay;

@@ -31,7 +31,10 @@ pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
                     continue;
                 }
             };
+            let m = crate::metrics::get();
+            m.create_connection.inc();
             if ctx.reject_new.is_cancelled() {
+                m.reject_shutting_down.inc();
                 tokio::spawn(session::reject(tcp, ClientError::ShuttingDown));
                 continue;
             }
@@ -41,6 +44,7 @@ pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
                     tokio::spawn(session::run(tcp, peer, ctx.clone(), guard));
                 }
                 None => {
+                    m.reject_too_many.inc();
                     warn!(client = %peer, max_connections = max, "connection rejected: too many connections");
                     tokio::spawn(session::reject(
                         tcp,

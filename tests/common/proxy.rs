@@ -178,6 +178,22 @@ impl Proxy {
         proxy
     }
 
+    /// Rewrites the config file in place (same ports and log file), as an operator would.
+    pub fn rewrite_config(&self, cfg: &ProxyConfig) {
+        let log_file = self.dir.path().join("tiproxy.log");
+        let text = cfg.render(self.port, self.api_port, &log_file.display().to_string());
+        std::fs::write(self.config_path(), text).expect("rewrite config");
+    }
+
+    /// Writes raw text into the config file, for broken-file cases.
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("tiproxy.toml")
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

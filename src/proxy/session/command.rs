@@ -1,266 +1,22 @@
-//! One client session: handshake, backend choice, authentication pass-through, then the
-//! command loop that relays each command and its response and tracks the transaction state.
+//! The command loop of a session: relay each command and its response, track transaction
+//! and session state, and handle the commands the proxy rewrites or refuses.
 
-use super::backend_conn::{dial, relay_auth, AuthOutcome, AuthRelayError, DialError};
-use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
-use super::context::{ActiveGuard, ProxyContext};
-use super::digest::digest;
-use super::error::ClientError;
-use super::query_log::QueryError;
-use super::registry::SessionEntry;
-use super::relay::{relay, OnePacket, RelayError, UntilEmpty};
-use super::response::{ResponseObserver, Shape};
-use super::txn::TxnState;
-use crate::balance::{BackendLease, BackendSelector};
+use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
 use crate::protocol::conn::{parse_header, HEADER_LEN};
 use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
 use crate::protocol::handshake::ChangeUser;
-use crate::protocol::{PacketConn, Stream};
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use tokio::net::TcpStream;
+use crate::proxy::backend_conn::{relay_auth, AuthOutcome, AuthRelayError};
+use crate::proxy::context::ProxyContext;
+use crate::proxy::digest::digest;
+use crate::proxy::error::ClientError;
+use crate::proxy::query_log::QueryError;
+use crate::proxy::relay::{relay, OnePacket, RelayError, UntilEmpty};
+use crate::proxy::response::{ResponseObserver, Shape};
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
 /// A control packet the proxy must read whole (COM_CHANGE_USER, refused commands).
 const CONTROL_PACKET_LIMIT: usize = 1 << 20;
-
-enum Flow {
-    Continue,
-    Quit,
-}
-
-/// Why a session ended; what the client was told, if anything, was sent already.
-#[derive(Debug)]
-enum End {
-    ClientQuit,
-    ClientGone(String),
-    Told(ClientError),
-    AuthDenied,
-    Shutdown,
-}
-
-struct Session {
-    id: u64,
-    peer: SocketAddr,
-    client: PacketConn,
-    backend: PacketConn,
-    lease: BackendLease,
-    capabilities: u32,
-    collation: u8,
-    txn: TxnState,
-    entry: Arc<SessionEntry>,
-    user: String,
-    /// The start of the current COM_QUERY / COM_STMT_PREPARE text, for error digests.
-    statement: Vec<u8>,
-    /// Digests of prepared statements by id, for errors of COM_STMT_EXECUTE.
-    prepared: HashMap<u32, Box<str>>,
-}
-
-/// How much statement text is kept for a digest.
-const STATEMENT_PREFIX: usize = 1024;
-
-pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
-    let _guard = guard;
-    let id = ctx.next_conn_id();
-    let _ = tcp.set_nodelay(true);
-    let settings = ctx.settings();
-    let mut client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
-    let registered = ctx.registry.register(id, peer);
-    debug!(conn = id, client = %peer, "session opened");
-    let end = match establish(&mut client, id, peer, &ctx).await {
-        Ok(est) => {
-            registered
-                .entry
-                .set_identity(&est.user, &est.lease.backend().addr);
-            let mut txn = TxnState::default();
-            txn.after_command(&[], Some(est.status), true);
-            let mut session = Session {
-                id,
-                peer,
-                client,
-                backend: est.backend,
-                lease: est.lease,
-                capabilities: est.capabilities,
-                collation: est.collation,
-                txn,
-                entry: registered.entry.clone(),
-                user: est.user,
-                statement: Vec::with_capacity(STATEMENT_PREFIX),
-                prepared: HashMap::new(),
-            };
-            let end = session.serve(&ctx).await;
-            session.close().await;
-            client = session.client;
-            end
-        }
-        Err(end) => end,
-    };
-    match &end {
-        End::Told(e) => {
-            debug!(conn = id, client = %peer, error = %e, kind = e.kind(), "session closed")
-        }
-        End::ClientGone(why) => {
-            debug!(conn = id, client = %peer, reason = %why, "session closed: client connection ended")
-        }
-        End::ClientQuit => debug!(conn = id, client = %peer, "session closed: client quit"),
-        End::AuthDenied => {
-            debug!(conn = id, client = %peer, "session closed: authentication denied")
-        }
-        End::Shutdown => debug!(conn = id, client = %peer, "session closed: proxy shutting down"),
-    }
-    client.shutdown().await;
-}
-
-async fn tell(client: &mut PacketConn, seq: u8, err: ClientError) -> End {
-    let _ = client.write_packet(seq, &err.to_packet().encode()).await;
-    End::Told(err)
-}
-
-/// Sends an error in place of the greeting: max-connections and shutdown rejections.
-pub async fn reject(mut tcp: TcpStream, err: ClientError) {
-    use tokio::io::AsyncWriteExt;
-    let payload = err.to_packet().encode();
-    let mut pkt = Vec::with_capacity(payload.len() + HEADER_LEN);
-    crate::protocol::conn::put_header(&mut pkt, payload.len(), 0);
-    pkt.extend_from_slice(&payload);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        let _ = tcp.write_all(&pkt).await;
-        let _ = tcp.shutdown().await;
-    })
-    .await;
-}
-
-/// A backend connection authenticated for the client.
-struct Established {
-    backend: PacketConn,
-    lease: BackendLease,
-    capabilities: u32,
-    collation: u8,
-    status: u16,
-    user: String,
-}
-
-async fn establish(
-    client: &mut PacketConn,
-    id: u64,
-    peer: SocketAddr,
-    ctx: &Arc<ProxyContext>,
-) -> Result<Established, End> {
-    let settings = ctx.settings();
-    let hello = match timeout(
-        settings.client_handshake_timeout,
-        accept_client(client, ctx, id),
-    )
-    .await
-    {
-        Err(_) => {
-            let secs = settings.client_handshake_timeout.as_secs();
-            return Err(tell(client, 1, ClientError::HandshakeTimeout { secs }).await);
-        }
-        Ok(Err(ClientHandshakeError::Malformed { reason, seq })) => {
-            debug!(conn = id, client = %peer, %reason, "malformed handshake");
-            let err = ClientError::HandshakeMalformed { reason };
-            return Err(tell(client, seq.wrapping_add(1), err).await);
-        }
-        Ok(Err(ClientHandshakeError::Io(e))) => return Err(End::ClientGone(e.to_string())),
-        Ok(Ok(h)) => h,
-    };
-    let reply_seq = hello.seq.wrapping_add(1);
-    if ctx.closing.is_cancelled() {
-        return Err(tell(client, reply_seq, ClientError::ShuttingDown).await);
-    }
-
-    let (mut dialed, lease) = match connect_backend(&hello, ctx, &settings).await {
-        Ok(x) => x,
-        Err(e) => {
-            warn!(conn = id, client = %peer, error = %e, "no backend for new session");
-            return Err(tell(client, reply_seq, e).await);
-        }
-    };
-    let delta = hello.seq.wrapping_sub(dialed.seq);
-    let backend_addr = lease.backend().addr.clone();
-    let status = match relay_auth(client, &mut dialed.conn, delta).await {
-        Ok(AuthOutcome::Ok(s)) => s,
-        Ok(AuthOutcome::Denied(err)) => {
-            debug!(conn = id, client = %peer, backend = %backend_addr, code = err.code, "authentication denied by backend");
-            return Err(End::AuthDenied);
-        }
-        Err(AuthRelayError::Client(e)) => return Err(End::ClientGone(e.to_string())),
-        Err(AuthRelayError::Backend(e)) => {
-            let err = ClientError::BackendLost {
-                backend: backend_addr,
-                detail: format!("during authentication: {e}"),
-            };
-            return Err(tell(client, reply_seq, err).await);
-        }
-    };
-    if hello.capabilities & cap::COMPRESS != 0 {
-        client.enable_compression();
-    }
-    debug!(conn = id, client = %peer, backend = %backend_addr, "session authenticated");
-    Ok(Established {
-        backend: dialed.conn,
-        lease,
-        capabilities: dialed.capabilities,
-        collation: hello.response.collation,
-        status,
-        user: String::from_utf8_lossy(&hello.response.user).into_owned(),
-    })
-}
-
-/// Tries healthy backends, fewest sessions first, until one accepts the client's identity.
-async fn connect_backend(
-    hello: &ClientHello,
-    ctx: &ProxyContext,
-    settings: &super::context::SessionSettings,
-) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
-    let mut tried = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
-    while let Some(backend) = ctx.backends.select(&tried) {
-        tried.push(backend.clone());
-        let lease = BackendLease::new(backend.clone());
-        let attempt = timeout(
-            settings.backend_connect_timeout,
-            dial(
-                &backend,
-                hello,
-                ctx,
-                settings.conn_buffer_size,
-                settings.require_backend_tls,
-            ),
-        )
-        .await;
-        let reason = match attempt {
-            Ok(Ok(d)) => return Ok((d, lease)),
-            Ok(Err(DialError::Tls(detail))) => {
-                return Err(ClientError::BackendTlsUnavailable {
-                    backend: backend.addr.clone(),
-                    detail,
-                })
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!(
-                "timed out after {} s",
-                settings.backend_connect_timeout.as_secs()
-            ),
-        };
-        if backend.mark_unhealthy(&reason) {
-            warn!(backend = %backend.addr, %reason, "backend marked down after a failed connection");
-        }
-        failures.push(format!("{} ({reason})", backend.addr));
-    }
-    if failures.is_empty() {
-        Err(ClientError::NoBackendAvailable {
-            detail: ctx.backends.unavailable_reason(),
-        })
-    } else {
-        Err(ClientError::BackendConnectFailed {
-            attempts: failures.join("; "),
-        })
-    }
-}
 
 fn is_refused_command(c: u8) -> bool {
     matches!(
@@ -278,11 +34,11 @@ fn is_refused_command(c: u8) -> bool {
 }
 
 impl Session {
-    fn deprecate_eof(&self) -> bool {
+    pub(crate) fn deprecate_eof(&self) -> bool {
         self.capabilities & cap::DEPRECATE_EOF != 0
     }
 
-    fn backend_addr(&self) -> String {
+    pub(crate) fn backend_addr(&self) -> String {
         self.lease.backend().addr.clone()
     }
 
@@ -293,7 +49,7 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, ctx: &ProxyContext) -> End {
+    pub(super) async fn serve(&mut self, ctx: &ProxyContext) -> End {
         loop {
             if self.client.buffered().len() < HEADER_LEN + 1 {
                 tokio::select! {
@@ -321,6 +77,7 @@ impl Session {
     }
 
     async fn execute_cmd(&mut self, ctx: &ProxyContext) -> Result<Flow, End> {
+        let started = std::time::Instant::now();
         let (len, _) = parse_header(self.client.buffered());
         let head_len = len.min(6);
         if let Err(e) = self.client.fill_to(HEADER_LEN + head_len).await {
@@ -369,6 +126,7 @@ impl Session {
             }
         }
         let Some(shape) = Shape::of(command) else {
+            self.record(command, started, true);
             self.txn.after_command(&head[..head_len], None, true);
             return Ok(Flow::Continue);
         };
@@ -409,6 +167,7 @@ impl Session {
                 Err(e) => return Err(End::ClientGone(format!("{e:?}"))),
             }
         }
+        self.record(command, started, obs.error.is_none());
         self.txn
             .after_command(&head[..head_len], obs.status, obs.error.is_none());
         self.entry.set_in_transaction(self.txn.in_transaction());
@@ -419,6 +178,14 @@ impl Session {
             self.log_query_error(ctx, head[0], &head[..head_len], code, &obs.error_message);
         }
         Ok(Flow::Continue)
+    }
+
+    fn record(&self, command: u8, started: std::time::Instant, ok: bool) {
+        let secs = started.elapsed().as_secs_f64();
+        self.lease.backend().metrics.record(command, secs, ok);
+        let m = crate::metrics::get();
+        m.inbound_packets.inc();
+        m.outbound_packets.inc();
     }
 
     fn log_query_error(
@@ -503,7 +270,7 @@ impl Session {
             return Err(tell(&mut self.client, 1, err).await);
         }
         match relay_auth(&mut self.client, &mut self.backend, 0).await {
-            Ok(AuthOutcome::Ok(status)) => {
+            Ok(AuthOutcome::Ok(status, _)) => {
                 self.entry.set_identity(&new_user, &self.backend_addr());
                 self.user = new_user;
                 self.txn
@@ -520,7 +287,7 @@ impl Session {
         }
     }
 
-    async fn close(&mut self) {
+    pub(super) async fn close(&mut self) {
         let _ = timeout(std::time::Duration::from_secs(1), async {
             let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
             self.backend.shutdown().await;

@@ -1,0 +1,213 @@
+//! Request routing and the handlers of every status-port path.
+
+use super::{auth, dashboard, ApiState, Body};
+use crate::config::merge_partial;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::json;
+
+/// Largest config body accepted by PUT; a config file is a few KiB.
+const MAX_BODY: usize = 1 << 20;
+
+const JSON: &str = "application/json";
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_reply(status: StatusCode, v: &impl Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    reply(status, JSON, body)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json_reply(status, &json!({ "error": message.into() }))
+}
+
+pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let open = matches!(
+        path.as_str(),
+        "/api/debug/health" | "/api/metrics" | "/metrics"
+    );
+    if !open {
+        if let Some((user, password)) = &state.credentials {
+            let header = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !auth::allows(header, user, password) {
+                let mut r = error(StatusCode::UNAUTHORIZED, "authentication required");
+                r.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tiproxy\""),
+                );
+                return r;
+            }
+        }
+    }
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::GET, "/api/debug/health") => health(state),
+        (Method::GET, "/api/metrics" | "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::get().render(),
+        ),
+        (Method::GET, "/api/admin/config") => get_config(state, &req),
+        (Method::PUT | Method::POST, "/api/admin/config") => put_config(state, req).await,
+        (Method::GET, "/api/backends") => json_reply(StatusCode::OK, &backends(state)),
+        (Method::GET, "/api/connections") => json_reply(
+            StatusCode::OK,
+            &json!({ "connections": state.ctx.registry.list() }),
+        ),
+        (Method::GET, "/api/events") => json_reply(
+            StatusCode::OK,
+            &json!({ "events": crate::events::global().recent() }),
+        ),
+        (Method::GET, "/api/info") => json_reply(StatusCode::OK, &info(state)),
+        (Method::GET, "" | "/index.html") => {
+            reply(StatusCode::OK, "text/html; charset=utf-8", dashboard::PAGE)
+        }
+        (_, "/api/debug/health" | "/api/metrics" | "/metrics" | "/api/admin/config")
+        | (_, "/api/backends" | "/api/connections" | "/api/events" | "/api/info" | "") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no such path: {path}")),
+    }
+}
+
+fn health(state: &ApiState) -> Response<Body> {
+    if state.draining.is_cancelled() {
+        return json_reply(
+            StatusCode::BAD_GATEWAY,
+            &json!({ "unhealthy_reason": "the proxy is shutting down" }),
+        );
+    }
+    json_reply(
+        StatusCode::OK,
+        &json!({ "config_checksum": state.running.get().checksum() }),
+    )
+}
+
+fn wants_json(req: &Request<Incoming>) -> bool {
+    let query_json = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "format=json"));
+    let accept_json = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(JSON));
+    query_json || accept_json
+}
+
+fn get_config(state: &ApiState, req: &Request<Incoming>) -> Response<Body> {
+    let config = state.running.get();
+    if wants_json(req) {
+        return json_reply(StatusCode::OK, &*config);
+    }
+    match toml::to_string(&*config) {
+        Ok(text) => reply(StatusCode::OK, "application/toml; charset=utf-8", text),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn put_config(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the body is not UTF-8 TOML");
+    };
+    let merged = match merge_partial(&state.running.get(), text) {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match crate::reload::apply(&state.running, merged.config) {
+        Ok(report) => json_reply(
+            StatusCode::OK,
+            &json!({
+                "changed": report.changed,
+                "applied": report.applied,
+                "restart_required": report.restart_required,
+                "config_checksum": report.config_checksum,
+                "warnings": merged.warnings,
+            }),
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+#[derive(Serialize)]
+struct BackendView {
+    addr: String,
+    source: &'static str,
+    healthy: bool,
+    status: &'static str,
+    last_error: String,
+    server_version: String,
+    sessions: u64,
+    #[serde(flatten)]
+    rates: super::stats::Rates,
+}
+
+fn backends(state: &ApiState) -> serde_json::Value {
+    let list: Vec<BackendView> = state
+        .ctx
+        .backends
+        .snapshot()
+        .iter()
+        .map(|b| {
+            let info = b.info();
+            let healthy = b.is_healthy();
+            BackendView {
+                addr: b.addr.clone(),
+                source: "static",
+                healthy,
+                status: if healthy { "up" } else { "down" },
+                last_error: if healthy {
+                    String::new()
+                } else {
+                    info.last_error
+                },
+                server_version: info.server_version,
+                sessions: b.sessions(),
+                rates: state.stats.rates(&b.addr),
+            }
+        })
+        .collect();
+    json!({ "backends": list })
+}
+
+fn info(state: &ApiState) -> serde_json::Value {
+    let start = state
+        .started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json!({
+        "version": crate::version::VERSION,
+        "commit": crate::version::GIT_HASH,
+        "start_time": start,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "draining": state.draining.is_cancelled(),
+        "connections": state.ctx.active_sessions(),
+        "config_checksum": state.running.get().checksum(),
+    })
+}

@@ -1,0 +1,212 @@
+//! tiproxyctl: flags, subcommands and output (tables for people, `--json` for scripts).
+//! Exit codes: 0 ok, 1 the proxy answered with an error, 2 usage, 3 the proxy is unreachable.
+
+pub mod client;
+mod table;
+
+use crate::config::TlsConfig;
+use clap::{Parser, Subcommand};
+use client::{Answer, Target};
+use serde_json::Value;
+use std::io::Read;
+use std::path::PathBuf;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_PROXY_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tiproxyctl",
+    about = "Inspect and configure a running tiproxy through its status port",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// The proxy's status-port host.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub host: String,
+    /// The proxy's status port ([api] addr).
+    #[arg(long, global = true, default_value_t = 3080)]
+    pub port: u16,
+    /// HTTPS without verifying the proxy's certificate.
+    #[arg(short = 'k', long, global = true)]
+    pub insecure: bool,
+    /// CA to verify the proxy's certificate with (selects HTTPS).
+    #[arg(long, global = true, default_value = "")]
+    pub ca: String,
+    /// Client certificate (selects HTTPS).
+    #[arg(long, global = true, default_value = "")]
+    pub cert: String,
+    /// Client certificate key.
+    #[arg(long, global = true, default_value = "")]
+    pub key: String,
+    /// [api] user, when the status port requires basic auth.
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    /// [api] password.
+    #[arg(long, global = true)]
+    pub password: Option<String>,
+    /// Print the proxy's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print the version and commit, then exit.
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Read or change the running configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Whether the proxy is serving (exit 1 while it is not).
+    Health,
+    /// Backends with health, sessions, QPS, error rate and p99 latency.
+    Backends,
+    /// Client connections.
+    Connections,
+    /// Recent events: backends up and down, config changes.
+    Events,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the running configuration (TOML; JSON with --json).
+    Get,
+    /// Merge a partial TOML document into the running configuration.
+    Set {
+        /// The TOML file; standard input when absent or "-".
+        #[arg(long, short = 'i')]
+        input: Option<PathBuf>,
+    },
+}
+
+/// Runs one invocation; returns the process exit code.
+pub async fn run(cli: Cli, argv0: &str) -> u8 {
+    if cli.version {
+        println!("{}", crate::version::version_line(argv0));
+        return EXIT_OK;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("{argv0}: a subcommand is needed: config get|set, health, backends, connections, events (see --help)");
+        return EXIT_USAGE;
+    };
+    let tls = TlsConfig {
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        skip_ca: cli.insecure,
+        ..Default::default()
+    };
+    let creds = cli
+        .user
+        .as_deref()
+        .map(|u| (u, cli.password.as_deref().unwrap_or("")));
+    let target = match Target::new(&cli.host, cli.port, &tls, creds) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{argv0}: TLS settings: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let (method, path, body) = match &command {
+        Command::Config(ConfigCommand::Get) if cli.json => {
+            ("GET", "/api/admin/config?format=json", None)
+        }
+        Command::Config(ConfigCommand::Get) => ("GET", "/api/admin/config", None),
+        Command::Config(ConfigCommand::Set { input }) => match read_input(input.as_deref()) {
+            Ok(b) => ("PUT", "/api/admin/config", Some(b)),
+            Err(e) => {
+                eprintln!("{argv0}: {e}");
+                return EXIT_USAGE;
+            }
+        },
+        Command::Health => ("GET", "/api/debug/health", None),
+        Command::Backends => ("GET", "/api/backends", None),
+        Command::Connections => ("GET", "/api/connections", None),
+        Command::Events => ("GET", "/api/events", None),
+    };
+    let answer = match target.request(method, path, body).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{argv0}: {e}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    let ok = (200..300).contains(&answer.status);
+    if cli.json || matches!(command, Command::Config(ConfigCommand::Get)) {
+        if ok || matches!(command, Command::Health) {
+            print!("{}", with_newline(&answer.body));
+        } else {
+            eprintln!("{argv0}: {}", failure(&answer, &target.url(path)));
+        }
+        return if ok { EXIT_OK } else { EXIT_PROXY_ERROR };
+    }
+    if !ok && !matches!(command, Command::Health) {
+        eprintln!("{argv0}: {}", failure(&answer, &target.url(path)));
+        return EXIT_PROXY_ERROR;
+    }
+    let v: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+    let text = match command {
+        Command::Health => health_text(ok, &v),
+        Command::Config(_) => table::reload_report(&v),
+        Command::Backends => table::backends(&v),
+        Command::Connections => table::connections(&v),
+        Command::Events => table::events(&v),
+    };
+    print!("{}", with_newline(&text));
+    if ok {
+        EXIT_OK
+    } else {
+        EXIT_PROXY_ERROR
+    }
+}
+
+fn with_newline(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_owned()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+fn failure(a: &Answer, url: &str) -> String {
+    let reason = serde_json::from_str::<Value>(&a.body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| a.body.trim().to_owned());
+    format!("{url} answered HTTP {}: {reason}", a.status)
+}
+
+fn health_text(ok: bool, v: &Value) -> String {
+    if ok {
+        format!(
+            "healthy (config checksum {})",
+            v.get("config_checksum").unwrap_or(&Value::Null)
+        )
+    } else {
+        let why = v
+            .get("unhealthy_reason")
+            .and_then(|r| r.as_str())
+            .unwrap_or("no reason given");
+        format!("unhealthy: {why}")
+    }
+}
+
+fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+    match path {
+        Some(p) if p.as_os_str() != "-" => {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        }
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            Ok(buf)
+        }
+    }
+}

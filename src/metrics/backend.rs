@@ -1,0 +1,148 @@
+//! Per-backend metric handles, resolved once per backend address and shared by every
+//! session on it, so counting a query is two atomic adds and no label lookup.
+
+use super::get;
+use prometheus::core::Metric;
+use prometheus::{Histogram, IntCounter, IntGauge};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Command bytes below this get their own series; anything else is counted as "unknown".
+const CMD_SLOTS: usize = 0x20;
+
+pub struct CmdHandles {
+    pub total: IntCounter,
+    pub duration: Histogram,
+}
+
+pub struct BackendMetrics {
+    addr: String,
+    cmds: [OnceLock<CmdHandles>; CMD_SLOTS + 1],
+    pub errors: IntCounter,
+    pub handshake: Histogram,
+    pub dial_fail: IntCounter,
+    pub status: IntGauge,
+    pub conns: IntGauge,
+    pub inbound_bytes: IntCounter,
+    pub outbound_bytes: IntCounter,
+}
+
+/// Cumulative numbers for one backend, summed over command types, for rate windows.
+#[derive(Debug, Clone, Default)]
+pub struct BackendTotals {
+    pub queries: u64,
+    pub errors: u64,
+    /// Cumulative counts per bucket of [`super::query_buckets`].
+    pub buckets: Vec<u64>,
+}
+
+impl BackendMetrics {
+    fn new(addr: &str) -> Self {
+        let m = get();
+        let l = &[addr];
+        Self {
+            addr: addr.to_owned(),
+            cmds: std::array::from_fn(|_| OnceLock::new()),
+            errors: m.query_errors.with_label_values(l),
+            handshake: m.handshake_duration.with_label_values(l),
+            dial_fail: m.dial_fail.with_label_values(l),
+            status: m.b_status.with_label_values(l),
+            conns: m.b_conn.with_label_values(l),
+            inbound_bytes: m.inbound_bytes.with_label_values(l),
+            outbound_bytes: m.outbound_bytes.with_label_values(l),
+        }
+    }
+
+    /// The series of one command type; resolved on its first use on this backend.
+    pub fn cmd(&self, command: u8) -> &CmdHandles {
+        let slot = usize::from(command).min(CMD_SLOTS);
+        self.cmds[slot].get_or_init(|| {
+            let name = if slot == CMD_SLOTS {
+                "unknown"
+            } else {
+                crate::protocol::constants::cmd::name(command)
+            };
+            let m = get();
+            let l = &[self.addr.as_str(), name];
+            CmdHandles {
+                total: m.query_total.with_label_values(l),
+                duration: m.query_duration.with_label_values(l),
+            }
+        })
+    }
+
+    /// Counts one relayed command and its latency.
+    pub fn record(&self, command: u8, seconds: f64, ok: bool) {
+        let h = self.cmd(command);
+        h.total.inc();
+        h.duration.observe(seconds);
+        if !ok {
+            self.errors.inc();
+        }
+    }
+
+    /// Sums over the command types seen so far (off the hot path: the API samples it).
+    pub fn totals(&self) -> BackendTotals {
+        let mut t = BackendTotals {
+            errors: self.errors.get(),
+            buckets: vec![0; super::query_buckets().len()],
+            ..Default::default()
+        };
+        for h in self.cmds.iter().filter_map(OnceLock::get) {
+            t.queries += h.total.get();
+            let m = h.duration.metric();
+            for (i, b) in m.get_histogram().get_bucket().iter().enumerate() {
+                if let Some(slot) = t.buckets.get_mut(i) {
+                    *slot += b.cumulative_count();
+                }
+            }
+        }
+        t
+    }
+}
+
+impl std::fmt::Debug for BackendMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendMetrics")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The handles for a backend address; the first call for an address creates its series.
+pub fn backend(addr: &str) -> Arc<BackendMetrics> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<BackendMetrics>>>> = OnceLock::new();
+    let mut map = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .expect("metrics cache");
+    if let Some(b) = map.get(addr) {
+        return b.clone();
+    }
+    let b = Arc::new(BackendMetrics::new(addr));
+    map.insert(addr.to_owned(), b.clone());
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::constants::cmd;
+
+    #[test]
+    fn totals_sum_over_command_types() {
+        let b = backend("127.0.0.1:2");
+        let before = b.totals();
+        b.record(cmd::QUERY, 0.001, true);
+        b.record(cmd::STMT_EXECUTE, 0.002, false);
+        b.record(0xfe, 0.002, true);
+        let after = b.totals();
+        assert_eq!(after.queries - before.queries, 3);
+        assert_eq!(after.errors - before.errors, 1);
+        assert_eq!(
+            after.buckets.last().unwrap() - before.buckets.last().unwrap(),
+            3
+        );
+        assert!(Arc::ptr_eq(&b, &backend("127.0.0.1:2")));
+    }
+}

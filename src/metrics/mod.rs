@@ -1,0 +1,329 @@
+//! Every Prometheus metric the proxy exports, defined in one place with the TiProxy names
+//! (namespace `tiproxy`) so the existing Grafana dashboard keeps working.
+//!
+//! The hot path never formats a label or takes a lock: process-wide series are plain fields
+//! here, and per-backend series are resolved once per backend in [`backend::BackendMetrics`].
+
+pub mod backend;
+
+pub use backend::{backend, BackendMetrics};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+const NS: &str = "tiproxy";
+
+/// Query latency buckets: 0.5 ms .. ~67 s, doubling.
+pub(crate) fn query_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")
+}
+
+/// Why the server refused a connection before a session started.
+pub const REJECT_TOO_MANY: &str = "too_many_connections";
+pub const REJECT_SHUTTING_DOWN: &str = "shutting_down";
+
+/// How a session ended (`server_disconnection_total{type}`).
+pub const DISCONNECT_TYPES: [&str; 5] = [
+    "client_quit",
+    "client_gone",
+    "error",
+    "auth_denied",
+    "shutdown",
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections: IntGauge,
+    pub create_connection: IntCounter,
+    pub maxprocs: IntGauge,
+    pub reject: IntCounterVec,
+    pub reject_too_many: IntCounter,
+    pub reject_shutting_down: IntCounter,
+    pub disconnection: IntCounterVec,
+    disconnect_handles: Vec<IntCounter>,
+    pub server_err: IntCounterVec,
+    pub query_total: IntCounterVec,
+    pub query_duration: HistogramVec,
+    pub query_errors: IntCounterVec,
+    pub handshake_duration: HistogramVec,
+    pub conn_lifetime: Histogram,
+    pub b_status: IntGaugeVec,
+    pub b_conn: IntGaugeVec,
+    pub get_backend: IntCounterVec,
+    pub get_backend_ok: IntCounter,
+    pub get_backend_fail: IntCounter,
+    pub dial_fail: IntCounterVec,
+    pub health_check_seconds: prometheus::Gauge,
+    pub migrate_total: IntCounterVec,
+    pub migrate_duration: HistogramVec,
+    pub inbound_bytes: IntCounterVec,
+    pub outbound_bytes: IntCounterVec,
+    pub inbound_packets: IntCounter,
+    pub outbound_packets: IntCounter,
+}
+
+fn opts(subsystem: &str, name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS).subsystem(subsystem)
+}
+
+fn hopts(subsystem: &str, name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(NS)
+        .subsystem(subsystem)
+        .buckets(buckets)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                r.register(Box::new(m.clone())).expect("unique metric");
+                m
+            }};
+        }
+        let lifetime_buckets =
+            prometheus::exponential_buckets(1.0, 2.0, 20).expect("valid buckets");
+        let handshake_buckets =
+            prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
+        let reject = reg!(IntCounterVec::new(
+            opts(
+                "server",
+                "reject_connection_total",
+                "Connections refused before a session started, by reason."
+            ),
+            &["type"]
+        )
+        .unwrap());
+        let disconnection = reg!(IntCounterVec::new(
+            opts(
+                "server",
+                "disconnection_total",
+                "Sessions ended, by how they ended."
+            ),
+            &["type"]
+        )
+        .unwrap());
+        let get_backend = reg!(IntCounterVec::new(
+            opts(
+                "backend",
+                "get_backend",
+                "Backend selections for new sessions, by result."
+            ),
+            &["res"]
+        )
+        .unwrap());
+        let m = Metrics {
+            connections: reg!(IntGauge::with_opts(opts(
+                "server",
+                "connections",
+                "Client connections open now."
+            ))
+            .unwrap()),
+            create_connection: reg!(IntCounter::with_opts(opts(
+                "server",
+                "create_connection_total",
+                "Client connections accepted."
+            ))
+            .unwrap()),
+            maxprocs: reg!(IntGauge::with_opts(opts(
+                "server",
+                "maxprocs",
+                "CPUs the proxy may use."
+            ))
+            .unwrap()),
+            reject_too_many: reject.with_label_values(&[REJECT_TOO_MANY]),
+            reject_shutting_down: reject.with_label_values(&[REJECT_SHUTTING_DOWN]),
+            reject,
+            disconnect_handles: DISCONNECT_TYPES
+                .iter()
+                .map(|t| disconnection.with_label_values(&[*t]))
+                .collect(),
+            disconnection,
+            server_err: reg!(IntCounterVec::new(
+                opts("server", "err", "Internal errors, by kind."),
+                &["type"]
+            )
+            .unwrap()),
+            query_total: reg!(IntCounterVec::new(
+                opts(
+                    "session",
+                    "query_total",
+                    "Commands relayed, by backend and command type."
+                ),
+                &["backend", "cmd_type"]
+            )
+            .unwrap()),
+            query_duration: reg!(HistogramVec::new(
+                hopts(
+                    "session",
+                    "query_duration_seconds",
+                    "Command latency through the proxy, by backend and command type.",
+                    query_buckets()
+                ),
+                &["backend", "cmd_type"]
+            )
+            .unwrap()),
+            query_errors: reg!(IntCounterVec::new(
+                opts(
+                    "session",
+                    "query_error_total",
+                    "Commands the backend answered with an error, by backend."
+                ),
+                &["backend"]
+            )
+            .unwrap()),
+            handshake_duration: reg!(HistogramVec::new(
+                hopts(
+                    "session",
+                    "handshake_duration_seconds",
+                    "Time from accept to an authenticated session, by backend.",
+                    handshake_buckets
+                ),
+                &["backend"]
+            )
+            .unwrap()),
+            conn_lifetime: reg!(Histogram::with_opts(hopts(
+                "session",
+                "conn_lifetime_seconds",
+                "How long client sessions lasted.",
+                lifetime_buckets
+            ))
+            .unwrap()),
+            b_status: reg!(IntGaugeVec::new(
+                opts(
+                    "backend",
+                    "b_status",
+                    "Backend health: 1 healthy, 0 unhealthy."
+                ),
+                &["backend"]
+            )
+            .unwrap()),
+            b_conn: reg!(IntGaugeVec::new(
+                opts("balance", "b_conn", "Sessions on each backend."),
+                &["backend"]
+            )
+            .unwrap()),
+            get_backend_ok: get_backend.with_label_values(&["succeed"]),
+            get_backend_fail: get_backend.with_label_values(&["fail"]),
+            get_backend,
+            dial_fail: reg!(IntCounterVec::new(
+                opts(
+                    "backend",
+                    "dial_backend_fail",
+                    "Failed connection attempts to a backend."
+                ),
+                &["backend"]
+            )
+            .unwrap()),
+            health_check_seconds: reg!(prometheus::Gauge::with_opts(opts(
+                "backend",
+                "health_check_seconds",
+                "Duration of the last health-check round over all backends."
+            ))
+            .unwrap()),
+            migrate_total: reg!(IntCounterVec::new(
+                opts(
+                    "balance",
+                    "migrate_total",
+                    "Session migrations, by source, target, reason and result."
+                ),
+                &["from", "to", "reason", "migrate_res"]
+            )
+            .unwrap()),
+            migrate_duration: reg!(HistogramVec::new(
+                hopts(
+                    "balance",
+                    "migrate_duration_seconds",
+                    "Session migration time.",
+                    query_buckets()
+                ),
+                &["from", "to", "migrate_res"]
+            )
+            .unwrap()),
+            inbound_bytes: reg!(IntCounterVec::new(
+                opts("traffic", "inbound_bytes", "Bytes received from backends."),
+                &["backend"]
+            )
+            .unwrap()),
+            outbound_bytes: reg!(IntCounterVec::new(
+                opts("traffic", "outbound_bytes", "Bytes sent to backends."),
+                &["backend"]
+            )
+            .unwrap()),
+            inbound_packets: reg!(IntCounter::with_opts(opts(
+                "traffic",
+                "inbound_packets",
+                "Commands received from clients."
+            ))
+            .unwrap()),
+            outbound_packets: reg!(IntCounter::with_opts(opts(
+                "traffic",
+                "outbound_packets",
+                "Commands sent to backends."
+            ))
+            .unwrap()),
+            registry: r,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            m.registry
+                .register(Box::new(pc))
+                .expect("process collector");
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        m.maxprocs.set(cpus as i64);
+        m
+    }
+
+    /// The counter for one way a session can end; `kind` is one of [`DISCONNECT_TYPES`].
+    pub fn disconnected(&self, kind: usize) -> &IntCounter {
+        &self.disconnect_handles[kind.min(DISCONNECT_TYPES.len() - 1)]
+    }
+
+    /// Every series in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics. A registry per process is what Prometheus scrapes; tests
+/// that start several proxies share it, so they assert presence and growth, not totals.
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_compat_names_and_process_metrics() {
+        let m = get();
+        m.connections.set(0);
+        let b = backend("127.0.0.1:1");
+        b.record(crate::protocol::constants::cmd::QUERY, 0.001, true);
+        let text = m.render();
+        for name in [
+            "tiproxy_server_connections",
+            "tiproxy_session_query_total",
+            "tiproxy_session_query_duration_seconds_bucket",
+            "tiproxy_server_maxprocs",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_start_time_seconds"));
+    }
+}

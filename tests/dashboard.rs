@@ -1,0 +1,98 @@
+//! The web dashboard in headless Chromium: it renders the live backends and sessions, and
+//! says so plainly when the API cannot be reached. Skipped (with a notice) without Chromium.
+
+mod support_ops;
+
+use std::path::PathBuf;
+use support_ops::*;
+use tokio::process::Command;
+
+fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser"].iter().find_map(|name| {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| PathBuf::from(d).join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Runs headless Chromium on `url` with `extra` flags; returns its stdout.
+async fn run_chromium(bin: &PathBuf, url: &str, extra: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=5000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(extra)
+    .arg(url)
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
+        .await
+        .expect("chromium finishes within 120 s")
+        .expect("chromium runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_live_backends_and_sessions() {
+    let Some(bin) = chromium() else {
+        eprintln!("NOTICE: chromium is not installed; skipping the dashboard test (scripts/install-deps.sh installs it)");
+        return;
+    };
+    let db = MariaDb::start();
+    let dead = format!("127.0.0.1:{}", closed_port());
+    let app = start(test_config(&[db.addr(), dead.clone()])).await;
+    let mut conn = connect(&app).await;
+    use mysql_async::prelude::Queryable;
+    conn.query_drop("SELECT 1").await.unwrap();
+    let url = format!("http://127.0.0.1:{}/", app.api_addr.port());
+
+    let dom = run_chromium(&bin, &url, &["--dump-dom"]).await;
+    assert!(
+        dom.contains(&db.addr()),
+        "live backend missing from the page:\n{dom}"
+    );
+    assert!(dom.contains(&dead), "second backend missing from the page");
+    assert!(dom.contains("class=\"session\""), "no session row:\n{dom}");
+    assert!(dom.contains(">app<"), "the session's user is shown");
+    assert!(dom.contains(tiproxy::version::VERSION));
+    assert!(dom.contains("data-api=\"up\""), "the page reached the API");
+
+    if let Ok(path) = std::env::var("TIPROXY_DASHBOARD_SCREENSHOT") {
+        let shot = format!("--screenshot={path}");
+        run_chromium(
+            &bin,
+            &url,
+            &[&shot, "--window-size=1280,900", "--hide-scrollbars"],
+        )
+        .await;
+    }
+    conn.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_says_when_the_api_is_unreachable() {
+    let Some(bin) = chromium() else {
+        eprintln!("NOTICE: chromium is not installed; skipping the dashboard test");
+        return;
+    };
+    // Serve the page from a proxy, then stop its status port: the page's polls fail.
+    let app = start(test_config(&[])).await;
+    let page = get(&plain(&app), "/").await.body;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("index.html");
+    std::fs::write(&file, page).unwrap();
+    let dom = run_chromium(&bin, &format!("file://{}", file.display()), &["--dump-dom"]).await;
+    assert!(dom.contains("data-api=\"down\""), "{dom}");
+    assert!(dom.contains("class=\"stale\""), "the numbers are hidden");
+}
