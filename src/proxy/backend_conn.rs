@@ -4,9 +4,9 @@
 
 use super::client_handshake::{ClientHello, HANDSHAKE_PACKET_LIMIT};
 use super::context::ProxyContext;
-use super::migrate::credential::{native_reply, Proof, ProofCapture};
 use super::tls::server_name;
 use crate::balance::Backend;
+use super::migrate::credential::{native_reply, Proof, ProofCapture};
 use crate::protocol::constants::{
     cap, AUTH_MORE_DATA_HEADER, EOF_HEADER, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
     UNKNOWN_AUTH_PLUGIN,
@@ -124,10 +124,7 @@ pub async fn dial(
     let (plugin, auth_data) = match answer {
         AuthAnswer::PassThrough => (UNKNOWN_AUTH_PLUGIN, Vec::new()),
         AuthAnswer::SessionToken(t) => (TIDB_TOKEN_PLUGIN, t.to_vec()),
-        AuthAnswer::Native(stage1) => (
-            NATIVE_PASSWORD_PLUGIN,
-            native_reply(stage1, &greeting.scramble),
-        ),
+        AuthAnswer::Native(stage1) => (NATIVE_PASSWORD_PLUGIN, native_reply(stage1, &greeting.scramble)),
     };
     let forwarded = HandshakeResponse {
         capabilities: caps,
@@ -185,10 +182,7 @@ pub async fn relay_auth(
             .map_err(AuthRelayError::Client)?;
         match p.first() {
             Some(&OK_HEADER) => {
-                return Ok(AuthOutcome::Ok(
-                    ok_status(&p).unwrap_or(0),
-                    capture.finish(),
-                ))
+                return Ok(AuthOutcome::Ok(ok_status(&p).unwrap_or(0), capture.finish()))
             }
             Some(&ERR_HEADER) => {
                 return Ok(AuthOutcome::Denied(
@@ -217,7 +211,10 @@ pub async fn relay_auth(
 
 /// Reads the answer to a response the proxy composed itself (`AuthAnswer::Native` or
 /// `SessionToken`), answering a native-password auth switch; returns the OK's status flags.
-pub async fn finish_auth(conn: &mut PacketConn, answer: AuthAnswer<'_>) -> Result<u16, String> {
+pub async fn finish_auth(
+    conn: &mut PacketConn,
+    answer: AuthAnswer<'_>,
+) -> Result<u16, String> {
     for _ in 0..4 {
         let (seq, p) = conn
             .read_packet(HANDSHAKE_PACKET_LIMIT)

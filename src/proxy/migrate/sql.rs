@@ -24,11 +24,7 @@ pub type Row = Vec<Option<Vec<u8>>>;
 
 /// Runs `sql` and returns the rows of its (single) result set; statements without one give
 /// no rows.
-pub async fn query(
-    conn: &mut PacketConn,
-    sql: &str,
-    deprecate_eof: bool,
-) -> Result<Vec<Row>, SqlError> {
+pub async fn query(conn: &mut PacketConn, sql: &str, deprecate_eof: bool) -> Result<Vec<Row>, SqlError> {
     let mut payload = Vec::with_capacity(sql.len() + 1);
     payload.push(cmd::QUERY);
     payload.extend_from_slice(sql.as_bytes());
@@ -104,11 +100,7 @@ pub async fn exec(conn: &mut PacketConn, sql: &str, deprecate_eof: bool) -> Resu
 }
 
 /// COM_STMT_PREPARE on the proxy's behalf; returns the statement id the backend chose.
-pub async fn prepare(
-    conn: &mut PacketConn,
-    sql: &[u8],
-    deprecate_eof: bool,
-) -> Result<u32, SqlError> {
+pub async fn prepare(conn: &mut PacketConn, sql: &[u8], deprecate_eof: bool) -> Result<u32, SqlError> {
     let mut payload = Vec::with_capacity(sql.len() + 1);
     payload.push(cmd::STMT_PREPARE);
     payload.extend_from_slice(sql);

@@ -38,8 +38,7 @@ impl Tracked {
             return;
         }
         if !full || is_multi(sql) {
-            self.incomplete =
-                Some("a SET, USE or PREPARE statement was too long or part of a multi-statement");
+            self.incomplete = Some("a SET, USE or PREPARE statement was too long or part of a multi-statement");
             return;
         }
         match kind {
@@ -188,20 +187,11 @@ mod tests {
         assert_eq!(classify(b"  set sql_mode='ANSI'"), Kind::Set);
         assert_eq!(classify(b"/* c */ SET @x = 1"), Kind::Set);
         assert_eq!(classify(b"SET TRANSACTION READ ONLY"), Kind::Other);
-        assert_eq!(
-            classify(b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-            Kind::Set
-        );
+        assert_eq!(classify(b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"), Kind::Set);
         assert_eq!(classify(b"SET GLOBAL max_connections=1"), Kind::Other);
         assert_eq!(classify(b"use test"), Kind::Use);
-        assert_eq!(
-            classify(b"PREPARE `S1` FROM 'select 1'"),
-            Kind::Prepare("s1".into())
-        );
-        assert_eq!(
-            classify(b"deallocate prepare s1"),
-            Kind::Deallocate("s1".into())
-        );
+        assert_eq!(classify(b"PREPARE `S1` FROM 'select 1'"), Kind::Prepare("s1".into()));
+        assert_eq!(classify(b"deallocate prepare s1"), Kind::Deallocate("s1".into()));
         assert_eq!(classify(b"DROP PREPARE s1"), Kind::Deallocate("s1".into()));
         assert_eq!(classify(b"DROP TABLE t"), Kind::Other);
         assert_eq!(classify(b"select 1"), Kind::Other);

@@ -2,9 +2,6 @@
 //! and session state, and handle the commands the proxy rewrites or refuses.
 
 use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
-use crate::protocol::conn::{parse_header, HEADER_LEN};
-use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
-use crate::protocol::handshake::ChangeUser;
 use crate::proxy::backend_conn::{relay_auth, AuthOutcome, AuthRelayError};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::digest::digest;
@@ -12,6 +9,9 @@ use crate::proxy::error::ClientError;
 use crate::proxy::query_log::QueryError;
 use crate::proxy::relay::{relay, OnePacket, RelayError, UntilEmpty};
 use crate::proxy::response::{ResponseObserver, Shape};
+use crate::protocol::conn::{parse_header, HEADER_LEN};
+use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
+use crate::protocol::handshake::ChangeUser;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 

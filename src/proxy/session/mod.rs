@@ -4,17 +4,17 @@
 mod command;
 
 use super::backend_conn::{dial, relay_auth, AuthAnswer, AuthOutcome, AuthRelayError, DialError};
+use super::migrate::credential::Proof;
+use super::migrate::state::Tracked;
+use crate::protocol::handshake::HandshakeResponse;
 use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
-use super::migrate::credential::Proof;
-use super::migrate::state::Tracked;
 use super::registry::SessionEntry;
 use super::txn::TxnState;
 use crate::balance::{BackendLease, BackendSelector};
 use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::cap;
-use crate::protocol::handshake::HandshakeResponse;
 use crate::protocol::{PacketConn, Stream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
+
 
 pub(crate) enum Flow {
     Continue,
@@ -313,3 +314,4 @@ async fn connect_backend(
         })
     }
 }
+
