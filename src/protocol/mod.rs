@@ -6,6 +6,7 @@ pub mod compress;
 pub mod conn;
 pub mod constants;
 pub mod handshake;
+pub mod proxy_protocol;
 pub mod response;
 pub mod stream;
 

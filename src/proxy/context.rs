@@ -25,6 +25,8 @@ pub struct SessionSettings {
     pub failover_timeout: Duration,
     pub conn_count_ratio: f64,
     pub max_migrations_per_second: u32,
+    /// Every client connection starts with a PROXY protocol v2 header.
+    pub proxy_protocol_v2: bool,
 }
 
 impl SessionSettings {
@@ -40,6 +42,7 @@ impl SessionSettings {
             failover_timeout: Duration::from_secs(c.proxy.failover_timeout),
             conn_count_ratio: c.balance.conn_count_ratio,
             max_migrations_per_second: c.balance.max_migrations_per_second,
+            proxy_protocol_v2: c.proxy.proxy_protocol == "v2",
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The SQL listener: accepts clients, enforces max-connections with a 1040 error, answers
 //! "shutting down" once draining, and starts one task per session.
 
-use super::context::ProxyContext;
+use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
 use super::session;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use crate::protocol::proxy_protocol;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -40,6 +41,9 @@ pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
             }
             let max = ctx.settings().max_connections;
             match ctx.admit(max) {
+                Some(guard) if ctx.settings().proxy_protocol_v2 => {
+                    tokio::spawn(behind_balancer(tcp, peer, ctx.clone(), guard));
+                }
                 Some(guard) => {
                     tokio::spawn(session::run(tcp, peer, ctx.clone(), guard));
                 }
@@ -54,4 +58,26 @@ pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
             }
         }
     })
+}
+
+/// With `proxy-protocol = "v2"` the session's client is the one the balancer names. A
+/// connection without a valid header is closed unanswered: greeting it would let anyone who
+/// reaches the port directly pose as any address.
+async fn behind_balancer(
+    mut tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: Arc<ProxyContext>,
+    guard: ActiveGuard,
+) {
+    let limit = ctx.settings().client_handshake_timeout;
+    match proxy_protocol::read_header(&mut tcp, limit).await {
+        Ok(h) => {
+            let client = h.source.unwrap_or(peer);
+            session::run(tcp, client, ctx, guard).await;
+        }
+        Err(e) => {
+            warn!(peer = %peer, error = %e, "connection closed: proxy-protocol is v2 and it sent no valid PROXY protocol v2 header");
+            drop(guard);
+        }
+    }
 }
