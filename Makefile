@@ -6,7 +6,7 @@ export TIPROXY_VERSION := $(VERSION)
 export TIPROXY_GIT_HASH := $(GIT_HASH)
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo deps clean
+.PHONY: all build test lint fmt demo deps clean fuzz
 
 all: build
 
@@ -28,6 +28,11 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Bounded fuzzing of every parser that sees outside bytes (FUZZ_SECONDS per target, default
+# 30); needs nightly and says so when it is missing. Not part of `make test` or CI.
+fuzz:
+	fuzz/run.sh
 
 demo: deps build
 	scripts/demo.sh
