@@ -113,6 +113,11 @@ impl MariaDb {
         self.port
     }
 
+    /// The mariadbd process id, for SIGSTOP/SIGCONT; `None` once killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -23,6 +23,9 @@ pub enum Script {
     /// Answers the first query with a packet that breaks the protocol (wrong sequence id and a
     /// truncated length-encoded column count), then keeps the socket open.
     Malformed,
+    /// Greets, reads the HandshakeResponse, then says nothing more: a backend that hangs
+    /// mid-authentication.
+    StallInAuth,
 }
 
 /// What the backend observed, for the test to check after the fact.
@@ -179,6 +182,11 @@ fn serve(stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
     let resp = io.read()?;
     let (user, plugin) = parse_response(&resp);
     record(sh, Event::Response { user, plugin });
+    if sh.script == Script::StallInAuth {
+        // Holds the socket until the proxy gives up (or the read timeout ends the thread).
+        let _ = io.read();
+        return Ok(());
+    }
 
     let scramble2 = scramble();
     let mut switch = vec![0xfe];

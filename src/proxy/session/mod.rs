@@ -228,7 +228,17 @@ async fn establish(
     };
     let delta = hello.seq.wrapping_sub(dialed.seq);
     let backend_addr = lease.backend().addr.clone();
-    let (status, proof) = match relay_auth(client, &mut dialed.conn, delta).await {
+    // A backend that greets and then hangs would otherwise hold the client forever: the dial
+    // timeout ends at the greeting. The client's own replies get their handshake allowance.
+    let auth_limit = settings.backend_connect_timeout + settings.client_handshake_timeout;
+    let auth = match timeout(auth_limit, relay_auth(client, &mut dialed.conn, delta)).await {
+        Ok(r) => r,
+        Err(_) => Err(AuthRelayError::Backend(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", auth_limit.as_secs()),
+        ))),
+    };
+    let (status, proof) = match auth {
         Ok(AuthOutcome::Ok(s, proof)) => (s, proof),
         Ok(AuthOutcome::Denied(err)) => {
             debug!(conn = id, client = %peer, backend = %backend_addr, code = err.code, "authentication denied by backend");
