@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::bystander::Bystander;
 use common::cli::send_signal;
 use common::client::builder;
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
@@ -11,9 +12,6 @@ use common::net::poll_until;
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::RawConn;
 use common::scripted::{Script, ScriptedBackend};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 fn login(addr: &str) -> RawConn {
@@ -30,50 +28,6 @@ fn send_command(c: &mut RawConn, payload: &[u8]) {
 
 fn port_of(c: &mut RawConn) -> String {
     c.query_value("SELECT @@port").expect("@@port")
-}
-
-/// A session that runs a query every few milliseconds until stopped; any failure is kept.
-struct Bystander {
-    stop: Arc<AtomicBool>,
-    queries: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Bystander {
-    fn start(mut c: RawConn) -> Bystander {
-        let stop = Arc::new(AtomicBool::new(false));
-        let queries = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let (s, q, f) = (stop.clone(), queries.clone(), failures.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match c.query("SELECT 1 + 1") {
-                    Ok(r) if r[0].rows[0][0].as_deref() == Some("2") => {}
-                    other => f.lock().unwrap().push(format!("{other:?}")),
-                }
-                q.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Bystander {
-            stop,
-            queries,
-            failures,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the loop and asserts it ran and never failed.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap();
-        let failures = self.failures.lock().unwrap().clone();
-        assert!(failures.is_empty(), "bystander session failed: {failures:?}");
-        let n = self.queries.load(Ordering::SeqCst);
-        assert!(n > 10, "bystander ran only {n} queries");
-        n
-    }
 }
 
 /// Logs in until one session sits on each backend; returns them in backend order.

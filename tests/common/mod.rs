@@ -2,6 +2,7 @@
 // Every test binary compiles this module but uses only part of it; the unused rest is not dead code.
 #![allow(dead_code)]
 
+pub mod bystander;
 pub mod cli;
 pub mod client;
 pub mod mariadb;

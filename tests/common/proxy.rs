@@ -40,6 +40,8 @@ pub struct ProxyConfig {
     /// `[proxy.service-account]` user and password.
     pub service_account: Option<(String, String)>,
     pub fail_backend_list: Vec<String>,
+    /// `[proxy] proxy-protocol`, left out of the file when empty.
+    pub proxy_protocol: String,
 }
 
 impl ProxyConfig {
@@ -60,6 +62,7 @@ impl ProxyConfig {
             sql_tls: None,
             service_account: None,
             fail_backend_list: Vec::new(),
+            proxy_protocol: String::new(),
         }
     }
 
@@ -96,6 +99,9 @@ impl ProxyConfig {
             .map(|b| format!("{b:?}"))
             .collect();
         let _ = writeln!(s, "fail-backend-list = [{}]", failed.join(", "));
+        if !self.proxy_protocol.is_empty() {
+            let _ = writeln!(s, "proxy-protocol = {:?}", self.proxy_protocol);
+        }
         if let Some((user, password)) = &self.service_account {
             let _ = writeln!(
                 s,

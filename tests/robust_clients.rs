@@ -1,0 +1,202 @@
+//! Hostile clients: garbage instead of a handshake, a 16 MiB length claim, truncated packets,
+//! silent sockets and a flood of connections past max-connections, all while a normal session
+//! keeps querying; the proxy's RSS is read before and after. Also PROXY protocol v2 on the
+//! SQL port, with and without a valid header.
+
+mod common;
+
+use common::bystander::Bystander;
+use common::mariadb::{MariaDb, APP_PASS, APP_USER};
+use common::net::poll_until;
+use common::proxy::{Proxy, ProxyConfig};
+use common::raw::{parse_err, RawConn};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+const MAX_CONNECTIONS: u64 = 300;
+const FLOOD: usize = 1500;
+const SILENT: usize = 200;
+const GARBAGE: usize = 50;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until the proxy closes; returns what it sent. A read timeout fails the test: every
+/// hostile connection must be ended by the proxy, not left open.
+fn read_to_close(mut s: TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("the proxy left a hostile connection open: {e}"),
+        }
+    }
+}
+
+/// The error code of the last packet in `bytes` (greeting first, then an ERR), if any.
+fn last_err_code(bytes: &[u8]) -> Option<u16> {
+    let mut pos = 0;
+    let mut last = None;
+    while pos + 4 <= bytes.len() {
+        let len = usize::from(bytes[pos]) | usize::from(bytes[pos + 1]) << 8;
+        let p = bytes.get(pos + 4..pos + 4 + len)?;
+        if p.first() == Some(&0xff) {
+            last = Some(parse_err(p).code);
+        }
+        pos += 4 + len;
+    }
+    last
+}
+
+fn read_greeting(s: &mut TcpStream) {
+    let mut hdr = [0u8; 4];
+    s.read_exact(&mut hdr).expect("greeting header");
+    let len = usize::from(hdr[0]) | usize::from(hdr[1]) << 8;
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).expect("greeting");
+    assert_eq!(p[0], 10, "expected a greeting");
+}
+
+#[test]
+fn hostile_clients_never_disturb_a_normal_session() {
+    let db = MariaDb::start();
+    let mut cfg = ProxyConfig::new(vec![db.addr()]);
+    cfg.max_connections = MAX_CONNECTIONS;
+    cfg.client_handshake_timeout = 2;
+    let proxy = Proxy::start(&cfg);
+    let addr = proxy.addr();
+    let c = RawConn::login(&addr, APP_USER, APP_PASS, Some("test")).expect("login");
+    let bystander = Bystander::start(c);
+    let rss_before = rss_kib(proxy.pid());
+
+    // HTTP (or any text) where a MySQL client would wait for the greeting: "GET " reads as a
+    // 5.5 MB length claim, far over the handshake limit.
+    let garbage: Vec<_> = (0..GARBAGE)
+        .map(|_| {
+            let mut s = connect(&addr);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: tiproxy\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    for s in garbage {
+        assert_eq!(last_err_code(&read_to_close(s)), Some(1043));
+    }
+
+    // A handshake response whose header claims 16 MiB - 1.
+    let mut s = connect(&addr);
+    read_greeting(&mut s);
+    s.write_all(&[0xff, 0xff, 0xff, 0x01, 0x8d, 0xa6]).unwrap();
+    assert_eq!(last_err_code(&read_to_close(s)), Some(1043));
+
+    // Truncated: 10 of 100 promised bytes, then the client half-closes...
+    let mut s = connect(&addr);
+    read_greeting(&mut s);
+    s.write_all(&[100, 0, 0, 1]).unwrap();
+    s.write_all(&[0x8d; 10]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    read_to_close(s);
+    // ...or stays silent after them: the handshake timeout ends it.
+    let mut s = connect(&addr);
+    read_greeting(&mut s);
+    s.write_all(&[100, 0, 0, 1, 0x8d, 0xa6]).unwrap();
+    assert_eq!(last_err_code(&read_to_close(s)), Some(1159));
+
+    // Sockets that connect and say nothing: each gets 1159 after the handshake timeout.
+    let started = Instant::now();
+    let silent: Vec<_> = (0..SILENT).map(|_| connect(&addr)).collect();
+    for s in silent {
+        assert_eq!(last_err_code(&read_to_close(s)), Some(1159));
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+
+    // A flood: every connection is either greeted (up to the limit) or refused with 1040.
+    let flood: Vec<_> = (0..FLOOD).map(|_| connect(&addr)).collect();
+    let rss_flood = rss_kib(proxy.pid());
+    let (mut greeted, mut refused) = (0, 0);
+    for s in flood {
+        match last_err_code(&read_to_close(s)) {
+            Some(1040) => refused += 1,
+            Some(1159) => greeted += 1,
+            other => panic!("flood connection ended with {other:?}"),
+        }
+    }
+    // Admitted ones free their slot after the handshake timeout and the backlog drains into
+    // it, so more than the limit are greeted over the whole flood, never at once.
+    assert_eq!(greeted + refused, FLOOD);
+    assert!(refused > 0, "max-connections never refused anyone");
+
+    // Everything hostile is gone; the session count falls back to the bystander alone.
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = rss_kib(proxy.pid());
+    let queries = bystander.finish();
+    eprintln!(
+        "RSS KiB: before {rss_before}, during flood {rss_flood}, after {rss_after}; \
+         bystander ran {queries} queries; flood: {greeted} greeted, {refused} refused"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+fn v2_header(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = tiproxy::protocol::proxy_protocol::SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&6000u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn proxy_protocol_v2_sets_the_client_address() {
+    let db = MariaDb::start();
+    let mut cfg = ProxyConfig::new(vec![db.addr()]);
+    cfg.proxy_protocol = "v2".into();
+    cfg.client_handshake_timeout = 2;
+    let proxy = Proxy::start(&cfg);
+
+    let mut c = RawConn::connect(&proxy.addr());
+    c.send_raw(&v2_header([203, 0, 113, 7], 40123));
+    c.handshake(APP_USER, APP_PASS, Some("test")).expect("login behind a balancer");
+    assert_eq!(c.query_value("SELECT 1").as_deref(), Some("1"));
+    let listed = poll_until(Duration::from_secs(5), || {
+        let body = common::cli::run(
+            std::process::Command::new("curl").args([
+                "-s",
+                &format!("http://127.0.0.1:{}/api/connections", proxy.api_port()),
+            ]),
+            Duration::from_secs(5),
+        )
+        .stdout;
+        body.contains("203.0.113.7:40123").then_some(())
+    });
+
+    // A plain MySQL client (no header) is closed without a greeting, and the log says why.
+    let mut plain = connect(&proxy.addr());
+    plain.write_all(b"\x0a\x00\x00\x00garbage!!!!!!!!").unwrap();
+    assert!(read_to_close(plain).is_empty(), "greeted without a header");
+    // A silent one too, after the handshake timeout.
+    let silent = connect(&proxy.addr());
+    assert!(read_to_close(silent).is_empty());
+    let log = proxy.log();
+    assert!(log.contains("no valid PROXY protocol v2 header"), "{log}");
+    assert!(listed.is_some(), "client address not taken from the header");
+}
