@@ -10,6 +10,10 @@ pub const HEADER_LEN: usize = 7;
 const MIN_COMPRESS_LEN: usize = 50;
 /// Largest uncompressed chunk put in one frame.
 const MAX_FRAME: usize = 0xff_ffff;
+/// Decoding stops once this much is produced, leaving later frames compressed in `raw`: a
+/// frame of ~16 KiB can inflate to 16 MiB, so decoding a whole read's worth of such frames
+/// at once would let one client claim gigabytes.
+const DECODE_BATCH: usize = 64 * 1024;
 
 pub struct CompressState {
     /// Compressed bytes read from the wire, not yet decoded.
@@ -35,10 +39,12 @@ impl CompressState {
         }
     }
 
-    /// Decodes every complete frame in `raw` into `out`; returns the bytes appended.
+    /// Decodes complete frames from `raw` into `out` until `DECODE_BATCH` bytes are produced
+    /// (at least one frame, so progress is certain); returns the bytes appended. Call again
+    /// before reading more: complete frames may still be waiting in `raw`.
     pub fn decode_frames(&mut self, out: &mut BytesMut) -> io::Result<usize> {
         let mut produced = 0;
-        while self.raw.len() >= HEADER_LEN {
+        while self.raw.len() >= HEADER_LEN && produced < DECODE_BATCH {
             let h = &self.raw[..HEADER_LEN];
             let clen = usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16;
             let seq = h[3];
@@ -130,6 +136,26 @@ mod tests {
         let mut expected = small.clone();
         expected.extend_from_slice(&large);
         assert_eq!(&out[..], &expected[..]);
+    }
+
+    #[test]
+    fn inflation_is_decoded_one_batch_at_a_time() {
+        // Four frames of 1 MiB of zeros, about 20 KiB on the wire together.
+        let mut tx = CompressState::new();
+        let mut wire = Vec::new();
+        for _ in 0..4 {
+            tx.encode(&vec![0u8; 1 << 20], &mut wire).unwrap();
+        }
+        assert!(wire.len() < 32 * 1024, "{}", wire.len());
+        let mut rx = CompressState::new();
+        rx.raw.extend_from_slice(&wire);
+        let mut out = BytesMut::new();
+        for _ in 0..4 {
+            out.clear();
+            assert_eq!(rx.decode_frames(&mut out).unwrap(), 1 << 20);
+        }
+        assert_eq!(rx.decode_frames(&mut out).unwrap(), 0);
+        assert!(rx.raw.is_empty());
     }
 
     #[test]

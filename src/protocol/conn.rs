@@ -91,16 +91,17 @@ impl PacketConn {
         }
         match &mut self.compress {
             None => self.stream.read_buf(&mut self.rbuf).await,
+            // Frames already read come first: decoding stops after a batch.
             Some(c) => loop {
+                let produced = c.decode_frames(&mut self.rbuf)?;
+                if produced > 0 {
+                    return Ok(produced);
+                }
                 if c.raw.capacity() - c.raw.len() < 1024 {
                     c.raw.reserve(self.buf_size);
                 }
                 if self.stream.read_buf(&mut c.raw).await? == 0 {
                     return Ok(0);
-                }
-                let produced = c.decode_frames(&mut self.rbuf)?;
-                if produced > 0 {
-                    return Ok(produced);
                 }
             },
         }
