@@ -67,6 +67,7 @@ fn backend_killed_mid_query_fails_fast_and_alone() {
     assert_eq!(err[0], 0xff, "expected ERR, got {err:?}");
     let err = common::raw::parse_err(&err);
     assert_eq!(err.code, 2013, "{err:?}");
+    eprintln!("killed backend: ERR {} after {waited:?}", err.code);
     assert!(waited < Duration::from_secs(3), "answer took {waited:?}");
 
     // New sessions land on the survivor while the bystander keeps going.
@@ -102,6 +103,7 @@ fn sigstopped_backend_is_bounded_and_taken_out() {
         slowest = slowest.max(t.elapsed());
         assert_eq!(port_of(&mut c), dbs[1].port().to_string());
     }
+    eprintln!("SIGSTOPped backend: slowest login {slowest:?}");
     assert!(slowest < Duration::from_secs(5), "a login took {slowest:?}");
     let out = poll_until(Duration::from_secs(15), || {
         proxy
@@ -132,6 +134,7 @@ fn backend_hanging_in_authentication_is_bounded() {
         .handshake(APP_USER, APP_PASS, None)
         .expect_err("a backend that never answers cannot log anyone in");
     let waited = t.elapsed();
+    eprintln!("backend hanging in auth: ERR {} after {waited:?}", err.code);
     assert!(waited < Duration::from_secs(8), "login hung for {waited:?}");
     assert_eq!(err.code, 2013, "{err:?}");
 }
