@@ -63,7 +63,12 @@ fn backend_killed_mid_query_fails_fast_and_alone() {
     let reply = victim.read_packet();
     let waited = killed.elapsed();
     let exited = proxy_exit(&mut proxy);
-    let err = reply.unwrap_or_else(|e| panic!("the client must get an ERR, not {e} (proxy exit {exited:?}):\n{}", proxy.log()));
+    let err = reply.unwrap_or_else(|e| {
+        panic!(
+            "the client must get an ERR, not {e} (proxy exit {exited:?}):\n{}",
+            proxy.log()
+        )
+    });
     assert_eq!(err[0], 0xff, "expected ERR, got {err:?}");
     let err = common::raw::parse_err(&err);
     assert_eq!(err.code, 2013, "{err:?}");
@@ -113,7 +118,11 @@ fn sigstopped_backend_is_bounded_and_taken_out() {
             .then_some(())
     });
     send_signal(pid, "CONT");
-    assert!(out.is_some(), "frozen backend never marked down:\n{}", proxy.log());
+    assert!(
+        out.is_some(),
+        "frozen backend never marked down:\n{}",
+        proxy.log()
+    );
     // Once thawed, the waiting query completes: the proxy never gave up on a slow answer.
     assert_eq!(frozen_session.read_packet().map(|p| p[0]).ok(), Some(1));
     bystander.finish();
@@ -162,7 +171,10 @@ async fn malformed_backend_packets_end_only_their_session() {
     // The kept session's backend answers its query with the same broken packet, so it too
     // ends with 2027 rather than a hang or a crash of the proxy.
     let err = kept.query_drop("SELECT 1").await.unwrap_err();
-    assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 2027), "{err:?}");
+    assert!(
+        matches!(err, mysql_async::Error::Server(ref e) if e.code == 2027),
+        "{err:?}"
+    );
     assert!(
         common::net::wait_for_port(proxy.api_port(), Duration::from_secs(2)),
         "{}",

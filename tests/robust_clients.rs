@@ -90,7 +90,8 @@ fn hostile_clients_never_disturb_a_normal_session() {
     let garbage: Vec<_> = (0..GARBAGE)
         .map(|_| {
             let mut s = connect(&addr);
-            s.write_all(b"GET / HTTP/1.1\r\nHost: tiproxy\r\n\r\n").unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: tiproxy\r\n\r\n")
+                .unwrap();
             s
         })
         .collect();
@@ -123,7 +124,11 @@ fn hostile_clients_never_disturb_a_normal_session() {
     for s in silent {
         assert_eq!(last_err_code(&read_to_close(s)), Some(1159));
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
 
     // A flood: every connection is either greeted (up to the limit) or refused with 1040.
     let flood: Vec<_> = (0..FLOOD).map(|_| connect(&addr)).collect();
@@ -175,7 +180,8 @@ fn proxy_protocol_v2_sets_the_client_address() {
 
     let mut c = RawConn::connect(&proxy.addr());
     c.send_raw(&v2_header([203, 0, 113, 7], 40123));
-    c.handshake(APP_USER, APP_PASS, Some("test")).expect("login behind a balancer");
+    c.handshake(APP_USER, APP_PASS, Some("test"))
+        .expect("login behind a balancer");
     assert_eq!(c.query_value("SELECT 1").as_deref(), Some("1"));
     let listed = poll_until(Duration::from_secs(5), || {
         let body = common::cli::run(

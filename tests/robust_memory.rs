@@ -47,6 +47,12 @@ fn slow_reader_of_200mb_result_keeps_rss_bounded() {
     let after = rss_kib(proxy.pid());
     eprintln!("RSS KiB: before {before}, stalled {stalled}, after {after}; read {total} bytes");
     // One row is 1 MiB; a proxy that buffered the result would be 200 MiB up.
-    assert!(stalled < before + 32 * 1024, "stalled RSS {stalled} KiB vs {before}");
-    assert!(after < before + 32 * 1024, "after RSS {after} KiB vs {before}");
+    assert!(
+        stalled < before + 32 * 1024,
+        "stalled RSS {stalled} KiB vs {before}"
+    );
+    assert!(
+        after < before + 32 * 1024,
+        "after RSS {after} KiB vs {before}"
+    );
 }

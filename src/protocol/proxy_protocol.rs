@@ -188,7 +188,13 @@ mod tests {
     #[test]
     fn local_keeps_the_socket_peer() {
         let got = parse(&header(0x20, 0x00, &[])).unwrap().unwrap();
-        assert_eq!(got, Header { len: 16, source: None });
+        assert_eq!(
+            got,
+            Header {
+                len: 16,
+                source: None
+            }
+        );
     }
 
     #[test]

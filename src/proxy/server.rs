@@ -4,9 +4,9 @@
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
 use super::session;
+use crate::protocol::proxy_protocol;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::protocol::proxy_protocol;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};

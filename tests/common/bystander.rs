@@ -44,10 +44,12 @@ impl Bystander {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap();
         let failures = self.failures.lock().unwrap().clone();
-        assert!(failures.is_empty(), "bystander session failed: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "bystander session failed: {failures:?}"
+        );
         let n = self.queries.load(Ordering::SeqCst);
         assert!(n > 10, "bystander ran only {n} queries");
         n
     }
 }
-
