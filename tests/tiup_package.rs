@@ -12,7 +12,11 @@ use support_tiup::*;
 
 fn unpack(tarball: &Path, into: &Path) {
     let (ok, out) = run(
-        Command::new("tar").arg("-xzf").arg(tarball).arg("-C").arg(into),
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(into),
         Duration::from_secs(60),
     );
     assert!(ok, "untar {}: {out}", tarball.display());
@@ -51,7 +55,10 @@ fn tarball_has_the_binaries_at_its_root_and_needs_glibc_2_17_at_most() {
         let max = max_glibc(&path);
         eprintln!("{bin}: highest GLIBC symbol version {max:?}");
         assert!(!max.is_empty(), "{bin} links no glibc symbols at all?");
-        assert!(max <= vec![2, 17], "{bin} needs GLIBC {max:?}, more than 2.17");
+        assert!(
+            max <= vec![2, 17],
+            "{bin} needs GLIBC {max:?}, more than 2.17"
+        );
         let (ok, out) = run(Command::new(&path).arg("-v"), Duration::from_secs(30));
         assert!(ok && out.contains(TEST_VERSION), "{bin} -v: {out}");
     }

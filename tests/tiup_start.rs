@@ -99,7 +99,11 @@ fn cluster_layout_serves_and_stops_on_sigterm() {
     );
 
     let out = common::cli::mariadb(ports.sql, "app", "secret", &[], "SELECT 40 + 2");
-    assert!(out.ok(), "query through the proxy: {out:?}\n{}", read_log(&log));
+    assert!(
+        out.ok(),
+        "query through the proxy: {out:?}\n{}",
+        read_log(&log)
+    );
     assert_eq!(out.stdout.trim(), "42");
 
     proc.signal("TERM");
@@ -151,8 +155,19 @@ fn cluster_tls_config_serves_https_status() {
     );
     let (ok, out) = run(
         Command::new("curl")
-            .args(["-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("https://127.0.0.1:{}/api/debug/health", ports.status)),
+            .args([
+                "-sk",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!(
+                "https://127.0.0.1:{}/api/debug/health",
+                ports.status
+            )),
         Duration::from_secs(20),
     );
     assert!(

@@ -308,5 +308,6 @@ pub fn start_like_cluster(bin: &Path, deploy: &Path, config: &str) -> Daemon {
 
 /// The log file's text, for failure messages.
 pub fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
 }
