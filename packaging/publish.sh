@@ -46,7 +46,8 @@ export VERSION
 ensure_tiup
 # tiup keeps its mirror choice, root manifest and keys in TIUP_HOME; an existing one is kept.
 export TIUP_HOME=${TIUP_HOME:-$HOME/.tiup}
-mkdir -p "$TIUP_HOME"
+# `tiup mirror set` keeps the mirror's root.json in $TIUP_HOME/bin and fails when it is missing.
+mkdir -p "$TIUP_HOME/bin"
 
 case "$mirror" in
 http://* | https://*)

@@ -33,9 +33,14 @@ pub fn closed_port() -> u16 {
 /// output goes through a file so a chatty command cannot block on a full pipe.
 pub fn run(cmd: &mut Command, timeout: Duration) -> (bool, String) {
     let out = tempfile::NamedTempFile::new().expect("temp file");
-    let err = out.reopen().expect("reopen temp file");
-    let log = out.reopen().expect("reopen temp file");
-    let mut child = Daemon::spawn(cmd.stdin(Stdio::null()).stdout(log).stderr(err));
+    // Appending, so the two streams interleave instead of overwriting each other.
+    let append = || {
+        OpenOptions::new()
+            .append(true)
+            .open(out.path())
+            .expect("open temp file")
+    };
+    let mut child = Daemon::spawn(cmd.stdin(Stdio::null()).stdout(append()).stderr(append()));
     let status = child.wait_exit(timeout);
     let mut text = String::new();
     let _ = out.reopen().and_then(|mut f| f.read_to_string(&mut text));
@@ -53,13 +58,18 @@ pub fn package() -> &'static Path {
         let (ok, out) = run(
             Command::new("packaging/build.sh")
                 .current_dir(repo_root())
-                .env("VERSION", TEST_VERSION),
+                .env("VERSION", TEST_VERSION)
+                // A fixed commit id: with the real one every commit would relink the binaries.
+                .env("GIT_HASH", "tiup-test"),
             Duration::from_secs(1800),
         );
         assert!(ok, "packaging/build.sh failed:\n{out}");
-        let last = out.lines().last().unwrap_or_default().trim();
-        let path = repo_root().join(last);
-        assert!(path.is_file(), "build.sh printed no tarball path:\n{out}");
+        let path = repo_root().join(format!("dist/tiproxy-{TEST_VERSION}-linux-amd64.tar.gz"));
+        assert!(
+            path.is_file(),
+            "build.sh made no {}:\n{out}",
+            path.display()
+        );
         path
     })
 }
