@@ -4,6 +4,7 @@
 use crate::api::{self, ApiState};
 use crate::balance::BackendSet;
 use crate::config::Config;
+use crate::discovery;
 use crate::health;
 use crate::logging::LogHandle;
 use crate::protocol::stream::TlsContext;
@@ -34,6 +35,8 @@ pub struct App {
     /// Set first thing on shutdown; the health API answers 502 from then on.
     pub draining: CancellationToken,
     background: CancellationToken,
+    /// PD discovery and registration; awaited at shutdown so our PD keys are removed.
+    discovery: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl App {
@@ -83,9 +86,11 @@ impl App {
             credentials,
         });
         api::start(api_listener, state, http_tls, background.clone());
-        health::start(backends, config.health.clone(), background.clone());
+        health::start(backends.clone(), config.health.clone(), background.clone());
         server::start(listener, ctx.clone());
-        if config.proxy.backend_addrs.is_empty() {
+        crate::proxy::rebalance::start(ctx.clone(), background.clone());
+        let discovery = discovery::start(&config, backends, background.clone());
+        if config.proxy.backend_addrs.is_empty() && discovery.is_none() {
             warn!("no backend is configured: set [proxy] backend-addrs or --backend-addrs; clients will get error 2003 until one is");
         }
         Ok(App {
@@ -96,6 +101,7 @@ impl App {
             api_addr,
             draining,
             background,
+            discovery: std::sync::Mutex::new(discovery),
         })
     }
 
@@ -160,6 +166,11 @@ impl App {
         }
         self.ctx.force_close.cancel();
         self.background.cancel();
+        let pd_task = self.discovery.lock().expect("discovery handle").take();
+        if let Some(task) = pd_task {
+            // Deregistration bounds itself; this bound only guards against a stuck task.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         wait_until_idle(&self.ctx, Duration::from_secs(2)).await;
         info!("proxy stopped");
     }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod ctl;
+pub mod discovery;
 pub mod events;
 pub mod health;
 pub mod logging;

@@ -75,13 +75,19 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> 
             &json!({ "events": crate::events::global().recent() }),
         ),
         (Method::GET, "/api/info") => json_reply(StatusCode::OK, &info(state)),
+        (Method::POST, "/api/admin/migrate") => {
+            let params = super::migrate::parse_query(req.uri().query().unwrap_or_default());
+            match super::migrate::request(&state.ctx, &params) {
+                Ok(r) => json_reply(StatusCode::OK, &r),
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+            }
+        }
         (Method::GET, "" | "/index.html") => {
             reply(StatusCode::OK, "text/html; charset=utf-8", dashboard::PAGE)
         }
         (_, "/api/debug/health" | "/api/metrics" | "/metrics" | "/api/admin/config")
-        | (_, "/api/backends" | "/api/connections" | "/api/events" | "/api/info" | "") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        | (_, "/api/backends" | "/api/connections" | "/api/events" | "/api/info" | "")
+        | (_, "/api/admin/migrate") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, format!("no such path: {path}")),
     }
 }

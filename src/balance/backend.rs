@@ -1,9 +1,58 @@
-//! One backend as routing sees it: address, health, live session count, and what its last
-//! greeting said (server version and capabilities, which the proxy mirrors to clients).
+//! One backend as routing sees it: address, where it came from, health, live session count,
+//! and what its last greeting said (server version and capabilities, which the proxy mirrors
+//! to clients).
 
 use crate::metrics::BackendMetrics;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Where a backend address came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendSource {
+    /// `[proxy] backend-addrs`.
+    Static,
+    /// A TiDB found under `/topology/tidb/` in PD's etcd.
+    Pd,
+}
+
+impl BackendSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendSource::Static => "static",
+            BackendSource::Pd => "pd",
+        }
+    }
+}
+
+/// What a source says about one backend; the set turns specs into live backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: String,
+    pub source: BackendSource,
+    /// `ip:status_port` of a TiDB, probed with `GET /status`.
+    pub status_addr: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl BackendSpec {
+    pub fn new_static(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            source: BackendSource::Static,
+            status_addr: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// The descriptive part of a backend, which may change while its sessions live on.
+#[derive(Debug, Clone)]
+struct Meta {
+    source: BackendSource,
+    status_addr: Option<String>,
+    labels: BTreeMap<String, String>,
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct BackendInfo {
@@ -15,6 +64,7 @@ pub struct BackendInfo {
 #[derive(Debug)]
 pub struct Backend {
     pub addr: String,
+    meta: RwLock<Meta>,
     healthy: AtomicBool,
     sessions: AtomicU64,
     info: Mutex<BackendInfo>,
@@ -24,15 +74,48 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(addr: String) -> Self {
-        let metrics = crate::metrics::backend(&addr);
+        Self::from_spec(BackendSpec::new_static(addr))
+    }
+
+    pub fn from_spec(spec: BackendSpec) -> Self {
+        let metrics = crate::metrics::backend(&spec.addr);
         metrics.status.set(1);
         Self {
             metrics,
-            addr,
+            addr: spec.addr,
+            meta: RwLock::new(Meta {
+                source: spec.source,
+                status_addr: spec.status_addr,
+                labels: spec.labels,
+            }),
             // Optimistic until a probe says otherwise, so the proxy serves from its first second.
             healthy: AtomicBool::new(true),
             sessions: AtomicU64::new(0),
             info: Mutex::new(BackendInfo::default()),
+        }
+    }
+
+    pub fn source(&self) -> BackendSource {
+        self.meta.read().expect("backend meta").source
+    }
+
+    pub fn status_addr(&self) -> Option<String> {
+        self.meta.read().expect("backend meta").status_addr.clone()
+    }
+
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.meta.read().expect("backend meta").labels.clone()
+    }
+
+    /// A TiDB that restarts on the same SQL address may change its status port or labels.
+    pub(crate) fn update_meta(&self, spec: &BackendSpec) {
+        let mut m = self.meta.write().expect("backend meta");
+        m.source = spec.source;
+        if m.status_addr != spec.status_addr {
+            m.status_addr = spec.status_addr.clone();
+        }
+        if m.labels != spec.labels {
+            m.labels = spec.labels.clone();
         }
     }
 

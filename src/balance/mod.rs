@@ -3,9 +3,11 @@
 
 pub mod backend;
 
-pub use backend::{Backend, BackendLease};
+pub use backend::{Backend, BackendLease, BackendSource, BackendSpec};
 
-use std::sync::{Arc, RwLock};
+use crate::discovery::PdStatus;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// What the data plane asks of the control plane when a session needs a backend.
 pub trait BackendSelector: Send + Sync {
@@ -15,10 +17,14 @@ pub trait BackendSelector: Send + Sync {
     fn unavailable_reason(&self) -> String;
 }
 
-/// The backends the proxy knows, replaced as a whole when discovery or config changes.
+/// The backends the proxy knows: the union of what each source (static config, PD) last said.
+/// Each source replaces only its own part, so a config reload never drops discovered TiDBs
+/// and a PD update never drops static backends.
 #[derive(Default)]
 pub struct BackendSet {
     list: RwLock<Arc<Vec<Arc<Backend>>>>,
+    parts: Mutex<BTreeMap<BackendSource, Vec<BackendSpec>>>,
+    pd: OnceLock<Arc<PdStatus>>,
 }
 
 impl BackendSet {
@@ -28,23 +34,58 @@ impl BackendSet {
         set
     }
 
-    /// Replaces the list; backends already known keep their state and sessions.
+    /// Replaces the static backends; backends already known keep their state and sessions.
     pub fn set_addrs(&self, addrs: &[String]) {
+        let specs: Vec<BackendSpec> = addrs.iter().map(BackendSpec::new_static).collect();
+        self.set_source(BackendSource::Static, specs);
+    }
+
+    /// Replaces what one source says; the other sources' backends stay.
+    pub fn set_source(&self, source: BackendSource, specs: Vec<BackendSpec>) {
+        let mut parts = self.parts.lock().expect("backend parts lock");
+        parts.insert(source, specs);
+        // Static first so ties in session count go to configured backends; a TiDB listed both
+        // statically and in PD appears once, with PD's status port and labels.
+        let mut union: Vec<BackendSpec> = Vec::new();
+        for spec in parts.values().flatten() {
+            match union.iter_mut().find(|s| s.addr == spec.addr) {
+                Some(s) if spec.source == BackendSource::Pd => *s = spec.clone(),
+                Some(_) => {}
+                None => union.push(spec.clone()),
+            }
+        }
+        self.set_specs(&union);
+    }
+
+    /// Replaces the whole list from specs; backends already known (by address) keep their
+    /// health, sessions and greeting, and take the spec's source, status address and labels.
+    pub fn set_specs(&self, specs: &[BackendSpec]) {
         let mut guard = self.list.write().expect("backend list lock");
         let old = guard.clone();
-        let mut next = Vec::with_capacity(addrs.len());
-        for a in addrs {
-            if next.iter().any(|b: &Arc<Backend>| &b.addr == a) {
+        let mut next: Vec<Arc<Backend>> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if next.iter().any(|b| b.addr == spec.addr) {
                 continue;
             }
-            let b = old
-                .iter()
-                .find(|b| &b.addr == a)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Backend::new(a.clone())));
+            let b = match old.iter().find(|b| b.addr == spec.addr) {
+                Some(b) => {
+                    b.update_meta(spec);
+                    b.clone()
+                }
+                None => Arc::new(Backend::from_spec(spec.clone())),
+            };
             next.push(b);
         }
         *guard = Arc::new(next);
+    }
+
+    /// Lets `unavailable_reason` say when PD being unreachable is why nothing is available.
+    pub fn attach_pd_status(&self, status: Arc<PdStatus>) {
+        let _ = self.pd.set(status);
+    }
+
+    pub fn pd_status(&self) -> Option<&Arc<PdStatus>> {
+        self.pd.get()
     }
 
     pub fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {
@@ -67,18 +108,26 @@ impl BackendSelector for BackendSet {
 
     fn unavailable_reason(&self) -> String {
         let list = self.snapshot();
+        let pd_down = self.pd.get().and_then(|p| p.unreachable_summary());
         if list.is_empty() {
-            return "no backend is configured or discovered".into();
+            return match pd_down {
+                Some(pd) => format!("no TiDB is known yet because {pd}"),
+                None => "no backend is configured or discovered".into(),
+            };
         }
         let downs: Vec<String> = list
             .iter()
             .map(|b| format!("{} ({})", b.addr, b.last_error_or("unhealthy")))
             .collect();
-        format!(
+        let mut reason = format!(
             "all {} backends are unhealthy: {}",
             list.len(),
             downs.join(", ")
-        )
+        );
+        if let Some(pd) = pd_down {
+            reason.push_str(&format!("; the TiDB list may be stale because {pd}"));
+        }
+        reason
     }
 }
 
@@ -138,5 +187,72 @@ mod tests {
         assert_eq!(list.len(), 2);
         assert!(Arc::ptr_eq(&list[1], &a));
         assert_eq!(list[1].sessions(), 1);
+    }
+
+    fn pd_spec(addr: &str, status: &str) -> BackendSpec {
+        BackendSpec {
+            addr: addr.into(),
+            source: BackendSource::Pd,
+            status_addr: Some(status.into()),
+            labels: [("zone".to_string(), "z1".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn static_and_pd_backends_form_a_union() {
+        let set = BackendSet::new(&addrs(&["s:1", "t:1"]));
+        let s = set.snapshot()[0].clone();
+        s.mark_unhealthy("down");
+        set.set_source(
+            BackendSource::Pd,
+            vec![pd_spec("p:1", "p:10080"), pd_spec("t:1", "t:10080")],
+        );
+        let list = set.snapshot();
+        let names: Vec<_> = list.iter().map(|b| b.addr.as_str()).collect();
+        assert_eq!(names, ["s:1", "t:1", "p:1"]);
+        assert!(Arc::ptr_eq(&list[0], &s) && !list[0].is_healthy());
+        assert_eq!(
+            list[1].source(),
+            BackendSource::Pd,
+            "PD knows the status port"
+        );
+        assert_eq!(list[2].status_addr().as_deref(), Some("p:10080"));
+        assert_eq!(list[2].labels().get("zone").map(String::as_str), Some("z1"));
+        // A static reload keeps discovered TiDBs; PD forgetting a TiDB keeps static ones.
+        set.set_addrs(&addrs(&["s:1"]));
+        assert_eq!(set.snapshot().len(), 3);
+        set.set_source(BackendSource::Pd, vec![]);
+        let names: Vec<_> = set.snapshot().iter().map(|b| b.addr.clone()).collect();
+        assert_eq!(names, ["s:1"]);
+        assert_eq!(BackendSource::Pd.as_str(), "pd");
+    }
+
+    #[test]
+    fn specs_update_metadata_but_keep_state() {
+        let set = BackendSet::default();
+        set.set_specs(&[pd_spec("p:1", "p:10080")]);
+        let p = set.snapshot()[0].clone();
+        let _lease = BackendLease::new(p.clone());
+        set.set_specs(&[pd_spec("p:1", "p:10081")]);
+        let now = set.snapshot()[0].clone();
+        assert!(Arc::ptr_eq(&now, &p));
+        assert_eq!(now.sessions(), 1);
+        assert_eq!(now.status_addr().as_deref(), Some("p:10081"));
+    }
+
+    #[test]
+    fn pd_outage_is_named_when_nothing_is_available() {
+        let set = BackendSet::default();
+        let pd = Arc::new(PdStatus::new(vec!["127.0.0.1:1".into()]));
+        set.attach_pd_status(pd.clone());
+        assert!(set.unavailable_reason().contains("no backend"));
+        pd.record_failure("connection refused");
+        let r = set.unavailable_reason();
+        assert!(r.contains("PD") && r.contains("connection refused"), "{r}");
+        set.set_addrs(&addrs(&["a:1"]));
+        set.snapshot()[0].mark_unhealthy("refused");
+        assert!(set.unavailable_reason().contains("PD"));
+        pd.record_success();
+        assert!(!set.unavailable_reason().contains("PD"));
     }
 }

@@ -191,6 +191,22 @@ const KEYS: &[(&str, &str)] = &[
         "how new connections pick a backend; empty = policy default",
     ),
     (
+        "balance.conn-count-ratio",
+        "move sessions when the busiest backend has more than this times the least busy one's",
+    ),
+    (
+        "balance.max-migrations-per-second",
+        "sessions moved per second for balance; drains are not limited",
+    ),
+    (
+        "proxy.service-account.user",
+        "account that may read mysql.user, to move MySQL/MariaDB sessions; empty = not moved",
+    ),
+    (
+        "proxy.service-account.password",
+        "password of the service account",
+    ),
+    (
         "health.interval-ms",
         "milliseconds between backend health checks",
     ),
@@ -229,6 +245,8 @@ pub fn is_hot_reloadable(key: &str) -> bool {
         "proxy.graceful-close-conn-timeout",
         "proxy.backend-connect-timeout",
         "proxy.client-handshake-timeout",
+        "proxy.service-account.user",
+        "proxy.service-account.password",
         "log.level",
         "health",
         "balance",

@@ -15,5 +15,6 @@ pub use info::{config_info_json, is_hot_reloadable};
 pub use load::{load_file, merge_partial, parse_str, Loaded};
 pub use types::{
     normalize_log_level, normalize_tls_version, ApiConfig, BalanceConfig, Config, HealthConfig,
-    LogConfig, LogFileConfig, ProxyConfig, QueryErrorFileConfig, SecurityConfig, TlsConfig,
+    LogConfig, LogFileConfig, ProxyConfig, QueryErrorFileConfig, SecurityConfig, ServiceAccount,
+    TlsConfig,
 };

@@ -67,6 +67,9 @@ pub struct ProxyConfig {
     pub failover_timeout: u64,
     pub backend_connect_timeout: u64,
     pub client_handshake_timeout: u64,
+    /// `[proxy.service-account]`: lets the proxy read password hashes so it can move MySQL
+    /// and MariaDB sessions; empty = such sessions are not moved.
+    pub service_account: ServiceAccount,
     /// Whether `pd-addrs` was written by the user rather than defaulted. It decides
     /// whether PD is contacted when `backend-addrs` is set, and is not part of the file.
     #[serde(skip)]
@@ -89,9 +92,18 @@ impl Default for ProxyConfig {
             failover_timeout: 60,
             backend_connect_timeout: 5,
             client_handshake_timeout: 10,
+            service_account: ServiceAccount::default(),
             pd_addrs_explicit: false,
         }
     }
+}
+
+/// A MySQL/MariaDB account allowed to `SELECT` from `mysql.user`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct ServiceAccount {
+    pub user: String,
+    pub password: String,
 }
 
 impl ProxyConfig {
@@ -257,6 +269,11 @@ pub struct BalanceConfig {
     pub policy: String,
     pub label_name: String,
     pub routing_policy: String,
+    /// Sessions move off the busiest healthy backend when it has more than this many times
+    /// the sessions of the least busy one (and at least two more).
+    pub conn_count_ratio: f64,
+    /// At most this many sessions are moved per second for balance (drains are not limited).
+    pub max_migrations_per_second: u32,
 }
 
 impl Default for BalanceConfig {
@@ -265,6 +282,8 @@ impl Default for BalanceConfig {
             policy: "resource".into(),
             label_name: String::new(),
             routing_policy: String::new(),
+            conn_count_ratio: 1.5,
+            max_migrations_per_second: 10,
         }
     }
 }

@@ -1,5 +1,8 @@
-//! Backend health probes: a periodic SQL-port check (connect, read the greeting, close) with
-//! failure and recovery thresholds, marking backends up and down for routing.
+//! Backend health probes: a periodic SQL-port check (connect, read the greeting, close), plus
+//! `GET /status` for TiDBs with a known status port, with failure and recovery thresholds,
+//! marking backends up and down for routing.
+
+pub mod status;
 
 use crate::balance::{Backend, BackendSet};
 use crate::config::HealthConfig;
@@ -17,7 +20,7 @@ use tracing::{info, warn};
 
 /// One probe of a backend's SQL port. The greeting is read and the connection closed before
 /// any handshake response, which loopback and proxy hosts are exempt from counting against
-/// max_connect_errors; issue-level TiDB `/status` checks come with discovery.
+/// max_connect_errors. TiDB's `/status` is probed in `status`.
 pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), String> {
     let fut = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -95,7 +98,12 @@ pub fn start(
             for b in list.iter() {
                 let b = b.clone();
                 probes.spawn(async move {
-                    let r = probe_sql(&b.addr, timeout).await;
+                    let mut r = probe_sql(&b.addr, timeout).await;
+                    if let (Ok(_), Some(status_addr)) = (&r, b.status_addr()) {
+                        if let Err(e) = status::probe_status(&status_addr, timeout).await {
+                            r = Err(e);
+                        }
+                    }
                     (b, r)
                 });
             }

@@ -4,10 +4,12 @@
 
 use super::client_handshake::{ClientHello, HANDSHAKE_PACKET_LIMIT};
 use super::context::ProxyContext;
+use super::migrate::credential::{native_reply, Proof, ProofCapture};
 use super::tls::server_name;
 use crate::balance::Backend;
 use crate::protocol::constants::{
-    cap, AUTH_MORE_DATA_HEADER, ERR_HEADER, OK_HEADER, UNKNOWN_AUTH_PLUGIN,
+    cap, AUTH_MORE_DATA_HEADER, EOF_HEADER, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
+    UNKNOWN_AUTH_PLUGIN,
 };
 use crate::protocol::handshake::{ssl_request, Greeting, HandshakeResponse};
 use crate::protocol::response::{ok_status, ErrPacket};
@@ -28,6 +30,9 @@ pub enum DialError {
     Tls(String),
 }
 
+/// The auth plugin TiDB accepts a session token with.
+pub const TIDB_TOKEN_PLUGIN: &str = "tidb_session_token";
+
 /// A backend connection that has been sent the client's identity and awaits the auth result.
 pub struct Dialed {
     pub conn: PacketConn,
@@ -36,9 +41,42 @@ pub struct Dialed {
     pub capabilities: u32,
 }
 
+/// How the proxy answers a backend's greeting for the client.
+#[derive(Clone, Copy)]
+pub enum AuthAnswer<'a> {
+    /// An unknown plugin and no data: the backend asks again with an auth switch carrying its
+    /// own plugin and scramble, which the client answers (the first connection of a session).
+    PassThrough,
+    /// `tidb_session_token` with a token from SHOW SESSION_STATES (TiDB migration).
+    SessionToken(&'a [u8]),
+    /// mysql_native_password computed from SHA1(password) (MySQL/MariaDB migration, and the
+    /// service account).
+    Native(&'a [u8; 20]),
+    /// mysql_native_password for a user without a password.
+    EmptyPassword,
+}
+
+/// The client identity a backend connection is opened for.
+#[derive(Clone, Copy)]
+pub struct Identity<'a> {
+    pub response: &'a HandshakeResponse,
+    /// Capabilities in force between the client and the proxy.
+    pub capabilities: u32,
+}
+
+impl<'a> From<&'a ClientHello> for Identity<'a> {
+    fn from(h: &'a ClientHello) -> Self {
+        Identity {
+            response: &h.response,
+            capabilities: h.capabilities,
+        }
+    }
+}
+
 pub async fn dial(
     backend: &Arc<Backend>,
-    hello: &ClientHello,
+    who: Identity<'_>,
+    answer: AuthAnswer<'_>,
     ctx: &ProxyContext,
     buf_size: usize,
     require_tls: bool,
@@ -59,9 +97,13 @@ pub async fn dial(
     let greeting = Greeting::parse(&payload).map_err(|e| DialError::Malformed(e.to_string()))?;
     backend.record_greeting(&greeting.server_version, greeting.capabilities);
 
-    let mut caps = hello.capabilities & greeting.capabilities & !(cap::COMPRESS | cap::SSL);
+    let mut caps = who.capabilities & greeting.capabilities & !(cap::COMPRESS | cap::SSL);
     caps |= cap::PLUGIN_AUTH | cap::PROTOCOL_41 | cap::SECURE_CONNECTION;
-    let resp = &hello.response;
+    let resp = who.response;
+    // An empty database name is not "no database" to MariaDB: views then fail with 1046.
+    if resp.database.is_none() {
+        caps &= !cap::CONNECT_WITH_DB;
+    }
     let mut seq = 1u8;
     let backend_tls = greeting.capabilities & cap::SSL != 0;
     match (&ctx.tls.client, backend_tls) {
@@ -86,14 +128,23 @@ pub async fn dial(
         }
         _ => {}
     }
+    let (plugin, auth_data) = match answer {
+        AuthAnswer::PassThrough => (UNKNOWN_AUTH_PLUGIN, Vec::new()),
+        AuthAnswer::SessionToken(t) => (TIDB_TOKEN_PLUGIN, t.to_vec()),
+        AuthAnswer::Native(stage1) => (
+            NATIVE_PASSWORD_PLUGIN,
+            native_reply(stage1, &greeting.scramble),
+        ),
+        AuthAnswer::EmptyPassword => (NATIVE_PASSWORD_PLUGIN, Vec::new()),
+    };
     let forwarded = HandshakeResponse {
         capabilities: caps,
         max_packet: resp.max_packet,
         collation: resp.collation,
         user: resp.user.clone(),
-        auth_data: Vec::new(),
+        auth_data,
         database: resp.database.clone(),
-        auth_plugin: Some(UNKNOWN_AUTH_PLUGIN.into()),
+        auth_plugin: Some(plugin.into()),
         attrs: resp.attrs.clone(),
     };
     conn.write_packet(seq, &forwarded.encode())
@@ -107,8 +158,8 @@ pub async fn dial(
 }
 
 pub enum AuthOutcome {
-    /// Status flags of the backend's OK.
-    Ok(u16),
+    /// Status flags of the backend's OK, and what the exchange proves for re-authentication.
+    Ok(u16, Proof),
     /// The backend's ERR, already forwarded to the client.
     Denied(ErrPacket),
 }
@@ -128,18 +179,25 @@ pub async fn relay_auth(
     backend: &mut PacketConn,
     delta: u8,
 ) -> Result<AuthOutcome, AuthRelayError> {
+    let mut capture = ProofCapture::default();
     // Bounded: a real exchange is a handful of round trips.
     for _ in 0..16 {
         let (bseq, p) = backend
             .read_packet(HANDSHAKE_PACKET_LIMIT)
             .await
             .map_err(AuthRelayError::Backend)?;
+        capture.on_backend(&p);
         client
             .write_packet(bseq.wrapping_add(delta), &p)
             .await
             .map_err(AuthRelayError::Client)?;
         match p.first() {
-            Some(&OK_HEADER) => return Ok(AuthOutcome::Ok(ok_status(&p).unwrap_or(0))),
+            Some(&OK_HEADER) => {
+                return Ok(AuthOutcome::Ok(
+                    ok_status(&p).unwrap_or(0),
+                    capture.finish(),
+                ))
+            }
             Some(&ERR_HEADER) => {
                 return Ok(AuthOutcome::Denied(
                     ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "HY000", "")),
@@ -153,6 +211,7 @@ pub async fn relay_auth(
             .read_packet(HANDSHAKE_PACKET_LIMIT)
             .await
             .map_err(AuthRelayError::Client)?;
+        capture.on_client(&c);
         backend
             .write_packet(cseq.wrapping_sub(delta), &c)
             .await
@@ -162,4 +221,44 @@ pub async fn relay_auth(
         io::ErrorKind::InvalidData,
         "authentication did not finish after 16 round trips",
     )))
+}
+
+/// Reads the answer to a response the proxy composed itself (`AuthAnswer::Native` or
+/// `SessionToken`), answering a native-password auth switch; returns the OK's status flags.
+pub async fn finish_auth(conn: &mut PacketConn, answer: AuthAnswer<'_>) -> Result<u16, String> {
+    for _ in 0..4 {
+        let (seq, p) = conn
+            .read_packet(HANDSHAKE_PACKET_LIMIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        match (p.first(), answer) {
+            (Some(&OK_HEADER), _) => return Ok(ok_status(&p).unwrap_or(0)),
+            (Some(&ERR_HEADER), _) => {
+                let e = ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "HY000", ""));
+                return Err(format!("the backend refused the login: {e}"));
+            }
+            (Some(&EOF_HEADER), AuthAnswer::Native(_) | AuthAnswer::EmptyPassword) => {
+                let rest = &p[1..];
+                let nul = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                if &rest[..nul] != NATIVE_PASSWORD_PLUGIN.as_bytes() {
+                    return Err(format!(
+                        "the backend wants plugin {}, not mysql_native_password",
+                        String::from_utf8_lossy(&rest[..nul])
+                    ));
+                }
+                let data = rest.get(nul + 1..).unwrap_or_default();
+                let scramble = data.strip_suffix(&[0]).unwrap_or(data);
+                let reply = match answer {
+                    AuthAnswer::Native(stage1) => native_reply(stage1, scramble),
+                    _ => Vec::new(),
+                };
+                conn.write_packet(seq.wrapping_add(1), &reply)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            (Some(h), _) => return Err(format!("unexpected packet {h:#04x} during login")),
+            (None, _) => return Err("empty packet during login".into()),
+        }
+    }
+    Err("login did not finish".into())
 }

@@ -20,6 +20,11 @@ pub struct SessionSettings {
     pub client_handshake_timeout: Duration,
     pub backend_connect_timeout: Duration,
     pub require_backend_tls: bool,
+    pub service_account: crate::config::ServiceAccount,
+    pub fail_backend_list: Vec<String>,
+    pub failover_timeout: Duration,
+    pub conn_count_ratio: f64,
+    pub max_migrations_per_second: u32,
 }
 
 impl SessionSettings {
@@ -30,6 +35,11 @@ impl SessionSettings {
             client_handshake_timeout: Duration::from_secs(c.proxy.client_handshake_timeout.max(1)),
             backend_connect_timeout: Duration::from_secs(c.proxy.backend_connect_timeout.max(1)),
             require_backend_tls: c.security.require_backend_tls,
+            service_account: c.proxy.service_account.clone(),
+            fail_backend_list: c.proxy.fail_backend_list.clone(),
+            failover_timeout: Duration::from_secs(c.proxy.failover_timeout),
+            conn_count_ratio: c.balance.conn_count_ratio,
+            max_migrations_per_second: c.balance.max_migrations_per_second,
         }
     }
 }

@@ -7,16 +7,45 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientError {
-    TooManyConnections { limit: u64 },
-    HandshakeMalformed { reason: String },
-    UnsupportedCommand { command: &'static str },
+    TooManyConnections {
+        limit: u64,
+    },
+    HandshakeMalformed {
+        reason: String,
+    },
+    UnsupportedCommand {
+        command: &'static str,
+    },
     ShuttingDown,
-    HandshakeTimeout { secs: u64 },
-    NoBackendAvailable { detail: String },
-    BackendConnectFailed { attempts: String },
-    BackendLost { backend: String, detail: String },
-    BackendTlsUnavailable { backend: String, detail: String },
-    BackendMalformed { backend: String, detail: String },
+    HandshakeTimeout {
+        secs: u64,
+    },
+    NoBackendAvailable {
+        detail: String,
+    },
+    BackendConnectFailed {
+        attempts: String,
+    },
+    BackendLost {
+        backend: String,
+        detail: String,
+    },
+    TxnRolledBack {
+        backend: String,
+        moved_to: Option<String>,
+    },
+    FailoverTimeout {
+        backend: String,
+        secs: u64,
+    },
+    BackendTlsUnavailable {
+        backend: String,
+        detail: String,
+    },
+    BackendMalformed {
+        backend: String,
+        detail: String,
+    },
 }
 
 impl ClientError {
@@ -30,6 +59,8 @@ impl ClientError {
             ClientError::NoBackendAvailable { .. } => 2003,
             ClientError::BackendConnectFailed { .. } => 2002,
             ClientError::BackendLost { .. } => 2013,
+            ClientError::TxnRolledBack { .. } => 1927,
+            ClientError::FailoverTimeout { .. } => 1152,
             ClientError::BackendTlsUnavailable { .. } => 2026,
             ClientError::BackendMalformed { .. } => 2027,
         }
@@ -53,6 +84,8 @@ impl ClientError {
             ClientError::NoBackendAvailable { .. } => "no_backend",
             ClientError::BackendConnectFailed { .. } => "backend_connect_failed",
             ClientError::BackendLost { .. } => "backend_lost",
+            ClientError::TxnRolledBack { .. } => "txn_rolled_back",
+            ClientError::FailoverTimeout { .. } => "failover_timeout",
             ClientError::BackendTlsUnavailable { .. } => "backend_tls",
             ClientError::BackendMalformed { .. } => "backend_malformed",
         }
@@ -105,6 +138,26 @@ impl fmt::Display for ClientError {
                 f,
                 "Lost connection to backend {backend} ({detail}). The statement may not have \
                  completed; reconnect and retry it."
+            ),
+            ClientError::TxnRolledBack { backend, moved_to } => match moved_to {
+                Some(to) => write!(
+                    f,
+                    "Backend {backend} failed during your transaction, so the transaction was \
+                     rolled back and nothing in it was committed. The session continues on \
+                     {to} with its settings; run the whole transaction again."
+                ),
+                None => write!(
+                    f,
+                    "Backend {backend} failed during your transaction, so the transaction was \
+                     rolled back and nothing in it was committed. No other backend could take \
+                     the session; reconnect and run the whole transaction again."
+                ),
+            },
+            ClientError::FailoverTimeout { backend, secs } => write!(
+                f,
+                "The session was closed: its backend {backend} is in [proxy] fail-backend-list \
+                 and the session could not move to another backend within failover-timeout = \
+                 {secs} s (it stayed in a transaction or held a lock). Reconnect."
             ),
             ClientError::BackendTlsUnavailable { backend, detail } => write!(
                 f,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use tokio::sync::Notify;
 
 #[derive(Debug)]
 pub struct SessionEntry {
@@ -14,6 +15,20 @@ pub struct SessionEntry {
     pub started: SystemTime,
     details: Mutex<Details>,
     in_transaction: AtomicBool,
+    /// A move the control plane asked for; the session acts on it at its next boundary.
+    redirect: Mutex<Option<Redirect>>,
+    /// The session must end (it outstayed failover-timeout on a failed backend).
+    close: AtomicBool,
+    wake: Notify,
+}
+
+/// A request to move a session to another backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The backend to move to; `None` lets the session pick the least loaded healthy one.
+    pub target: Option<String>,
+    /// Why, for logs and the migrate metric's `reason` label.
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -39,6 +54,47 @@ impl SessionEntry {
         let mut d = self.details.lock().expect("session details");
         d.user = user.to_owned();
         d.backend = backend.to_owned();
+    }
+
+    /// Asks the session to move; a newer request replaces an older one.
+    pub fn request_redirect(&self, r: Redirect) {
+        *self.redirect.lock().expect("redirect") = Some(r);
+        self.wake.notify_one();
+    }
+
+    pub fn request_close(&self) {
+        self.close.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub fn close_requested(&self) -> bool {
+        self.close.load(Ordering::Relaxed)
+    }
+
+    pub fn take_redirect(&self) -> Option<Redirect> {
+        self.redirect.lock().expect("redirect").take()
+    }
+
+    pub fn has_redirect(&self) -> bool {
+        self.redirect.lock().expect("redirect").is_some()
+    }
+
+    /// Completes when a redirect was requested (or one was pending already).
+    pub async fn redirect_requested(&self) {
+        self.wake.notified().await
+    }
+
+    /// The backend the session is on ("" during the handshake).
+    pub fn backend(&self) -> String {
+        self.details
+            .lock()
+            .expect("session details")
+            .backend
+            .clone()
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction.load(Ordering::Relaxed)
     }
 
     pub fn set_in_transaction(&self, v: bool) {
@@ -83,6 +139,9 @@ impl Registry {
             started: SystemTime::now(),
             details: Mutex::new(Details::default()),
             in_transaction: AtomicBool::new(false),
+            redirect: Mutex::new(None),
+            close: AtomicBool::new(false),
+            wake: Notify::new(),
         });
         self.sessions
             .lock()
@@ -92,6 +151,16 @@ impl Registry {
             registry: self.clone(),
             entry,
         }
+    }
+
+    /// The live sessions themselves, for the balancer.
+    pub fn entries(&self) -> Vec<Arc<SessionEntry>> {
+        self.sessions
+            .lock()
+            .expect("registry")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn list(&self) -> Vec<SessionView> {

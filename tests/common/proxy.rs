@@ -37,6 +37,9 @@ pub struct ProxyConfig {
     pub require_backend_tls: bool,
     pub server_tls: Option<ServerTls>,
     pub sql_tls: Option<SqlTls>,
+    /// `[proxy.service-account]` user and password.
+    pub service_account: Option<(String, String)>,
+    pub fail_backend_list: Vec<String>,
 }
 
 impl ProxyConfig {
@@ -55,6 +58,8 @@ impl ProxyConfig {
             require_backend_tls: false,
             server_tls: None,
             sql_tls: None,
+            service_account: None,
+            fail_backend_list: Vec::new(),
         }
     }
 
@@ -85,6 +90,18 @@ impl ProxyConfig {
             "client-handshake-timeout = {}",
             self.client_handshake_timeout
         );
+        let failed: Vec<String> = self
+            .fail_backend_list
+            .iter()
+            .map(|b| format!("{b:?}"))
+            .collect();
+        let _ = writeln!(s, "fail-backend-list = [{}]", failed.join(", "));
+        if let Some((user, password)) = &self.service_account {
+            let _ = writeln!(
+                s,
+                "\n[proxy.service-account]\nuser = {user:?}\npassword = {password:?}"
+            );
+        }
         let _ = writeln!(s, "\n[api]\naddr = \"127.0.0.1:{api_port}\"");
         let _ = writeln!(s, "\n[log]\nlevel = \"info\"");
         let _ = writeln!(s, "\n[log.log-file]\nfilename = {log_file:?}");

@@ -1,0 +1,204 @@
+//! Rebuilding a MySQL or MariaDB session on a new backend: reading the state of the live old
+//! session (current database, session variables that differ from global, user variables) as
+//! SQL, and replaying it with the prepared statements the proxy tracked.
+
+use super::sql::{close_statement, ident, prepare, query, quote, SqlError};
+use super::state::Tracked;
+use crate::protocol::PacketConn;
+
+/// Session variables that cannot or must not be copied to another connection.
+const NOT_COPIED: &[&str] = &[
+    "TIMESTAMP",
+    "PSEUDO_THREAD_ID",
+    "LAST_INSERT_ID",
+    "INSERT_ID",
+    "RAND_SEED1",
+    "RAND_SEED2",
+    "IDENTITY",
+    "SERVER_ID",
+    "SQL_LOG_BIN",
+    "SQL_LOG_OFF",
+    "PSEUDO_SLAVE_MODE",
+    "SKIP_REPLICATION",
+    "GTID_DOMAIN_ID",
+    "GTID_SEQ_NO",
+    "GTID_NEXT",
+    "IN_TRANSACTION",
+    "WARNING_COUNT",
+    "ERROR_COUNT",
+    "PROXY_USER",
+    "EXTERNAL_USER",
+    "LAST_GTID",
+];
+
+fn is_numeric_type(t: &[u8]) -> bool {
+    let t = String::from_utf8_lossy(t).to_ascii_uppercase();
+    [
+        "INT",
+        "BIGINT",
+        "DOUBLE",
+        "DECIMAL",
+        "INT UNSIGNED",
+        "BIGINT UNSIGNED",
+    ]
+    .iter()
+    .any(|n| t == *n)
+}
+
+fn numeric_literal(v: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(v).ok()?;
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E'));
+    ok.then(|| s.to_owned())
+}
+
+fn hex(v: &[u8]) -> String {
+    v.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn text(v: &Option<Vec<u8>>) -> &[u8] {
+    v.as_deref().unwrap_or_default()
+}
+
+/// SQL statements that recreate the old session's state (MariaDB's information_schema).
+/// Returns the statements and, if something could not be read, why.
+pub async fn read_live_state(
+    old: &mut PacketConn,
+    deprecate_eof: bool,
+) -> Result<(Vec<String>, Option<String>), SqlError> {
+    let mut out = Vec::new();
+    let mut gaps = None;
+    let vars = query(
+        old,
+        "SELECT VARIABLE_NAME, SESSION_VALUE, VARIABLE_TYPE FROM information_schema.SYSTEM_VARIABLES \
+         WHERE VARIABLE_SCOPE = 'SESSION' AND READ_ONLY = 'NO' AND NOT (SESSION_VALUE <=> GLOBAL_VALUE) \
+         ORDER BY VARIABLE_NAME",
+        deprecate_eof,
+    )
+    .await?;
+    for r in vars {
+        let name = String::from_utf8_lossy(text(&r[0])).to_ascii_uppercase();
+        if NOT_COPIED.contains(&name.as_str()) || name.starts_with("WSREP") {
+            continue;
+        }
+        let Some(value) = &r[1] else { continue };
+        let literal = if is_numeric_type(text(&r[2])) {
+            numeric_literal(value).unwrap_or_else(|| quote(value))
+        } else {
+            quote(value)
+        };
+        out.push(format!("SET SESSION {name} = {literal}"));
+    }
+    let db = query(old, "SELECT DATABASE()", deprecate_eof).await?;
+    if let Some(Some(db)) = db.first().and_then(|r| r.first()) {
+        out.push(format!("USE {}", ident(db)));
+    }
+    match query(
+        old,
+        "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE, CHARACTER_SET_NAME \
+         FROM information_schema.USER_VARIABLES",
+        deprecate_eof,
+    )
+    .await
+    {
+        Ok(rows) => {
+            for r in rows {
+                let name = ident(text(&r[0]));
+                let value = match &r[1] {
+                    None => "NULL".to_owned(),
+                    Some(v) if is_numeric_type(text(&r[2])) => {
+                        numeric_literal(v).unwrap_or_else(|| quote(v))
+                    }
+                    Some(v) => {
+                        let cs = String::from_utf8_lossy(text(&r[3])).to_string();
+                        if cs.is_empty() || cs == "binary" {
+                            format!("X'{}'", hex(v))
+                        } else {
+                            format!("CONVERT(X'{}' USING {})", hex(v), cs)
+                        }
+                    }
+                };
+                out.push(format!("SET @{name} = {value}"));
+            }
+        }
+        Err(SqlError::Server(e)) => {
+            gaps = Some(format!("user variables could not be read: {e}"));
+        }
+        Err(e) => return Err(e),
+    }
+    Ok((out, gaps))
+}
+
+/// Replays state on the new connection: `statements` first (read live, or the tracked
+/// SET/USE history when the old backend is gone), then binary prepared statements under
+/// their old ids, then SQL PREPAREs.
+pub async fn replay(
+    new: &mut PacketConn,
+    statements: &[String],
+    tracked: &Tracked,
+    deprecate_eof: bool,
+) -> Result<(), String> {
+    for s in statements {
+        super::sql::exec(new, s, deprecate_eof).await.map_err(|e| {
+            format!(
+                "replaying `{}` failed: {e}",
+                crate::proxy::digest::digest(s.as_bytes())
+            )
+        })?;
+    }
+    recreate_prepared(new, tracked, deprecate_eof).await?;
+    for (name, text) in &tracked.sql_prepares {
+        let sql = String::from_utf8_lossy(text);
+        super::sql::exec(new, &sql, deprecate_eof)
+            .await
+            .map_err(|e| format!("re-preparing SQL statement {name} failed: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Statement ids are counters per connection; a fresh connection hands them out from 1, so
+/// preparing in id order (closing the ids that fall in gaps) gives every statement its old
+/// id and the client never notices. Gaps larger than this are refused.
+const MAX_BURNED_IDS: u32 = 1000;
+
+async fn recreate_prepared(
+    new: &mut PacketConn,
+    tracked: &Tracked,
+    deprecate_eof: bool,
+) -> Result<(), String> {
+    let mut burned = 0u32;
+    for (&want, text) in &tracked.binary {
+        loop {
+            let got = prepare(new, text, deprecate_eof)
+                .await
+                .map_err(|e| format!("re-preparing statement {want} failed: {e}"))?;
+            if got == want {
+                break;
+            }
+            if got > want || burned >= MAX_BURNED_IDS {
+                let _ = close_statement(new, got).await;
+                return Err(format!(
+                    "prepared statement {want} cannot keep its id on the new backend (it offered {got})"
+                ));
+            }
+            close_statement(new, got).await.map_err(|e| e.to_string())?;
+            burned += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals() {
+        assert_eq!(numeric_literal(b"-12.5e3").as_deref(), Some("-12.5e3"));
+        assert_eq!(numeric_literal(b"1; DROP"), None);
+        assert!(is_numeric_type(b"bigint unsigned"));
+        assert!(!is_numeric_type(b"VARCHAR"));
+        assert_eq!(hex(b"\x01\xff"), "01FF");
+    }
+}

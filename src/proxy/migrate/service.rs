@@ -1,0 +1,113 @@
+//! The service account: the proxy logs in with it to read a user's stored native-password
+//! hash, from which (with the client's observed exchange) it derives how to log in as that
+//! user on another backend.
+
+use super::credential::{parse_stored_hash, recover_stage1, stage1_from_password, Proof};
+use super::sql::{query, quote};
+use crate::balance::Backend;
+use crate::config::ServiceAccount;
+use crate::protocol::constants::{cap, cmd, DEFAULT_COLLATION};
+use crate::protocol::handshake::HandshakeResponse;
+use crate::proxy::backend_conn::{dial, finish_auth, AuthAnswer, Identity};
+use crate::proxy::context::ProxyContext;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SERVICE_CAPABILITIES: u32 = cap::LONG_PASSWORD
+    | cap::LONG_FLAG
+    | cap::PROTOCOL_41
+    | cap::TRANSACTIONS
+    | cap::SECURE_CONNECTION
+    | cap::MULTI_RESULTS
+    | cap::PLUGIN_AUTH
+    | cap::PLUGIN_AUTH_LENENC_DATA
+    | cap::DEPRECATE_EOF;
+
+/// How to log in as the session's user elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    Native([u8; 20]),
+    EmptyPassword,
+}
+
+/// Works out the login for `user` from what the proxy observed, reading the stored hash
+/// through the service account on `via`.
+pub async fn login_for(
+    ctx: &ProxyContext,
+    via: &Arc<Backend>,
+    user: &[u8],
+    proof: &Proof,
+    account: &ServiceAccount,
+    timeout: Duration,
+) -> Result<Login, String> {
+    let (scramble, reply) = match proof {
+        Proof::EmptyPassword => return Ok(Login::EmptyPassword),
+        Proof::Other(plugin) => {
+            return Err(format!(
+                "the user logged in with {plugin}, which the proxy cannot replay; only \
+                 mysql_native_password sessions can move between MySQL/MariaDB backends"
+            ))
+        }
+        Proof::Native { scramble, reply } => (scramble, reply),
+    };
+    if account.user.is_empty() {
+        return Err(
+            "no [proxy.service-account] is configured, so MySQL/MariaDB sessions cannot be moved"
+                .into(),
+        );
+    }
+    let fut = async {
+        // A plain client: NO_SCHEMA or IGNORE_SPACE would change how `mysql.user` parses.
+        let identity = HandshakeResponse {
+            capabilities: SERVICE_CAPABILITIES,
+            max_packet: 1 << 24,
+            collation: DEFAULT_COLLATION,
+            user: account.user.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let stage1 = stage1_from_password(account.password.as_bytes());
+        let answer = if account.password.is_empty() {
+            AuthAnswer::EmptyPassword
+        } else {
+            AuthAnswer::Native(&stage1)
+        };
+        let who = Identity {
+            response: &identity,
+            capabilities: identity.capabilities,
+        };
+        let settings = ctx.settings();
+        let mut d = dial(via, who, answer, ctx, 4096, settings.require_backend_tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        finish_auth(&mut d.conn, answer)
+            .await
+            .map_err(|e| format!("service account login failed: {e}"))?;
+        let deprecate_eof = d.capabilities & cap::DEPRECATE_EOF != 0;
+        let sql = format!(
+            "SELECT authentication_string FROM mysql.user WHERE user = {}",
+            quote(user)
+        );
+        let rows = query(&mut d.conn, &sql, deprecate_eof)
+            .await
+            .map_err(|e| format!("reading mysql.user with the service account failed: {e}"))?;
+        let _ = d.conn.write_packet(0, &[cmd::QUIT]).await;
+        for r in rows {
+            let stored = String::from_utf8_lossy(
+                r.first().cloned().flatten().as_deref().unwrap_or_default(),
+            )
+            .to_string();
+            if let Some(stage2) = parse_stored_hash(&stored) {
+                if let Some(s1) = recover_stage1(scramble, reply, &stage2) {
+                    return Ok(Login::Native(s1));
+                }
+            }
+        }
+        Err(format!(
+            "no stored mysql_native_password hash of user {} matches the session's login",
+            String::from_utf8_lossy(user)
+        ))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| Err("the service account lookup timed out".into()))
+}

@@ -1,0 +1,322 @@
+//! Session state the proxy tracks itself, so a session can be rebuilt on another backend even
+//! when its old one is gone: USE / SET / COM_INIT_DB in order, SQL PREPAREs by name, and
+//! binary prepared statements by id with their text.
+
+use std::collections::{BTreeMap, VecDeque};
+
+/// Most statements kept for replay; older ones are dropped (and the state marked incomplete).
+const MAX_STATEMENTS: usize = 256;
+/// Longest statement text tracked.
+pub const MAX_TRACKED_TEXT: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Set,
+    Use,
+    Prepare(String),
+    Deallocate(String),
+    Other,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Tracked {
+    /// Replayable statements, oldest first.
+    pub statements: VecDeque<Box<[u8]>>,
+    /// `PREPARE name FROM ...` texts by lower-cased name, in order of preparation.
+    pub sql_prepares: Vec<(String, Box<[u8]>)>,
+    /// Binary prepared statements: client-visible id -> SQL text.
+    pub binary: BTreeMap<u32, Box<[u8]>>,
+    /// Why the tracked state may miss something, if it may.
+    pub incomplete: Option<&'static str>,
+    /// Server-side state that cannot be moved: the session stays while it holds any.
+    pub blockers: Blockers,
+}
+
+/// Counts of what pins a session to its backend.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Blockers {
+    pub temporary_tables: u32,
+    pub user_locks: u32,
+    pub table_locks: bool,
+}
+
+/// Case-insensitive search for an ASCII needle (already lower case).
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len()
+        && hay.windows(needle.len()).any(|w| {
+            w.iter()
+                .zip(needle)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+        })
+}
+
+impl Tracked {
+    /// What pins the session to its backend, if anything.
+    pub fn blocker(&self) -> Option<&'static str> {
+        let b = &self.blockers;
+        if b.temporary_tables > 0 {
+            Some("a temporary table")
+        } else if b.user_locks > 0 {
+            Some("a user-level lock (GET_LOCK)")
+        } else if b.table_locks {
+            Some("table locks (LOCK TABLES)")
+        } else {
+            None
+        }
+    }
+
+    /// Notes blockers a statement takes or releases. Only statements that can name them are
+    /// scanned, so the common SELECT/INSERT costs one keyword comparison.
+    fn track_blockers(&mut self, sql: &[u8]) {
+        let (first, _) = word(sql);
+        let b = &mut self.blockers;
+        if first.eq_ignore_ascii_case(b"CREATE") && contains_ci(sql, b"temporary") {
+            b.temporary_tables += 1;
+        } else if first.eq_ignore_ascii_case(b"DROP") && contains_ci(sql, b"temporary") {
+            b.temporary_tables = b.temporary_tables.saturating_sub(1);
+        } else if first.eq_ignore_ascii_case(b"LOCK") {
+            b.table_locks = true;
+        } else if first.eq_ignore_ascii_case(b"UNLOCK") {
+            b.table_locks = false;
+        } else if first.eq_ignore_ascii_case(b"SELECT") || first.eq_ignore_ascii_case(b"DO") {
+            if contains_ci(sql, b"release_all_locks(") {
+                b.user_locks = 0;
+            } else if contains_ci(sql, b"release_lock(") {
+                b.user_locks = b.user_locks.saturating_sub(1);
+            } else if contains_ci(sql, b"get_lock(") {
+                b.user_locks += 1;
+            }
+        }
+    }
+
+    /// Records a COM_QUERY that succeeded. `full` is false when only a prefix was captured.
+    pub fn after_query(&mut self, sql: &[u8], full: bool) {
+        self.track_blockers(sql);
+        let kind = classify(sql);
+        if kind == Kind::Other {
+            return;
+        }
+        if !full || is_multi(sql) {
+            self.incomplete =
+                Some("a SET, USE or PREPARE statement was too long or part of a multi-statement");
+            return;
+        }
+        match kind {
+            Kind::Set | Kind::Use => self.push(sql),
+            Kind::Prepare(name) => {
+                self.sql_prepares.retain(|(n, _)| *n != name);
+                self.sql_prepares.push((name, sql.into()));
+            }
+            Kind::Deallocate(name) => self.sql_prepares.retain(|(n, _)| *n != name),
+            Kind::Other => {}
+        }
+    }
+
+    pub fn after_init_db(&mut self, db: &[u8]) {
+        let stmt = format!("USE {}", super::sql::ident(db));
+        self.push(stmt.as_bytes());
+    }
+
+    fn push(&mut self, sql: &[u8]) {
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.pop_front();
+            self.incomplete = Some("more SET and USE statements than the proxy keeps");
+        }
+        self.statements.push_back(sql.into());
+    }
+
+    pub fn after_prepare(&mut self, id: u32, sql: &[u8], full: bool) {
+        if full {
+            self.binary.insert(id, sql.into());
+        } else {
+            self.incomplete = Some("a prepared statement's text was too long to keep");
+        }
+    }
+
+    pub fn after_close(&mut self, id: u32) {
+        self.binary.remove(&id);
+    }
+
+    /// COM_RESET_CONNECTION / COM_CHANGE_USER wipe the server-side session.
+    pub fn reset(&mut self) {
+        *self = Tracked::default();
+    }
+}
+
+/// Skips whitespace and comments; returns the rest.
+fn skip_noise(mut s: &[u8]) -> &[u8] {
+    loop {
+        let t = s.trim_ascii_start();
+        if let Some(rest) = t.strip_prefix(b"/*") {
+            // keep /*! ... */ executable comments as text: they are rare in SET/USE
+            s = match rest.windows(2).position(|w| w == b"*/") {
+                Some(p) => &rest[p + 2..],
+                None => b"",
+            };
+        } else if t.starts_with(b"--") || t.starts_with(b"#") {
+            s = match t.iter().position(|&c| c == b'\n') {
+                Some(p) => &t[p + 1..],
+                None => b"",
+            };
+        } else {
+            return t;
+        }
+    }
+}
+
+fn word(s: &[u8]) -> (&[u8], &[u8]) {
+    let s = skip_noise(s);
+    let end = s
+        .iter()
+        .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'`' || *c == b'$'))
+        .unwrap_or(s.len());
+    (&s[..end], &s[end..])
+}
+
+fn name_of(w: &[u8]) -> String {
+    String::from_utf8_lossy(w)
+        .trim_matches('`')
+        .to_ascii_lowercase()
+}
+
+pub fn classify(sql: &[u8]) -> Kind {
+    let (first, rest) = word(sql);
+    if first.eq_ignore_ascii_case(b"SET") {
+        let (second, rest2) = word(rest);
+        // SET TRANSACTION only affects the next transaction; not session state.
+        if second.eq_ignore_ascii_case(b"TRANSACTION") {
+            return Kind::Other;
+        }
+        if second.eq_ignore_ascii_case(b"SESSION") || second.eq_ignore_ascii_case(b"LOCAL") {
+            let (third, _) = word(rest2);
+            if third.eq_ignore_ascii_case(b"TRANSACTION") {
+                return Kind::Set;
+            }
+        }
+        if second.eq_ignore_ascii_case(b"GLOBAL") || second.eq_ignore_ascii_case(b"PASSWORD") {
+            return Kind::Other;
+        }
+        return Kind::Set;
+    }
+    if first.eq_ignore_ascii_case(b"USE") {
+        return Kind::Use;
+    }
+    if first.eq_ignore_ascii_case(b"PREPARE") {
+        let (name, _) = word(rest);
+        return Kind::Prepare(name_of(name));
+    }
+    if first.eq_ignore_ascii_case(b"DEALLOCATE") || first.eq_ignore_ascii_case(b"DROP") {
+        let (second, rest2) = word(rest);
+        if second.eq_ignore_ascii_case(b"PREPARE") {
+            let (name, _) = word(rest2);
+            return Kind::Deallocate(name_of(name));
+        }
+    }
+    Kind::Other
+}
+
+/// `BEGIN` or `START TRANSACTION`: the statements a pending move may commit ahead of.
+pub fn is_begin(sql: &[u8]) -> bool {
+    let (first, rest) = word(sql);
+    first.eq_ignore_ascii_case(b"BEGIN")
+        || (first.eq_ignore_ascii_case(b"START")
+            && word(rest).0.eq_ignore_ascii_case(b"TRANSACTION"))
+}
+
+/// True when text follows a `;` outside quotes: a multi-statement.
+fn is_multi(sql: &[u8]) -> bool {
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < sql.len() {
+        let c = sql[i];
+        match quote {
+            Some(q) if c == b'\\' && q != b'`' => i += 1,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'\'' || c == b'"' || c == b'`' => quote = Some(c),
+            None if c == b';' => {
+                return sql[i + 1..]
+                    .iter()
+                    .any(|b| !b.is_ascii_whitespace() && *b != b';');
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(b"  set sql_mode='ANSI'"), Kind::Set);
+        assert_eq!(classify(b"/* c */ SET @x = 1"), Kind::Set);
+        assert_eq!(classify(b"SET TRANSACTION READ ONLY"), Kind::Other);
+        assert_eq!(
+            classify(b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+            Kind::Set
+        );
+        assert_eq!(classify(b"SET GLOBAL max_connections=1"), Kind::Other);
+        assert_eq!(classify(b"use test"), Kind::Use);
+        assert_eq!(
+            classify(b"PREPARE `S1` FROM 'select 1'"),
+            Kind::Prepare("s1".into())
+        );
+        assert_eq!(
+            classify(b"deallocate prepare s1"),
+            Kind::Deallocate("s1".into())
+        );
+        assert_eq!(classify(b"DROP PREPARE s1"), Kind::Deallocate("s1".into()));
+        assert_eq!(classify(b"DROP TABLE t"), Kind::Other);
+        assert_eq!(classify(b"select 1"), Kind::Other);
+    }
+
+    #[test]
+    fn tracking_keeps_order_and_names() {
+        let mut t = Tracked::default();
+        t.after_query(b"SET @a = 1", true);
+        t.after_init_db(b"test");
+        t.after_query(b"PREPARE s FROM 'select 1'", true);
+        t.after_query(b"PREPARE s FROM 'select 2'", true);
+        t.after_query(b"SELECT 1", true);
+        assert_eq!(t.statements.len(), 2);
+        assert_eq!(&*t.statements[1], b"USE `test`");
+        assert_eq!(t.sql_prepares.len(), 1);
+        assert_eq!(&*t.sql_prepares[0].1, b"PREPARE s FROM 'select 2'");
+        t.after_query(b"DEALLOCATE PREPARE s", true);
+        assert!(t.sql_prepares.is_empty());
+        assert!(t.incomplete.is_none());
+        t.after_query(b"SET @b = 1; DELETE FROM t", true);
+        assert!(t.incomplete.is_some(), "multi-statements are not replayed");
+        assert_eq!(t.statements.len(), 2);
+        assert!(!is_multi(b"SET @x = 'a;b';"));
+    }
+
+    #[test]
+    fn begin_statements() {
+        assert!(is_begin(b"begin"));
+        assert!(is_begin(b" START  transaction READ ONLY"));
+        assert!(!is_begin(b"START SLAVE"));
+        assert!(!is_begin(b"SELECT 'begin'"));
+    }
+
+    #[test]
+    fn blockers_come_and_go() {
+        let mut t = Tracked::default();
+        t.after_query(b"CREATE TEMPORARY TABLE t (a INT)", true);
+        assert_eq!(t.blocker(), Some("a temporary table"));
+        t.after_query(b"DROP TEMPORARY TABLE t", true);
+        assert_eq!(t.blocker(), None);
+        t.after_query(b"SELECT GET_LOCK('x', 1)", true);
+        assert!(t.blocker().is_some());
+        t.after_query(b"select release_lock('x')", true);
+        assert_eq!(t.blocker(), None);
+        t.after_query(b"LOCK TABLES t READ", true);
+        assert!(t.blocker().is_some());
+        t.after_query(b"UNLOCK TABLES", true);
+        assert_eq!(t.blocker(), None);
+    }
+}

@@ -1,0 +1,56 @@
+//! The TiDB way to move a session (TiDB >= 6.5): `SHOW SESSION_STATES` on the old backend
+//! gives the state as JSON and a signed token; the new backend accepts the token with the
+//! `tidb_session_token` auth plugin, then `SET SESSION_STATES` restores the state.
+
+use super::sql::{query, SqlError};
+use crate::protocol::PacketConn;
+
+pub struct SessionStates {
+    pub json: Vec<u8>,
+    pub token: Vec<u8>,
+}
+
+pub fn is_tidb(server_version: &str) -> bool {
+    server_version.contains("TiDB")
+}
+
+pub async fn show(old: &mut PacketConn, deprecate_eof: bool) -> Result<SessionStates, String> {
+    let rows = query(old, "SHOW SESSION_STATES", deprecate_eof)
+        .await
+        .map_err(|e| match e {
+            SqlError::Server(e) => format!("TiDB cannot export this session: {e}"),
+            other => other.to_string(),
+        })?;
+    let row = rows.first().ok_or("SHOW SESSION_STATES returned no row")?;
+    let json = row.first().cloned().flatten().unwrap_or_default();
+    let token = row.get(1).cloned().flatten().unwrap_or_default();
+    if token.is_empty() {
+        return Err(
+            "TiDB returned no session token: set security.session-token-signing-cert/key on every TiDB"
+                .into(),
+        );
+    }
+    Ok(SessionStates { json, token })
+}
+
+/// `SET SESSION_STATES '<json>'` with `\` and `'` escaped.
+pub fn set_statement(json: &[u8]) -> String {
+    let text = String::from_utf8_lossy(json);
+    let escaped = text.replace('\\', "\\\\").replace('\'', "\\'");
+    format!("SET SESSION_STATES '{escaped}'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_statement_escapes_quotes_and_backslashes() {
+        assert_eq!(
+            set_statement(br#"{"a":"it's \"x\""}"#),
+            r#"SET SESSION_STATES '{"a":"it\'s \\"x\\""}'"#
+        );
+        assert!(is_tidb("8.0.11-TiDB-v7.5.0"));
+        assert!(!is_tidb("5.5.5-10.11.6-MariaDB"));
+    }
+}

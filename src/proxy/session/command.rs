@@ -1,0 +1,387 @@
+//! The command loop of a session: relay each command and its response, track transaction
+//! and session state, and handle the commands the proxy rewrites or refuses.
+
+use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
+use crate::protocol::conn::{parse_header, HEADER_LEN};
+use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
+use crate::protocol::handshake::ChangeUser;
+use crate::proxy::backend_conn::{relay_auth, AuthOutcome, AuthRelayError};
+use crate::proxy::context::ProxyContext;
+use crate::proxy::digest::digest;
+use crate::proxy::error::ClientError;
+use crate::proxy::migrate::state::{is_begin, MAX_TRACKED_TEXT};
+use crate::proxy::query_log::QueryError;
+use crate::proxy::relay::{relay, OnePacket, RelayError, UntilEmpty};
+use crate::proxy::response::{ResponseObserver, Shape};
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+/// A control packet the proxy must read whole (COM_CHANGE_USER, refused commands).
+const CONTROL_PACKET_LIMIT: usize = 1 << 20;
+
+fn is_refused_command(c: u8) -> bool {
+    matches!(
+        c,
+        cmd::BINLOG_DUMP
+            | cmd::BINLOG_DUMP_GTID
+            | cmd::REGISTER_SLAVE
+            | cmd::TABLE_DUMP
+            | cmd::CONNECT_OUT
+            | cmd::DAEMON
+            | cmd::CONNECT
+            | cmd::DELAYED_INSERT
+            | cmd::SHUTDOWN
+    )
+}
+
+impl Session {
+    pub(crate) fn deprecate_eof(&self) -> bool {
+        self.capabilities & cap::DEPRECATE_EOF != 0
+    }
+
+    pub(crate) fn backend_addr(&self) -> String {
+        self.lease.backend().addr.clone()
+    }
+
+    fn backend_lost(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::BackendLost {
+            backend: self.backend_addr(),
+            detail: e.to_string(),
+        }
+    }
+
+    pub(super) async fn serve(&mut self, ctx: &ProxyContext) -> End {
+        loop {
+            if self.entry.close_requested() {
+                return self.close_for_failover(ctx).await;
+            }
+            self.redirect_if_requested(ctx).await;
+            if self.client.buffered().len() < HEADER_LEN + 1 {
+                let idle = self.txn.at_boundary();
+                tokio::select! {
+                    biased;
+                    _ = ctx.force_close.cancelled() => return End::Shutdown,
+                    _ = ctx.closing.cancelled(), if idle => return End::Shutdown,
+                    _ = self.entry.redirect_requested(), if idle => continue,
+                    r = self.client.fill() => match r {
+                        Ok(0) => return End::ClientGone("closed".into()),
+                        Ok(_) => continue,
+                        Err(e) => return End::ClientGone(e.to_string()),
+                    },
+                    // A backend says nothing between commands: anything here means it is
+                    // gone or killed the connection, so the session is rebuilt elsewhere
+                    // before the client needs it.
+                    r = self.backend.fill(), if idle => {
+                        let why = match r {
+                            Ok(0) => "the backend closed the connection".to_owned(),
+                            Ok(_) => "the backend ended the connection with an error".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        if let Some(end) = self.rebuild_idle(ctx, &why).await {
+                            return end;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let step = tokio::select! {
+                biased;
+                _ = ctx.force_close.cancelled() => return End::Shutdown,
+                r = self.execute_cmd(ctx) => r,
+            };
+            match step {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Quit) => return End::ClientQuit,
+                Err(end) => return end,
+            }
+        }
+    }
+
+    async fn execute_cmd(&mut self, ctx: &ProxyContext) -> Result<Flow, End> {
+        let started = std::time::Instant::now();
+        let (len, _) = parse_header(self.client.buffered());
+        let head_len = len.min(6);
+        if let Err(e) = self.client.fill_to(HEADER_LEN + head_len).await {
+            return Err(End::ClientGone(e.to_string()));
+        }
+        let mut head = [0u8; 6];
+        head[..head_len]
+            .copy_from_slice(&self.client.buffered()[HEADER_LEN..HEADER_LEN + head_len]);
+        let command = head[0];
+        match command {
+            cmd::QUIT => {
+                let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
+                return Ok(Flow::Quit);
+            }
+            cmd::CHANGE_USER => return self.change_user(len).await,
+            c if is_refused_command(c) => return self.refuse(len, c).await,
+            cmd::QUERY | cmd::STMT_PREPARE | cmd::INIT_DB => {
+                // Prepared statements and database names are kept whole for re-creating them
+                // elsewhere; a query only as far as a digest or a SET needs.
+                let limit = if command == cmd::QUERY {
+                    STATEMENT_PREFIX
+                } else {
+                    MAX_TRACKED_TEXT
+                };
+                if len <= limit + 1 {
+                    if let Err(e) = self.client.fill_to(HEADER_LEN + len).await {
+                        return Err(End::ClientGone(e.to_string()));
+                    }
+                }
+                let buf = &self.client.buffered()[HEADER_LEN + 1..];
+                let n = buf.len().min(len.saturating_sub(1)).min(limit);
+                self.statement.clear();
+                self.statement.extend_from_slice(&buf[..n]);
+                if command == cmd::QUERY
+                    && self.entry.has_redirect()
+                    && self.txn.in_transaction()
+                    && is_begin(&self.statement)
+                    && self.commit_then_move(ctx, len).await?
+                {
+                    self.record(command, started, false);
+                    return Ok(Flow::Continue);
+                }
+            }
+            cmd::STMT_CLOSE if head_len >= 5 => {
+                let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+                self.prepared.remove(&id);
+            }
+            _ => {}
+        }
+        let mut seq = 0u8;
+        match relay(
+            &mut self.client,
+            &mut self.backend,
+            &mut OnePacket,
+            &mut seq,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(RelayError::Source(e)) => return Err(End::ClientGone(e.to_string())),
+            Err(RelayError::Dest(e)) => {
+                let err = self.backend_lost(e);
+                return Err(tell(&mut self.client, seq, err).await);
+            }
+            Err(RelayError::Protocol(e)) => {
+                return Err(End::ClientGone(format!("client broke the protocol: {e}")))
+            }
+        }
+        let Some(shape) = Shape::of(command) else {
+            self.record(command, started, true);
+            self.txn.after_command(&head[..head_len], None, true);
+            self.track(command, &head[..head_len], len, None);
+            return Ok(Flow::Continue);
+        };
+        let mut obs = ResponseObserver::new(shape, self.deprecate_eof());
+        loop {
+            match relay(&mut self.backend, &mut self.client, &mut obs, &mut seq).await {
+                Ok(()) => {}
+                Err(RelayError::Source(e)) => {
+                    return self.after_backend_failure(ctx, seq, e.to_string()).await;
+                }
+                Err(RelayError::Dest(e)) => return Err(End::ClientGone(e.to_string())),
+                Err(RelayError::Protocol(detail)) => {
+                    let err = ClientError::BackendMalformed {
+                        backend: self.backend_addr(),
+                        detail,
+                    };
+                    warn!(conn = self.id, backend = %self.backend_addr(), error = %err, "closing session");
+                    return Err(tell(&mut self.client, seq, err).await);
+                }
+            }
+            if !obs.local_infile {
+                break;
+            }
+            match relay(
+                &mut self.client,
+                &mut self.backend,
+                &mut UntilEmpty,
+                &mut seq,
+            )
+            .await
+            {
+                Ok(()) => obs.resume_after_infile(),
+                Err(RelayError::Dest(e)) => {
+                    let err = self.backend_lost(e);
+                    return Err(tell(&mut self.client, seq, err).await);
+                }
+                Err(e) => return Err(End::ClientGone(format!("{e:?}"))),
+            }
+        }
+        let ok = obs.error.is_none();
+        self.record(command, started, ok);
+        self.txn.after_command(&head[..head_len], obs.status, ok);
+        if ok {
+            self.track(command, &head[..head_len], len, obs.prepared_id);
+        }
+        self.entry.set_in_transaction(self.txn.in_transaction());
+        if let Some(id) = obs.prepared_id {
+            self.prepared.insert(id, digest(&self.statement).into());
+        }
+        if let Some(code) = obs.error {
+            self.log_query_error(ctx, head[0], &head[..head_len], code, &obs.error_message);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The session outstayed failover-timeout on a failed backend: drop the backend now and
+    /// answer the client's next command with the reason.
+    async fn close_for_failover(&mut self, ctx: &ProxyContext) -> End {
+        let err = ClientError::FailoverTimeout {
+            backend: self.backend_addr(),
+            secs: ctx.settings().failover_timeout.as_secs(),
+        };
+        let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
+        self.backend.shutdown().await;
+        while self.client.buffered().len() < HEADER_LEN {
+            tokio::select! {
+                _ = ctx.force_close.cancelled() => return End::Shutdown,
+                r = self.client.fill() => match r {
+                    Ok(0) | Err(_) => return End::ClientGone("closed".into()),
+                    Ok(_) => {}
+                },
+            }
+        }
+        tell(&mut self.client, 1, err).await
+    }
+
+    /// Updates the state the proxy keeps for rebuilding the session elsewhere.
+    fn track(&mut self, command: u8, head: &[u8], len: usize, prepared_id: Option<u32>) {
+        let full = len.saturating_sub(1) == self.statement.len();
+        match command {
+            cmd::QUERY => self.tracked.after_query(&self.statement, full),
+            cmd::INIT_DB if full => self.tracked.after_init_db(&self.statement),
+            cmd::STMT_PREPARE => {
+                if let Some(id) = prepared_id {
+                    self.tracked.after_prepare(id, &self.statement, full);
+                }
+            }
+            cmd::STMT_CLOSE if head.len() >= 5 => {
+                self.tracked
+                    .after_close(u32::from_le_bytes([head[1], head[2], head[3], head[4]]));
+            }
+            cmd::RESET_CONNECTION => self.tracked.reset(),
+            _ => {}
+        }
+    }
+
+    fn record(&self, command: u8, started: std::time::Instant, ok: bool) {
+        let secs = started.elapsed().as_secs_f64();
+        self.lease.backend().metrics.record(command, secs, ok);
+        let m = crate::metrics::get();
+        m.inbound_packets.inc();
+        m.outbound_packets.inc();
+    }
+
+    fn log_query_error(
+        &self,
+        ctx: &ProxyContext,
+        command: u8,
+        head: &[u8],
+        code: u16,
+        message: &str,
+    ) {
+        let digest_text: String = match command {
+            cmd::QUERY | cmd::STMT_PREPARE => digest(&self.statement),
+            cmd::STMT_EXECUTE if head.len() >= 5 => {
+                let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+                self.prepared
+                    .get(&id)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        let backend = self.backend_addr();
+        ctx.query_errors.record(&QueryError {
+            conn: self.id,
+            user: &self.user,
+            backend: &backend,
+            command: cmd::name(command),
+            code,
+            message,
+            digest: &digest_text,
+        });
+    }
+
+    /// Reads a whole control packet from the client (small by nature).
+    async fn read_control(&mut self, len: usize) -> Result<bytes::BytesMut, End> {
+        if len > CONTROL_PACKET_LIMIT {
+            return Err(End::ClientGone(format!(
+                "control packet of {len} bytes is over the {CONTROL_PACKET_LIMIT}-byte limit"
+            )));
+        }
+        match self.client.read_packet(CONTROL_PACKET_LIMIT).await {
+            Ok((_, p)) => Ok(p),
+            Err(e) => Err(End::ClientGone(e.to_string())),
+        }
+    }
+
+    async fn refuse(&mut self, len: usize, command: u8) -> Result<Flow, End> {
+        self.read_control(len).await?;
+        let err = ClientError::UnsupportedCommand {
+            command: cmd::name(command),
+        };
+        debug!(conn = self.id, client = %self.peer, command = cmd::name(command), "refused command");
+        if let Err(e) = self.client.write_packet(1, &err.to_packet().encode()).await {
+            return Err(End::ClientGone(e.to_string()));
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// COM_CHANGE_USER: the client's auth data was computed against the proxy's scramble, so
+    /// it is dropped and the backend is made to ask again with its own.
+    async fn change_user(&mut self, len: usize) -> Result<Flow, End> {
+        let packet = self.read_control(len).await?;
+        let mut cu = match ChangeUser::parse(&packet, self.capabilities) {
+            Ok(cu) => cu,
+            Err(e) => {
+                let err = ClientError::HandshakeMalformed {
+                    reason: format!("COM_CHANGE_USER: {e}"),
+                };
+                return Err(tell(&mut self.client, 1, err).await);
+            }
+        };
+        let new_user = String::from_utf8_lossy(&cu.user).into_owned();
+        cu.auth_data.clear();
+        cu.auth_plugin = Some(UNKNOWN_AUTH_PLUGIN.into());
+        cu.collation.get_or_insert(u16::from(self.collation));
+        if let Err(e) = self
+            .backend
+            .write_packet(0, &cu.encode(self.capabilities))
+            .await
+        {
+            let err = self.backend_lost(e);
+            return Err(tell(&mut self.client, 1, err).await);
+        }
+        match relay_auth(&mut self.client, &mut self.backend, 0).await {
+            Ok(AuthOutcome::Ok(status, proof)) => {
+                self.entry.set_identity(&new_user, &self.backend_addr());
+                self.identity.user = new_user.as_bytes().to_vec();
+                self.user = new_user;
+                self.proof = proof;
+                self.login = None;
+                self.tracked.reset();
+                self.txn
+                    .after_command(&[cmd::CHANGE_USER], Some(status), true);
+                Ok(Flow::Continue)
+            }
+            // The backend closes the connection after a failed change-user.
+            Ok(AuthOutcome::Denied(_)) => Err(End::AuthDenied),
+            Err(AuthRelayError::Client(e)) => Err(End::ClientGone(e.to_string())),
+            Err(AuthRelayError::Backend(e)) => {
+                let err = self.backend_lost(e);
+                Err(tell(&mut self.client, 1, err).await)
+            }
+        }
+    }
+
+    pub(super) async fn close(&mut self) {
+        let _ = timeout(std::time::Duration::from_secs(1), async {
+            let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
+            self.backend.shutdown().await;
+        })
+        .await;
+    }
+}

@@ -1,0 +1,332 @@
+//! One client session: handshake, backend choice, authentication pass-through, then the
+//! command loop that relays each command and its response and tracks the transaction state.
+
+mod command;
+mod redirect;
+
+use super::backend_conn::{dial, relay_auth, AuthAnswer, AuthOutcome, AuthRelayError, DialError};
+use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
+use super::context::{ActiveGuard, ProxyContext};
+use super::error::ClientError;
+use super::migrate::credential::Proof;
+use super::migrate::service::Login;
+use super::migrate::state::Tracked;
+use super::registry::SessionEntry;
+use super::txn::TxnState;
+use crate::balance::{BackendLease, BackendSelector};
+use crate::protocol::conn::HEADER_LEN;
+use crate::protocol::constants::cap;
+use crate::protocol::handshake::HandshakeResponse;
+use crate::protocol::{PacketConn, Stream};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+pub(crate) enum Flow {
+    Continue,
+    Quit,
+}
+
+/// Why a session ended; what the client was told, if anything, was sent already.
+#[derive(Debug)]
+pub(crate) enum End {
+    ClientQuit,
+    ClientGone(String),
+    Told(ClientError),
+    AuthDenied,
+    Shutdown,
+    /// The backend went away while idle and no other backend could take the session.
+    BackendGone(String),
+}
+
+pub(crate) struct Session {
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) client: PacketConn,
+    pub(crate) backend: PacketConn,
+    pub(crate) lease: BackendLease,
+    /// Capabilities in force with the backend.
+    pub(crate) capabilities: u32,
+    pub(crate) collation: u8,
+    pub(crate) txn: TxnState,
+    pub(crate) entry: Arc<SessionEntry>,
+    pub(crate) user: String,
+    /// The start of the current COM_QUERY / COM_STMT_PREPARE text, for digests and tracking.
+    pub(crate) statement: Vec<u8>,
+    /// Digests of prepared statements by id, for errors of COM_STMT_EXECUTE.
+    pub(crate) prepared: HashMap<u32, Box<str>>,
+    /// The client's handshake response: who to log in as on another backend.
+    pub(crate) identity: HandshakeResponse,
+    /// Capabilities in force between the client and the proxy.
+    pub(crate) client_capabilities: u32,
+    /// The client's observed authentication, for re-authentication elsewhere.
+    pub(crate) proof: Proof,
+    /// How to log in as the session's user elsewhere, once worked out.
+    pub(crate) login: Option<Login>,
+    /// A failed move makes the session ignore requests until then.
+    pub(crate) redirect_retry_at: Option<std::time::Instant>,
+    /// State the proxy tracks for rebuilding the session elsewhere.
+    pub(crate) tracked: Tracked,
+}
+
+/// How much statement text is kept for a digest.
+pub(crate) const STATEMENT_PREFIX: usize = 1024;
+
+pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
+    let _guard = guard;
+    let born = std::time::Instant::now();
+    let m = crate::metrics::get();
+    m.connections.inc();
+    let id = ctx.next_conn_id();
+    let _ = tcp.set_nodelay(true);
+    let settings = ctx.settings();
+    let mut client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
+    let registered = ctx.registry.register(id, peer);
+    debug!(conn = id, client = %peer, "session opened");
+    let end = match establish(&mut client, id, peer, &ctx).await {
+        Ok(est) => {
+            let handshake = born.elapsed().as_secs_f64();
+            est.lease.backend().metrics.handshake.observe(handshake);
+            registered
+                .entry
+                .set_identity(&est.user, &est.lease.backend().addr);
+            let mut txn = TxnState::default();
+            txn.after_command(&[], Some(est.status), true);
+            let mut session = Session {
+                id,
+                peer,
+                client,
+                backend: est.backend,
+                lease: est.lease,
+                capabilities: est.capabilities,
+                collation: est.collation,
+                txn,
+                entry: registered.entry.clone(),
+                user: est.user,
+                statement: Vec::with_capacity(STATEMENT_PREFIX),
+                prepared: HashMap::new(),
+                identity: est.identity,
+                client_capabilities: est.client_capabilities,
+                proof: est.proof,
+                login: None,
+                redirect_retry_at: None,
+                tracked: Tracked::default(),
+            };
+            let end = session.serve(&ctx).await;
+            session.close().await;
+            client = session.client;
+            end
+        }
+        Err(end) => end,
+    };
+    match &end {
+        End::Told(e) => {
+            debug!(conn = id, client = %peer, error = %e, kind = e.kind(), "session closed")
+        }
+        End::ClientGone(why) => {
+            debug!(conn = id, client = %peer, reason = %why, "session closed: client connection ended")
+        }
+        End::ClientQuit => debug!(conn = id, client = %peer, "session closed: client quit"),
+        End::AuthDenied => {
+            debug!(conn = id, client = %peer, "session closed: authentication denied")
+        }
+        End::Shutdown => debug!(conn = id, client = %peer, "session closed: proxy shutting down"),
+        End::BackendGone(why) => {
+            info!(conn = id, client = %peer, reason = %why, "session closed: its backend went away and no other could take it")
+        }
+    }
+    client.shutdown().await;
+    m.connections.dec();
+    m.conn_lifetime.observe(born.elapsed().as_secs_f64());
+    m.disconnected(end.metric_index()).inc();
+}
+
+impl End {
+    /// Position in `metrics::DISCONNECT_TYPES`.
+    fn metric_index(&self) -> usize {
+        match self {
+            End::ClientQuit => 0,
+            End::ClientGone(_) => 1,
+            End::Told(_) | End::BackendGone(_) => 2,
+            End::AuthDenied => 3,
+            End::Shutdown => 4,
+        }
+    }
+}
+
+pub(crate) async fn tell(client: &mut PacketConn, seq: u8, err: ClientError) -> End {
+    let _ = client.write_packet(seq, &err.to_packet().encode()).await;
+    End::Told(err)
+}
+
+/// Sends an error in place of the greeting: max-connections and shutdown rejections.
+pub async fn reject(mut tcp: TcpStream, err: ClientError) {
+    use tokio::io::AsyncWriteExt;
+    let payload = err.to_packet().encode();
+    let mut pkt = Vec::with_capacity(payload.len() + HEADER_LEN);
+    crate::protocol::conn::put_header(&mut pkt, payload.len(), 0);
+    pkt.extend_from_slice(&payload);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let _ = tcp.write_all(&pkt).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+/// A backend connection authenticated for the client.
+struct Established {
+    backend: PacketConn,
+    lease: BackendLease,
+    capabilities: u32,
+    collation: u8,
+    status: u16,
+    user: String,
+    identity: HandshakeResponse,
+    client_capabilities: u32,
+    proof: Proof,
+}
+
+async fn establish(
+    client: &mut PacketConn,
+    id: u64,
+    peer: SocketAddr,
+    ctx: &Arc<ProxyContext>,
+) -> Result<Established, End> {
+    let settings = ctx.settings();
+    let hello = match timeout(
+        settings.client_handshake_timeout,
+        accept_client(client, ctx, id),
+    )
+    .await
+    {
+        Err(_) => {
+            let secs = settings.client_handshake_timeout.as_secs();
+            return Err(tell(client, 1, ClientError::HandshakeTimeout { secs }).await);
+        }
+        Ok(Err(ClientHandshakeError::Malformed { reason, seq })) => {
+            debug!(conn = id, client = %peer, %reason, "malformed handshake");
+            let err = ClientError::HandshakeMalformed { reason };
+            return Err(tell(client, seq.wrapping_add(1), err).await);
+        }
+        Ok(Err(ClientHandshakeError::Io(e))) => return Err(End::ClientGone(e.to_string())),
+        Ok(Ok(h)) => h,
+    };
+    let reply_seq = hello.seq.wrapping_add(1);
+    if ctx.closing.is_cancelled() {
+        return Err(tell(client, reply_seq, ClientError::ShuttingDown).await);
+    }
+
+    let (mut dialed, lease) = match connect_backend(&hello, ctx, &settings).await {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(conn = id, client = %peer, error = %e, "no backend for new session");
+            return Err(tell(client, reply_seq, e).await);
+        }
+    };
+    let delta = hello.seq.wrapping_sub(dialed.seq);
+    let backend_addr = lease.backend().addr.clone();
+    let (status, proof) = match relay_auth(client, &mut dialed.conn, delta).await {
+        Ok(AuthOutcome::Ok(s, proof)) => (s, proof),
+        Ok(AuthOutcome::Denied(err)) => {
+            debug!(conn = id, client = %peer, backend = %backend_addr, code = err.code, "authentication denied by backend");
+            return Err(End::AuthDenied);
+        }
+        Err(AuthRelayError::Client(e)) => return Err(End::ClientGone(e.to_string())),
+        Err(AuthRelayError::Backend(e)) => {
+            let err = ClientError::BackendLost {
+                backend: backend_addr,
+                detail: format!("during authentication: {e}"),
+            };
+            return Err(tell(client, reply_seq, err).await);
+        }
+    };
+    if hello.capabilities & cap::COMPRESS != 0 {
+        client.enable_compression();
+    }
+    debug!(conn = id, client = %peer, backend = %backend_addr, "session authenticated");
+    Ok(Established {
+        backend: dialed.conn,
+        lease,
+        capabilities: dialed.capabilities,
+        collation: hello.response.collation,
+        status,
+        user: String::from_utf8_lossy(&hello.response.user).into_owned(),
+        identity: hello.response.clone(),
+        client_capabilities: hello.capabilities,
+        proof,
+    })
+}
+
+/// Tries healthy backends, fewest sessions first, until one accepts the client's identity.
+async fn connect_backend(
+    hello: &ClientHello,
+    ctx: &ProxyContext,
+    settings: &super::context::SessionSettings,
+) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
+    // Backends in fail-backend-list get no new sessions.
+    let mut tried: Vec<_> = ctx
+        .backends
+        .snapshot()
+        .iter()
+        .filter(|b| settings.fail_backend_list.contains(&b.addr))
+        .cloned()
+        .collect();
+    let mut failures: Vec<String> = Vec::new();
+    while let Some(backend) = ctx.backends.select(&tried) {
+        tried.push(backend.clone());
+        let lease = BackendLease::new(backend.clone());
+        let attempt = timeout(
+            settings.backend_connect_timeout,
+            dial(
+                &backend,
+                hello.into(),
+                AuthAnswer::PassThrough,
+                ctx,
+                settings.conn_buffer_size,
+                settings.require_backend_tls,
+            ),
+        )
+        .await;
+        let reason = match attempt {
+            Ok(Ok(d)) => {
+                crate::metrics::get().get_backend_ok.inc();
+                return Ok((d, lease));
+            }
+            Ok(Err(DialError::Tls(detail))) => {
+                backend.metrics.dial_fail.inc();
+                crate::metrics::get().get_backend_fail.inc();
+                return Err(ClientError::BackendTlsUnavailable {
+                    backend: backend.addr.clone(),
+                    detail,
+                });
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "timed out after {} s",
+                settings.backend_connect_timeout.as_secs()
+            ),
+        };
+        backend.metrics.dial_fail.inc();
+        if backend.mark_unhealthy(&reason) {
+            warn!(backend = %backend.addr, %reason, "backend marked down after a failed connection");
+            crate::events::push(
+                "backend-down",
+                format!("backend {} is down: {reason}", backend.addr),
+            );
+        }
+        failures.push(format!("{} ({reason})", backend.addr));
+    }
+    crate::metrics::get().get_backend_fail.inc();
+    if failures.is_empty() {
+        Err(ClientError::NoBackendAvailable {
+            detail: ctx.backends.unavailable_reason(),
+        })
+    } else {
+        Err(ClientError::BackendConnectFailed {
+            attempts: failures.join("; "),
+        })
+    }
+}

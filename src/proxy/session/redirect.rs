@@ -1,0 +1,334 @@
+//! Moving this session to another backend: at a transaction boundary on request (drain,
+//! unhealthy or removed backend, fail-backend-list, imbalance, the API), and after its
+//! backend failed, from the state the proxy tracked.
+
+use super::{tell, End, Flow, Session};
+use crate::balance::{Backend, BackendLease, BackendSelector};
+use crate::protocol::conn::HEADER_LEN;
+use crate::protocol::constants::{cap, cmd};
+use crate::protocol::handshake::HandshakeResponse;
+use crate::proxy::backend_conn::{dial, finish_auth, AuthAnswer, Dialed, Identity};
+use crate::proxy::context::ProxyContext;
+use crate::proxy::error::ClientError;
+use crate::proxy::migrate::service::{login_for, Login};
+use crate::proxy::migrate::{restore, sql, tidb};
+use crate::proxy::registry::Redirect;
+use crate::proxy::txn::TxnState;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// After a failed move, further requests are ignored for this long (no retry storm).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Where the state of the new session comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StateSource {
+    /// The old backend is alive: read the state from it.
+    Live,
+    /// The old backend is gone: replay what the proxy tracked.
+    Tracked,
+}
+
+impl Session {
+    /// Acts on a pending redirect request when the session is at a transaction boundary.
+    pub(super) async fn redirect_if_requested(&mut self, ctx: &ProxyContext) {
+        if !self.txn.at_boundary() || !self.entry.has_redirect() {
+            return;
+        }
+        let Some(req) = self.entry.take_redirect() else {
+            return;
+        };
+        if self.redirect_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.move_now(ctx, &req, StateSource::Live).await;
+    }
+
+    /// Moves the session and records the outcome; returns whether it moved.
+    pub(crate) async fn move_now(
+        &mut self,
+        ctx: &ProxyContext,
+        req: &Redirect,
+        source: StateSource,
+    ) -> bool {
+        let from = self.backend_addr();
+        let started = Instant::now();
+        let outcome = self.move_to(ctx, req, source).await;
+        let secs = started.elapsed().as_secs_f64();
+        let m = crate::metrics::get();
+        match outcome {
+            Ok(to) => {
+                self.redirect_retry_at = None;
+                m.migrate_total
+                    .with_label_values(&[&from, &to, req.reason, "succeed"])
+                    .inc();
+                m.migrate_duration
+                    .with_label_values(&[&from, &to, "succeed"])
+                    .observe(secs);
+                info!(conn = self.id, %from, %to, reason = req.reason, ms = (secs * 1000.0) as u64, "session moved");
+                crate::events::push(
+                    "migration",
+                    format!("session {} moved {from} -> {to} ({})", self.id, req.reason),
+                );
+                true
+            }
+            Err((to, why)) => {
+                self.redirect_retry_at = Some(Instant::now() + RETRY_AFTER);
+                m.migrate_total
+                    .with_label_values(&[&from, &to, req.reason, "fail"])
+                    .inc();
+                m.migrate_duration
+                    .with_label_values(&[&from, &to, "fail"])
+                    .observe(secs);
+                warn!(conn = self.id, %from, %to, reason = req.reason, error = %why, "session not moved");
+                false
+            }
+        }
+    }
+
+    fn pick_target(&self, ctx: &ProxyContext, req: &Redirect) -> Option<Arc<Backend>> {
+        let current = self.lease.backend().clone();
+        match &req.target {
+            Some(addr) => ctx
+                .backends
+                .snapshot()
+                .iter()
+                .find(|b| &b.addr == addr && b.is_healthy() && !Arc::ptr_eq(b, &current))
+                .cloned(),
+            None => ctx.backends.select(&[current]),
+        }
+    }
+
+    async fn move_to(
+        &mut self,
+        ctx: &ProxyContext,
+        req: &Redirect,
+        source: StateSource,
+    ) -> Result<String, (String, String)> {
+        if let Some(b) = self.tracked.blocker() {
+            return Err((String::new(), format!("the session holds {b}")));
+        }
+        let Some(target) = self.pick_target(ctx, req) else {
+            return Err((
+                req.target.clone().unwrap_or_default(),
+                "no other healthy backend".into(),
+            ));
+        };
+        let to = target.addr.clone();
+        let dialed = self
+            .open_on(ctx, &target, source)
+            .await
+            .map_err(|e| (to.clone(), e))?;
+        // The client negotiated features with the old backend; the new one must match.
+        let mask = !(cap::SSL | cap::CONNECT_WITH_DB);
+        if dialed.capabilities & mask != self.capabilities & mask {
+            return Err((
+                to,
+                "the new backend offers different protocol capabilities".into(),
+            ));
+        }
+        let old = std::mem::replace(&mut self.backend, dialed.conn);
+        self.capabilities = dialed.capabilities;
+        self.lease = BackendLease::new(target.clone());
+        self.entry.set_identity(&self.user, &target.addr);
+        tokio::spawn(async move {
+            let mut old = old;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = old.write_packet(0, &[cmd::QUIT]).await;
+                old.shutdown().await;
+            })
+            .await;
+        });
+        Ok(to)
+    }
+
+    /// Logs in on `target` as the session's user and rebuilds the session state there.
+    async fn open_on(
+        &mut self,
+        ctx: &ProxyContext,
+        target: &Arc<Backend>,
+        source: StateSource,
+    ) -> Result<Dialed, String> {
+        let settings = ctx.settings();
+        let deprecate_eof = self.deprecate_eof();
+        // Log in without a database: the old one may be gone; the state replay sets it.
+        let identity = HandshakeResponse {
+            database: None,
+            ..self.identity.clone()
+        };
+        let who = Identity {
+            response: &identity,
+            capabilities: self.client_capabilities,
+        };
+        let old_version = self.lease.backend().info().server_version;
+        let open = |answer| {
+            dial(
+                target,
+                who,
+                answer,
+                ctx,
+                settings.conn_buffer_size,
+                settings.require_backend_tls,
+            )
+        };
+        if tidb::is_tidb(&old_version) {
+            if source == StateSource::Tracked {
+                return Err("a TiDB session cannot be rebuilt once its backend is gone".into());
+            }
+            let states = tidb::show(&mut self.backend, deprecate_eof).await?;
+            let answer = AuthAnswer::SessionToken(&states.token);
+            let mut d = open(answer).await.map_err(|e| e.to_string())?;
+            finish_auth(&mut d.conn, answer).await?;
+            let de = d.capabilities & cap::DEPRECATE_EOF != 0;
+            sql::exec(&mut d.conn, &tidb::set_statement(&states.json), de)
+                .await
+                .map_err(|e| format!("SET SESSION_STATES failed: {e}"))?;
+            return Ok(d);
+        }
+        let login = match self.login {
+            Some(l) => l,
+            None => {
+                let l = login_for(
+                    ctx,
+                    target,
+                    &self.identity.user,
+                    &self.proof,
+                    &settings.service_account,
+                    settings.backend_connect_timeout,
+                )
+                .await?;
+                self.login = Some(l);
+                l
+            }
+        };
+        let statements: Vec<String> = match source {
+            StateSource::Live => {
+                let (s, gaps) = restore::read_live_state(&mut self.backend, deprecate_eof)
+                    .await
+                    .map_err(|e| format!("reading the session state failed: {e}"))?;
+                if let Some(g) = gaps {
+                    warn!(conn = self.id, "moving with partial state: {g}");
+                }
+                s
+            }
+            StateSource::Tracked => self
+                .tracked
+                .statements
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+        };
+        let answer = match &login {
+            Login::Native(s1) => AuthAnswer::Native(s1),
+            Login::EmptyPassword => AuthAnswer::EmptyPassword,
+        };
+        let mut d = open(answer).await.map_err(|e| e.to_string())?;
+        finish_auth(&mut d.conn, answer).await?;
+        let de = d.capabilities & cap::DEPRECATE_EOF != 0;
+        restore::replay(&mut d.conn, &statements, &self.tracked, de).await?;
+        Ok(d)
+    }
+}
+
+impl Session {
+    /// A move is pending, the session is in a transaction, and the client starts another
+    /// one: commit the open transaction here (BEGIN would commit it anyway), move, and let
+    /// the BEGIN run on the new backend. Returns true when the BEGIN was answered here instead
+    /// (the COMMIT failed and its error went to the client).
+    pub(super) async fn commit_then_move(
+        &mut self,
+        ctx: &ProxyContext,
+        len: usize,
+    ) -> Result<bool, End> {
+        let de = self.deprecate_eof();
+        match sql::exec_status(&mut self.backend, "COMMIT", de).await {
+            Ok(status) => {
+                self.txn.after_command(&[cmd::QUERY], Some(status), true);
+                self.entry.set_in_transaction(false);
+                if let Some(req) = self.entry.take_redirect() {
+                    self.move_now(ctx, &req, StateSource::Live).await;
+                }
+                Ok(false)
+            }
+            Err(sql::SqlError::Server(e)) => {
+                self.client.consume(HEADER_LEN + len);
+                if let Err(io) = self.client.write_packet(1, &e.encode()).await {
+                    return Err(End::ClientGone(io.to_string()));
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                self.client.consume(HEADER_LEN + len);
+                Err(self
+                    .after_backend_failure(ctx, 1, e.to_string())
+                    .await
+                    .err()
+                    .unwrap_or(End::ClientQuit))
+            }
+        }
+    }
+
+    /// The backend failed while a command was in flight. The client is told what happened to
+    /// its statement or transaction, and the session is rebuilt on another backend from the
+    /// tracked state so it keeps working.
+    pub(super) async fn after_backend_failure(
+        &mut self,
+        ctx: &ProxyContext,
+        seq: u8,
+        detail: String,
+    ) -> Result<Flow, End> {
+        let failed = self.backend_addr();
+        let in_txn = self.txn.in_transaction();
+        self.txn = TxnState::default();
+        self.entry.set_in_transaction(false);
+        let req = Redirect {
+            target: None,
+            reason: "backend-failed",
+        };
+        let moved = self.move_now(ctx, &req, StateSource::Tracked).await;
+        let now_on = moved.then(|| self.backend_addr());
+        let err = if in_txn {
+            ClientError::TxnRolledBack {
+                backend: failed,
+                moved_to: now_on,
+            }
+        } else {
+            ClientError::BackendLost {
+                backend: failed,
+                detail: match &now_on {
+                    Some(to) => format!("{detail}; the session continues on {to}"),
+                    None => detail,
+                },
+            }
+        };
+        if moved {
+            if let Err(e) = self
+                .client
+                .write_packet(seq, &err.to_packet().encode())
+                .await
+            {
+                return Err(End::ClientGone(e.to_string()));
+            }
+            Ok(Flow::Continue)
+        } else {
+            Err(tell(&mut self.client, seq, err).await)
+        }
+    }
+
+    /// The backend went away while the session was idle: rebuild it elsewhere before the
+    /// client notices. Returns how the session ends when that is impossible.
+    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext, why: &str) -> Option<End> {
+        let n = self.backend.buffered().len();
+        self.backend.consume(n);
+        let req = Redirect {
+            target: None,
+            reason: "backend-failed",
+        };
+        if self.move_now(ctx, &req, StateSource::Tracked).await {
+            None
+        } else {
+            Some(End::BackendGone(why.to_owned()))
+        }
+    }
+}

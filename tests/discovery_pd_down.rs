@@ -1,0 +1,72 @@
+//! PD unreachable from the start: the proxy still binds, serves static backends, explains
+//! itself to clients when nothing else is available, and logs the outage briefly even at debug.
+
+mod support_disc;
+
+use std::time::Duration;
+use support_disc::*;
+
+fn closed_port() -> u16 {
+    free_port()
+}
+
+/// Lines that mention PD or its client stack.
+fn pd_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            l.contains("PD")
+                || ["etcd", "h2", "tonic", "tower", "grpc"]
+                    .iter()
+                    .any(|w| lower.contains(w))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_backends_are_served_while_pd_is_down_and_logs_stay_short() {
+    let db = Mariadb::start();
+    let proxy = Proxy::start(
+        &format!(
+            "pd-addrs = \"127.0.0.1:{}\"\nbackend-addrs = [\"{}\"]",
+            closed_port(),
+            db.addr()
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(proxy.landing_port().await.unwrap(), db.port);
+    wait_for(
+        "the outage to be logged",
+        Duration::from_secs(20),
+        || async { proxy.log().contains("PD is unreachable").then_some(()) },
+    )
+    .await;
+    // Several seconds of retries (backoff 0.5 s, 1 s, 2 s, ...) at level debug.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(proxy.landing_port().await.unwrap(), db.port);
+    let log = proxy.log();
+    let lines = pd_lines(&log);
+    assert!(
+        !lines.is_empty() && lines.len() <= 3,
+        "PD lines: {lines:#?}"
+    );
+    assert_eq!(log.matches("PD is unreachable").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_backends_the_client_is_told_pd_is_unreachable() {
+    let proxy = Proxy::start(&format!("pd-addrs = \"127.0.0.1:{}\"", closed_port()), "").await;
+    let err = wait_for(
+        "the client error to name PD",
+        Duration::from_secs(20),
+        || async {
+            match proxy.landing_port().await {
+                Err(e) if e.contains("PD") => Some(e),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(err.contains("2003") || err.contains("unreachable"), "{err}");
+}
