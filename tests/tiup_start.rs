@@ -15,15 +15,25 @@ fn tiproxy() -> &'static Path {
 }
 
 /// Playground starts TiProxy with a PD that may never answer and stops it last, after PD, with
-/// whichever signal it got itself (scale-in sends SIGQUIT). Each signal gets its own instance.
+/// whichever signal it got itself (scale-in sends SIGQUIT). Each signal gets its own instance;
+/// the last one's PD accepts connections and never answers, like a PD that hung mid-request.
 #[test]
 fn playground_start_then_each_stop_signal_with_pd_gone() {
+    // Never accepted from: the kernel completes connections into the backlog and that is all.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung_pd = black_hole.local_addr().unwrap().port();
     let mut runs = Vec::new();
-    for sig in ["QUIT", "INT", "TERM", "HUP"] {
+    for (sig, pd) in [
+        ("QUIT", closed_port()),
+        ("INT", closed_port()),
+        ("TERM", closed_port()),
+        ("HUP", closed_port()),
+        ("QUIT", hung_pd),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = Ports::free();
         let log = dir.path().join("tiproxy.log");
-        let config = playground_config(ports, closed_port(), &log, "");
+        let config = playground_config(ports, pd, &log, "");
         let proc = start_like_playground(tiproxy(), dir.path(), &config);
         runs.push((sig, dir, ports, log, proc));
     }
