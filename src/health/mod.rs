@@ -82,16 +82,18 @@ fn apply(
 }
 
 /// Probes every backend each interval until `shutdown` fires.
+/// `settings` is read every round, so `[health]` changes apply without a restart.
 pub fn start(
     backends: Arc<BackendSet>,
-    cfg: HealthConfig,
+    settings: impl Fn() -> HealthConfig + Send + 'static,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut streaks: HashMap<String, Streak> = HashMap::new();
-        let interval = Duration::from_millis(cfg.interval_ms.max(10));
-        let timeout = Duration::from_millis(cfg.timeout_ms.max(10));
         loop {
+            let cfg = settings();
+            let interval = Duration::from_millis(cfg.interval_ms.max(10));
+            let timeout = Duration::from_millis(cfg.timeout_ms.max(10));
             let round = std::time::Instant::now();
             let list = backends.snapshot();
             let mut probes = JoinSet::new();
