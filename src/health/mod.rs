@@ -65,7 +65,10 @@ pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), S
             .map_err(|e| e.to_string())?;
         // Bounded: an auth switch or two, then OK or ERR.
         for _ in 0..3 {
-            let (s, p) = conn.read_packet(64 * 1024).await.map_err(|e| e.to_string())?;
+            let (s, p) = conn
+                .read_packet(64 * 1024)
+                .await
+                .map_err(|e| e.to_string())?;
             match p.first() {
                 Some(&OK_HEADER) => {
                     let _ = conn.write_packet(0, &[cmd::QUIT]).await;
