@@ -136,8 +136,8 @@ impl Session {
                 self.statement.clear();
                 self.statement.extend_from_slice(&buf[..n]);
                 if command == cmd::QUERY
-                    && self.entry.has_redirect()
                     && self.txn.in_transaction()
+                    && self.entry.has_redirect()
                     && is_begin(&self.statement)
                     && self.commit_then_move(ctx, len).await?
                 {
