@@ -317,18 +317,14 @@ impl Session {
     }
 
     /// The backend went away while the session was idle: rebuild it elsewhere before the
-    /// client notices. Returns how the session ends when that is impossible.
-    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext, why: &str) -> Option<End> {
+    /// client notices. Returns whether that worked.
+    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext) -> bool {
         let n = self.backend.buffered().len();
         self.backend.consume(n);
         let req = Redirect {
             target: None,
             reason: "backend-failed",
         };
-        if self.move_now(ctx, &req, StateSource::Tracked).await {
-            None
-        } else {
-            Some(End::BackendGone(why.to_owned()))
-        }
+        self.move_now(ctx, &req, StateSource::Tracked).await
     }
 }
