@@ -29,7 +29,8 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-demo: deps build
+demo: build
+	scripts/install-deps.sh runtime
 	scripts/demo.sh
 
 # TiUP packaging (packaging/README.md): the glibc 2.17 tarball and publishing it to a mirror.

@@ -17,11 +17,13 @@ have chromium || need+=(chromium)
 have objdump || need+=(binutils)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 packaging_tools() {
+  # `make demo` needs only the servers and clients, not the packaging tool chain.
+  [ "${1:-}" = runtime ] && return 0
   "$(dirname "$0")/../packaging/tools.sh" zig
   # The TiUP tests skip themselves without Go; with Go, a tiup that fails to build fails them.
   if command -v go >/dev/null 2>&1; then "$(dirname "$0")/../packaging/tools.sh" tiup; fi
 }
-[ ${#need[@]} -eq 0 ] && { packaging_tools; exit 0; }
+[ ${#need[@]} -eq 0 ] && { packaging_tools "${1:-}"; exit 0; }
 echo "installing: ${need[*]}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -32,4 +34,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # Package scripts try to start services; a private instance is all the project uses.
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-packaging_tools
+packaging_tools "${1:-}"
