@@ -42,6 +42,7 @@ pub struct ProxyConfig {
     pub fail_backend_list: Vec<String>,
     /// `[proxy] proxy-protocol`, left out of the file when empty.
     pub proxy_protocol: String,
+    pub failover_timeout: u64,
 }
 
 impl ProxyConfig {
@@ -63,6 +64,7 @@ impl ProxyConfig {
             service_account: None,
             fail_backend_list: Vec::new(),
             proxy_protocol: String::new(),
+            failover_timeout: 60,
         }
     }
 
@@ -102,6 +104,7 @@ impl ProxyConfig {
         if !self.proxy_protocol.is_empty() {
             let _ = writeln!(s, "proxy-protocol = {:?}", self.proxy_protocol);
         }
+        let _ = writeln!(s, "failover-timeout = {}", self.failover_timeout);
         if let Some((user, password)) = &self.service_account {
             let _ = writeln!(
                 s,
