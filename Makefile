@@ -6,7 +6,7 @@ export TIPROXY_VERSION := $(VERSION)
 export TIPROXY_GIT_HASH := $(GIT_HASH)
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo deps clean
+.PHONY: all build test lint fmt demo deps clean bench
 
 all: build
 
@@ -31,6 +31,10 @@ fmt:
 
 demo: deps build
 	scripts/demo.sh
+
+# Not run by CI: timings on a shared machine are for comparing ratios within one run.
+bench: build
+	bench/run.sh
 
 clean:
 	$(CARGO) clean
