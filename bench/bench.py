@@ -103,7 +103,7 @@ class HAProxy(Target):
         servers = "\n".join(f"    server db{i} {HOST}:{p}" for i, p in enumerate(DB_PORTS))
         with open(cfg, "w") as f:
             f.write(f"""global
-    maxconn 30000
+    maxconn 9900
 defaults
     mode tcp
     timeout connect 5s

@@ -1,11 +1,14 @@
 //! A packet connection: a stream with an owned read buffer (so reads are cancel-safe), a write
-//! buffer for packets the proxy composes, and optional compression on top.
+//! buffer for packets the proxy composes, and optional compression on top. On plain TCP the read
+//! buffer is given back whenever it is empty and the socket has nothing to read, so an idle
+//! session holds no buffer memory.
 
 use super::compress::CompressState;
 use super::constants::MAX_PAYLOAD;
 use super::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::io;
+use std::task::Poll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const HEADER_LEN: usize = 4;
@@ -86,6 +89,24 @@ impl PacketConn {
     /// Reads whatever arrives next into the buffer; `Ok(0)` means the peer closed. Cancel-safe:
     /// bytes are only ever appended to buffers this struct owns.
     pub async fn fill(&mut self) -> io::Result<usize> {
+        if let (Stream::Plain(tcp), None, true) =
+            (&self.stream, &self.compress, self.rbuf.is_empty())
+        {
+            // Waiting on readiness instead of a read lets the buffer go while nothing arrives:
+            // thousands of idle sessions would otherwise pin two full buffers each. Readiness
+            // costs no syscall, so the idle watch on the backend socket stays free too.
+            let rbuf = &mut self.rbuf;
+            std::future::poll_fn(|cx| match tcp.poll_read_ready(cx) {
+                Poll::Pending => {
+                    if rbuf.capacity() > 0 {
+                        *rbuf = BytesMut::new();
+                    }
+                    Poll::Pending
+                }
+                ready => ready,
+            })
+            .await?;
+        }
         if self.rbuf.capacity() - self.rbuf.len() < self.buf_size / 4 {
             self.rbuf.reserve(self.buf_size);
         }
