@@ -6,7 +6,7 @@ export TIPROXY_VERSION := $(VERSION)
 export TIPROXY_GIT_HASH := $(GIT_HASH)
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo deps clean bench
+.PHONY: all build test lint fmt demo deps clean package publish publish-nightly bench
 
 all: build
 
@@ -29,12 +29,26 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-demo: deps build
+demo: build
+	scripts/install-deps.sh runtime
 	scripts/demo.sh
 
 # Not run by CI: timings on a shared machine are for comparing ratios within one run.
 bench: build
 	bench/run.sh
+
+# TiUP packaging (packaging/README.md): the glibc 2.17 tarball and publishing it to a mirror.
+# MIRROR and KEY are passed on when set; the default is a local mirror in dist/tiup-mirror.
+PUBLISH_FLAGS = $(if $(MIRROR),--mirror $(MIRROR)) $(if $(KEY),--key $(KEY))
+
+package:
+	VERSION=$(VERSION) packaging/build.sh
+
+publish:
+	VERSION=$(VERSION) packaging/publish.sh --release $(PUBLISH_FLAGS)
+
+publish-nightly:
+	VERSION=$(VERSION) packaging/publish.sh --nightly $(PUBLISH_FLAGS)
 
 clean:
 	$(CARGO) clean

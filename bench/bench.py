@@ -134,8 +134,8 @@ class TiProxy(Target):
 addr = "{HOST}:{TIPROXY_PORT}"
 backend-addrs = [{addrs}]
 [proxy.service-account]
-user = "app"
-password = "secret"
+user = "tiproxy_svc"
+password = "svcsecret"
 [api]
 addr = "{HOST}:{API_PORT}"
 [log]

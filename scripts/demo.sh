@@ -9,7 +9,9 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() { local p=$1; while ! port_free "$p"; do p=$((p + 1)); done; echo "$p"; }
 b1=$(pick_port 14001); b2=$(pick_port $((b1 + 1)))
 sql_port=${DEMO_PORT:-6000}
+api_port=${DEMO_API_PORT:-3080}
 port_free "$sql_port" || { echo "port $sql_port is busy; set DEMO_PORT=<free port>" >&2; exit 1; }
+port_free "$api_port" || { echo "port $api_port is busy; set DEMO_API_PORT=<free port>" >&2; exit 1; }
 
 cleanup() {
   trap - EXIT INT TERM
@@ -29,6 +31,13 @@ cat >"$root/proxy.toml" <<TOML
 addr = "0.0.0.0:$sql_port"
 backend-addrs = ["127.0.0.1:$b1", "127.0.0.1:$b2"]
 
+[proxy.service-account]
+user = "tiproxy_svc"
+password = "svcsecret"
+
+[api]
+addr = "0.0.0.0:$api_port"
+
 [log]
 encoder = "console"
 
@@ -47,6 +56,13 @@ Connect with the mariadb client (user app, password secret):
   mariadb -h127.0.0.1 -P$sql_port -uapp -psecret test -e 'SELECT @@port, VERSION()'
 
 Each new session goes to the backend with the fewest sessions; run the command twice in
-parallel to see both ports. Log: $root/tiproxy.log. Press Ctrl-C to stop.
+parallel to see both ports.
+
+Dashboard:  http://127.0.0.1:$api_port/
+Move every session off the first backend (they keep their state):
+  bin/tiproxyctl --port $api_port migrate --from 127.0.0.1:$b1
+
+Config: $root/proxy.toml (edits apply without a restart). Log: $root/tiproxy.log.
+Press Ctrl-C to stop.
 MSG
 wait "$proxy_pid"

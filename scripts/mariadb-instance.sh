@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a private MariaDB server in DIR on PORT (loopback only) and creates the demo users:
-#   app / secret (mysql_native_password) and edu / edsecret (ed25519), database `test`.
+#   app / secret (mysql_native_password) and edu / edsecret (ed25519), database `test`, and the
+#   proxy's service account tiproxy_svc / svcsecret (SELECT on mysql.*, for session migration).
 # Usage: scripts/mariadb-instance.sh start DIR PORT [MAX_CONNECTIONS] | stop DIR
 # MAX_CONNECTIONS (default 2000) may also come from the env var MARIADB_MAX_CONNECTIONS.
 set -euo pipefail
@@ -37,6 +38,8 @@ CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'secret';
 GRANT ALL ON *.* TO 'app'@'%';
 CREATE USER IF NOT EXISTS 'edu'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('edsecret');
 GRANT ALL ON *.* TO 'edu'@'%';
+CREATE USER IF NOT EXISTS 'tiproxy_svc'@'%' IDENTIFIED BY 'svcsecret';
+GRANT SELECT ON mysql.* TO 'tiproxy_svc'@'%';
 SQL
   ;;
 stop)

@@ -86,7 +86,12 @@ impl App {
             credentials,
         });
         api::start(api_listener, state, http_tls, background.clone());
-        health::start(backends.clone(), config.health.clone(), background.clone());
+        let health_settings = running.clone();
+        health::start(
+            backends.clone(),
+            move || health_settings.get().health.clone(),
+            background.clone(),
+        );
         server::start(listener, ctx.clone());
         crate::proxy::rebalance::start(ctx.clone(), background.clone());
         let discovery = discovery::start(&config, backends, background.clone());

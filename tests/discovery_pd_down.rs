@@ -69,4 +69,23 @@ async fn without_backends_the_client_is_told_pd_is_unreachable() {
     )
     .await;
     assert!(err.contains("2003") || err.contains("unreachable"), "{err}");
+    // the health API says why nothing can be served, while still answering 200 (serving)
+    let health = http_get(proxy.api_port, "/api/debug/health");
+    assert!(
+        health.starts_with("HTTP/1.1 200") || health.starts_with("HTTP/1.0 200"),
+        "{health}"
+    );
+    assert!(health.contains("\"pd_reachable\":false"), "{health}");
+    assert!(health.contains("\"backends_available\":0"), "{health}");
+    assert!(health.contains("PD"), "{health}");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("status port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

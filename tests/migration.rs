@@ -313,3 +313,39 @@ async fn imbalance_moves_sessions_to_a_new_backend() {
     }
     assert!(balanced, "sessions never balanced:\n{}", proxy.log());
 }
+
+#[tokio::test]
+async fn session_stuck_on_a_failed_backend_is_closed_with_1152() {
+    let dbs = MariaDb::start_many(2);
+    prepare_backends(&dbs);
+    let mut cfg = config(vec![dbs[0].addr(), dbs[1].addr()]);
+    let proxy = Proxy::start(&cfg);
+    let mut conn = connect(proxy.port()).await;
+    let on = port_of(&mut conn).await;
+    conn.query_drop("BEGIN").await.unwrap();
+    cfg.fail_backend_list = vec![format!("127.0.0.1:{on}")];
+    cfg.failover_timeout = 1;
+    proxy.rewrite_config(&cfg);
+    // the open transaction pins the session; after failover-timeout the proxy gives up on it
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if proxy
+            .log()
+            .contains("closing session still on a fail-backend-list backend")
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "{}", proxy.log());
+    let err = conn
+        .query_drop("SELECT 1")
+        .await
+        .expect_err("the session was closed");
+    let text = err.to_string();
+    assert!(
+        text.contains("1152") && text.contains("fail-backend-list"),
+        "{text}"
+    );
+}

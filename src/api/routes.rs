@@ -1,6 +1,7 @@
 //! Request routing and the handlers of every status-port path.
 
 use super::{auth, dashboard, ApiState, Body};
+use crate::balance::BackendSelector;
 use crate::config::merge_partial;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -99,10 +100,27 @@ fn health(state: &ApiState) -> Response<Body> {
             &json!({ "unhealthy_reason": "the proxy is shutting down" }),
         );
     }
-    json_reply(
-        StatusCode::OK,
-        &json!({ "config_checksum": state.running.get().checksum() }),
-    )
+    // Serving is what TiUP asks about; a proxy without a usable backend still serves (it
+    // answers clients with a clear error), so that is reported beside the 200, with PD's
+    // state when discovery is on.
+    let mut body = json!({ "config_checksum": state.running.get().checksum() });
+    let backends = &state.ctx.backends;
+    let available = backends
+        .snapshot()
+        .iter()
+        .filter(|b| b.is_healthy())
+        .count();
+    body["backends_available"] = json!(available);
+    if available == 0 {
+        body["warning"] = json!(backends.unavailable_reason());
+    }
+    if let Some(pd) = backends.pd_status() {
+        body["pd_reachable"] = json!(pd.is_reachable());
+        if let Some(why) = pd.unreachable_summary() {
+            body["pd_error"] = json!(why);
+        }
+    }
+    json_reply(StatusCode::OK, &body)
 }
 
 fn wants_json(req: &Request<Incoming>) -> bool {

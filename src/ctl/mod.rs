@@ -68,8 +68,23 @@ pub enum Command {
     Backends,
     /// Client connections.
     Connections,
-    /// Recent events: backends up and down, config changes.
+    /// Recent events: backends up and down, config changes, migrations.
     Events,
+    /// Move sessions to another backend at their next transaction boundary.
+    Migrate {
+        /// Move the sessions on this backend (host:port).
+        #[arg(long)]
+        from: Option<String>,
+        /// Move this one session (connection id from `connections`).
+        #[arg(long)]
+        session: Option<u64>,
+        /// Target backend; default: the least loaded healthy one.
+        #[arg(long)]
+        to: Option<String>,
+        /// Move at most this many sessions.
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,7 +106,7 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
         return EXIT_OK;
     }
     let Some(command) = cli.command else {
-        eprintln!("{argv0}: a subcommand is needed: config get|set, health, backends, connections, events (see --help)");
+        eprintln!("{argv0}: a subcommand is needed: config get|set, health, backends, connections, events, migrate (see --help)");
         return EXIT_USAGE;
     };
     let tls = TlsConfig {
@@ -112,6 +127,7 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
             return EXIT_USAGE;
         }
     };
+    let migrate_path;
     let (method, path, body) = match &command {
         Command::Config(ConfigCommand::Get) if cli.json => {
             ("GET", "/api/admin/config?format=json", None)
@@ -128,6 +144,32 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
         Command::Backends => ("GET", "/api/backends", None),
         Command::Connections => ("GET", "/api/connections", None),
         Command::Events => ("GET", "/api/events", None),
+        Command::Migrate {
+            from,
+            session,
+            to,
+            count,
+        } => {
+            if from.is_none() && session.is_none() {
+                eprintln!("{argv0}: migrate needs --from <backend> or --session <id>");
+                return EXIT_USAGE;
+            }
+            let mut q = Vec::new();
+            if let Some(f) = from {
+                q.push(format!("from={f}"));
+            }
+            if let Some(s) = session {
+                q.push(format!("session={s}"));
+            }
+            if let Some(t) = to {
+                q.push(format!("to={t}"));
+            }
+            if let Some(c) = count {
+                q.push(format!("count={c}"));
+            }
+            migrate_path = format!("/api/admin/migrate?{}", q.join("&"));
+            ("POST", migrate_path.as_str(), Some(Vec::new()))
+        }
     };
     let answer = match target.request(method, path, body).await {
         Ok(a) => a,
@@ -156,6 +198,10 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
         Command::Backends => table::backends(&v),
         Command::Connections => table::connections(&v),
         Command::Events => table::events(&v),
+        Command::Migrate { .. } => format!(
+            "{} session(s) asked to move; each moves at its next transaction boundary",
+            v["requested"]
+        ),
     };
     print!("{}", with_newline(&text));
     if ok {

@@ -1,4 +1,5 @@
-//! Backend health probes: a periodic SQL-port check (connect, read the greeting, close), plus
+//! Backend health probes: a periodic SQL-port check (connect, greeting, a login that ends
+//! cleanly), plus
 //! `GET /status` for TiDBs with a known status port, with failure and recovery thresholds,
 //! marking backends up and down for routing.
 
@@ -6,8 +7,10 @@ pub mod status;
 
 use crate::balance::{Backend, BackendSet};
 use crate::config::HealthConfig;
-use crate::protocol::constants::ERR_HEADER;
-use crate::protocol::handshake::Greeting;
+use crate::protocol::constants::{
+    cap, cmd, DEFAULT_COLLATION, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
+};
+use crate::protocol::handshake::{Greeting, HandshakeResponse};
 use crate::protocol::response::ErrPacket;
 use crate::protocol::{PacketConn, Stream};
 use std::collections::HashMap;
@@ -18,9 +21,22 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// One probe of a backend's SQL port. The greeting is read and the connection closed before
-/// any handshake response, which loopback and proxy hosts are exempt from counting against
-/// max_connect_errors. TiDB's `/status` is probed in `status`.
+/// The user the SQL probe logs in as. It normally does not exist: the backend's "access
+/// denied" is a clean end of the handshake, whereas hanging up after the greeting counts as a
+/// handshake error towards the backend's max_connect_errors and would get the proxy's host
+/// blocked. Should the user exist without a password, the probe logs in and quits.
+pub const PROBE_USER: &str = "tiproxy_health_probe";
+
+/// Plain capabilities for the probe's login.
+const PROBE_CAPS: u32 = cap::LONG_PASSWORD
+    | cap::PROTOCOL_41
+    | cap::SECURE_CONNECTION
+    | cap::PLUGIN_AUTH
+    | cap::TRANSACTIONS;
+
+/// One probe of a backend's SQL port: greeting, a login as `PROBE_USER` answered with OK or
+/// "access denied" (both mean the server is serving), and a clean end. TiDB's `/status` is
+/// probed in `status`.
 pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), String> {
     let fut = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -36,6 +52,44 @@ pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), S
             return Err(format!("backend answered with an error: {e}"));
         }
         let g = Greeting::parse(&p).map_err(|e| format!("malformed greeting: {e}"))?;
+        let login = HandshakeResponse {
+            capabilities: PROBE_CAPS & g.capabilities | cap::PROTOCOL_41,
+            max_packet: 1 << 24,
+            collation: DEFAULT_COLLATION,
+            user: PROBE_USER.as_bytes().to_vec(),
+            auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
+            ..Default::default()
+        };
+        conn.write_packet(1, &login.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        // Bounded: an auth switch or two, then OK or ERR.
+        for _ in 0..3 {
+            let (s, p) = conn
+                .read_packet(64 * 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.first() {
+                Some(&OK_HEADER) => {
+                    let _ = conn.write_packet(0, &[cmd::QUIT]).await;
+                    break;
+                }
+                Some(&ERR_HEADER) => {
+                    let e = ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "", ""));
+                    // 1045/1698: access denied, the expected answer of a serving server.
+                    if e.code != 1045 && e.code != 1698 {
+                        return Err(format!("backend refused a login: {e}"));
+                    }
+                    break;
+                }
+                _ => {
+                    // An auth switch or more-data request: answer with no password.
+                    conn.write_packet(s.wrapping_add(1), &[])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
         conn.shutdown().await;
         Ok((g.server_version, g.capabilities))
     };
@@ -82,16 +136,18 @@ fn apply(
 }
 
 /// Probes every backend each interval until `shutdown` fires.
+/// `settings` is read every round, so `[health]` changes apply without a restart.
 pub fn start(
     backends: Arc<BackendSet>,
-    cfg: HealthConfig,
+    settings: impl Fn() -> HealthConfig + Send + 'static,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut streaks: HashMap<String, Streak> = HashMap::new();
-        let interval = Duration::from_millis(cfg.interval_ms.max(10));
-        let timeout = Duration::from_millis(cfg.timeout_ms.max(10));
         loop {
+            let cfg = settings();
+            let interval = Duration::from_millis(cfg.interval_ms.max(10));
+            let timeout = Duration::from_millis(cfg.timeout_ms.max(10));
             let round = std::time::Instant::now();
             let list = backends.snapshot();
             let mut probes = JoinSet::new();

@@ -17,6 +17,8 @@ pub struct SessionEntry {
     in_transaction: AtomicBool,
     /// A move the control plane asked for; the session acts on it at its next boundary.
     redirect: Mutex<Option<Redirect>>,
+    /// Mirrors `redirect.is_some()` so the per-command check takes no lock.
+    redirect_pending: AtomicBool,
     /// The session must end (it outstayed failover-timeout on a failed backend).
     close: AtomicBool,
     wake: Notify,
@@ -59,6 +61,7 @@ impl SessionEntry {
     /// Asks the session to move; a newer request replaces an older one.
     pub fn request_redirect(&self, r: Redirect) {
         *self.redirect.lock().expect("redirect") = Some(r);
+        self.redirect_pending.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
@@ -72,11 +75,13 @@ impl SessionEntry {
     }
 
     pub fn take_redirect(&self) -> Option<Redirect> {
-        self.redirect.lock().expect("redirect").take()
+        let mut r = self.redirect.lock().expect("redirect");
+        self.redirect_pending.store(false, Ordering::Release);
+        r.take()
     }
 
     pub fn has_redirect(&self) -> bool {
-        self.redirect.lock().expect("redirect").is_some()
+        self.redirect_pending.load(Ordering::Acquire)
     }
 
     /// Completes when a redirect was requested (or one was pending already).
@@ -140,6 +145,7 @@ impl Registry {
             details: Mutex::new(Details::default()),
             in_transaction: AtomicBool::new(false),
             redirect: Mutex::new(None),
+            redirect_pending: AtomicBool::new(false),
             close: AtomicBool::new(false),
             wake: Notify::new(),
         });

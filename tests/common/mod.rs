@@ -9,6 +9,7 @@ pub mod net;
 pub mod proxy;
 pub mod raw;
 pub mod scripted;
+pub mod tidb;
 pub mod tls;
 
 /// One MariaDB and a proxy in front of it: the setup most tests need.

@@ -40,6 +40,7 @@ pub struct ProxyConfig {
     /// `[proxy.service-account]` user and password.
     pub service_account: Option<(String, String)>,
     pub fail_backend_list: Vec<String>,
+    pub failover_timeout: u64,
 }
 
 impl ProxyConfig {
@@ -60,6 +61,7 @@ impl ProxyConfig {
             sql_tls: None,
             service_account: None,
             fail_backend_list: Vec::new(),
+            failover_timeout: 60,
         }
     }
 
@@ -96,6 +98,7 @@ impl ProxyConfig {
             .map(|b| format!("{b:?}"))
             .collect();
         let _ = writeln!(s, "fail-backend-list = [{}]", failed.join(", "));
+        let _ = writeln!(s, "failover-timeout = {}", self.failover_timeout);
         if let Some((user, password)) = &self.service_account {
             let _ = writeln!(
                 s,

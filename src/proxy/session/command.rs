@@ -77,8 +77,11 @@ impl Session {
                             Ok(_) => "the backend ended the connection with an error".to_owned(),
                             Err(e) => e.to_string(),
                         };
-                        if let Some(end) = self.rebuild_idle(ctx, &why).await {
-                            return end;
+                        if !self.rebuild_idle(ctx).await {
+                            let err = self.backend_lost(format!(
+                                "{why}, and no other backend could take the session"
+                            ));
+                            return self.tell_on_next_command(ctx, err).await;
                         }
                         continue;
                     }
@@ -133,8 +136,8 @@ impl Session {
                 self.statement.clear();
                 self.statement.extend_from_slice(&buf[..n]);
                 if command == cmd::QUERY
-                    && self.entry.has_redirect()
                     && self.txn.in_transaction()
+                    && self.entry.has_redirect()
                     && is_begin(&self.statement)
                     && self.commit_then_move(ctx, len).await?
                 {
@@ -234,6 +237,16 @@ impl Session {
         };
         let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
         self.backend.shutdown().await;
+        self.tell_on_next_command(ctx, err).await
+    }
+
+    /// The session cannot go on: the client, which is waiting for nothing, is told why when it
+    /// sends its next command (an unsolicited packet would break its protocol state).
+    pub(super) async fn tell_on_next_command(
+        &mut self,
+        ctx: &ProxyContext,
+        err: ClientError,
+    ) -> End {
         while self.client.buffered().len() < HEADER_LEN {
             tokio::select! {
                 _ = ctx.force_close.cancelled() => return End::Shutdown,

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub(crate) enum Flow {
     Continue,
@@ -38,8 +38,6 @@ pub(crate) enum End {
     Told(ClientError),
     AuthDenied,
     Shutdown,
-    /// The backend went away while idle and no other backend could take the session.
-    BackendGone(String),
 }
 
 pub(crate) struct Session {
@@ -134,9 +132,6 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
             debug!(conn = id, client = %peer, "session closed: authentication denied")
         }
         End::Shutdown => debug!(conn = id, client = %peer, "session closed: proxy shutting down"),
-        End::BackendGone(why) => {
-            info!(conn = id, client = %peer, reason = %why, "session closed: its backend went away and no other could take it")
-        }
     }
     client.shutdown().await;
     m.connections.dec();
@@ -150,7 +145,7 @@ impl End {
         match self {
             End::ClientQuit => 0,
             End::ClientGone(_) => 1,
-            End::Told(_) | End::BackendGone(_) => 2,
+            End::Told(_) => 2,
             End::AuthDenied => 3,
             End::Shutdown => 4,
         }

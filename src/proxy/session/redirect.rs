@@ -143,6 +143,14 @@ impl Session {
         Ok(to)
     }
 
+    fn tracked_statements(&self) -> Vec<String> {
+        self.tracked
+            .statements
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    }
+
     /// Logs in on `target` as the session's user and rebuilds the session state there.
     async fn open_on(
         &mut self,
@@ -204,20 +212,23 @@ impl Session {
         };
         let statements: Vec<String> = match source {
             StateSource::Live => {
-                let (s, gaps) = restore::read_live_state(&mut self.backend, deprecate_eof)
-                    .await
-                    .map_err(|e| format!("reading the session state failed: {e}"))?;
-                if let Some(g) = gaps {
-                    warn!(conn = self.id, "moving with partial state: {g}");
+                match restore::read_live_state(&mut self.backend, deprecate_eof).await {
+                    Ok((s, gaps)) => {
+                        if let Some(g) = gaps {
+                            warn!(conn = self.id, "moving with partial state: {g}");
+                        }
+                        s
+                    }
+                    // A server without MariaDB's information_schema tables (MySQL): the
+                    // statements the proxy tracked carry the state instead.
+                    Err(sql::SqlError::Server(e)) => {
+                        warn!(conn = self.id, error = %e, "session state not readable here; replaying the tracked SET/USE statements");
+                        self.tracked_statements()
+                    }
+                    Err(e) => return Err(format!("reading the session state failed: {e}")),
                 }
-                s
             }
-            StateSource::Tracked => self
-                .tracked
-                .statements
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect(),
+            StateSource::Tracked => self.tracked_statements(),
         };
         let answer = match &login {
             Login::Native(s1) => AuthAnswer::Native(s1),
@@ -317,18 +328,14 @@ impl Session {
     }
 
     /// The backend went away while the session was idle: rebuild it elsewhere before the
-    /// client notices. Returns how the session ends when that is impossible.
-    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext, why: &str) -> Option<End> {
+    /// client notices. Returns whether that worked.
+    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext) -> bool {
         let n = self.backend.buffered().len();
         self.backend.consume(n);
         let req = Redirect {
             target: None,
             reason: "backend-failed",
         };
-        if self.move_now(ctx, &req, StateSource::Tracked).await {
-            None
-        } else {
-            Some(End::BackendGone(why.to_owned()))
-        }
+        self.move_now(ctx, &req, StateSource::Tracked).await
     }
 }
