@@ -6,7 +6,7 @@ export TIPROXY_VERSION := $(VERSION)
 export TIPROXY_GIT_HASH := $(GIT_HASH)
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo deps clean package publish publish-nightly fuzz
+.PHONY: all build test lint fmt demo deps clean package publish publish-nightly fuzz bench
 
 all: build
 
@@ -37,6 +37,10 @@ fuzz:
 demo: build
 	scripts/install-deps.sh runtime
 	scripts/demo.sh
+
+# Not run by CI: timings on a shared machine are for comparing ratios within one run.
+bench: build
+	bench/run.sh
 
 # TiUP packaging (packaging/README.md): the glibc 2.17 tarball and publishing it to a mirror.
 # MIRROR and KEY are passed on when set; the default is a local mirror in dist/tiup-mirror.

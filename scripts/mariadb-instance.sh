@@ -2,13 +2,15 @@
 # Starts a private MariaDB server in DIR on PORT (loopback only) and creates the demo users:
 #   app / secret (mysql_native_password) and edu / edsecret (ed25519), database `test`, and the
 #   proxy's service account tiproxy_svc / svcsecret (SELECT on mysql.*, for session migration).
-# Usage: scripts/mariadb-instance.sh start DIR PORT | stop DIR
+# Usage: scripts/mariadb-instance.sh start DIR PORT [MAX_CONNECTIONS] | stop DIR
+# MAX_CONNECTIONS (default 2000) may also come from the env var MARIADB_MAX_CONNECTIONS.
 set -euo pipefail
 cmd=${1:?usage: $0 start DIR PORT | stop DIR}
 dir=${2:?directory}
 case "$cmd" in
 start)
   port=${3:?port}
+  max_conn=${4:-${MARIADB_MAX_CONNECTIONS:-2000}}
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   if [ ! -d "$dir/data/mysql" ]; then
@@ -19,7 +21,7 @@ start)
   mariadbd --no-defaults --user="$(id -un)" --datadir="$dir/data" --port="$port" \
     --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \
     --log-error="$dir/error.log" --skip-log-bin --max-allowed-packet=64M --local-infile=1 \
-    --innodb-buffer-pool-size=32M --performance-schema=OFF --max-connections=2000 \
+    --innodb-buffer-pool-size=32M --performance-schema=OFF --max-connections="$max_conn" \
     >/dev/null 2>&1 &
   for _ in $(seq 1 150); do
     mariadb --no-defaults -uroot --socket="$dir/mysqld.sock" -e 'SELECT 1' >/dev/null 2>&1 && break
