@@ -57,4 +57,4 @@ publish-nightly:
 
 clean:
 	$(CARGO) clean
-	rm -rf bin dist .demo
+	rm -rf bin dist .demo fuzz/target fuzz/corpus fuzz/artifacts

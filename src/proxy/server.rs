@@ -3,6 +3,7 @@
 
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
+use super::query_log::{Admit, RateLimiter};
 use super::session;
 use crate::protocol::proxy_protocol;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
         if let Ok(addr) = listener.local_addr() {
             info!(addr = %addr, "SQL port listening");
         }
+        let rejections = RateLimiter::new(5, Duration::from_secs(1));
         loop {
             let accepted = tokio::select! {
                 _ = ctx.force_close.cancelled() => break,
@@ -49,7 +51,10 @@ pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
                 }
                 None => {
                     m.reject_too_many.inc();
-                    warn!(client = %peer, max_connections = max, "connection rejected: too many connections");
+                    // A flood must not flood the log too: a few lines a second, then a count.
+                    if let Admit::Yes { dropped } = rejections.admit(std::time::Instant::now()) {
+                        warn!(client = %peer, max_connections = max, suppressed = dropped, "connection rejected: too many connections");
+                    }
                     tokio::spawn(session::reject(
                         tcp,
                         ClientError::TooManyConnections { limit: max },

@@ -116,7 +116,7 @@ impl Session {
                 let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
                 return Ok(Flow::Quit);
             }
-            cmd::CHANGE_USER => return self.change_user(len).await,
+            cmd::CHANGE_USER => return self.change_user(ctx, len).await,
             c if is_refused_command(c) => return self.refuse(len, c).await,
             cmd::QUERY | cmd::STMT_PREPARE | cmd::INIT_DB => {
                 // Prepared statements and database names are kept whole for re-creating them
@@ -345,7 +345,7 @@ impl Session {
 
     /// COM_CHANGE_USER: the client's auth data was computed against the proxy's scramble, so
     /// it is dropped and the backend is made to ask again with its own.
-    async fn change_user(&mut self, len: usize) -> Result<Flow, End> {
+    async fn change_user(&mut self, ctx: &ProxyContext, len: usize) -> Result<Flow, End> {
         let packet = self.read_control(len).await?;
         let mut cu = match ChangeUser::parse(&packet, self.capabilities) {
             Ok(cu) => cu,
@@ -368,7 +368,17 @@ impl Session {
             let err = self.backend_lost(e);
             return Err(tell(&mut self.client, 1, err).await);
         }
-        match relay_auth(&mut self.client, &mut self.backend, 0).await {
+        // Bounded like the first login: a backend that stops answering cannot hold the client.
+        let settings = ctx.settings();
+        let limit = settings.backend_connect_timeout + settings.client_handshake_timeout;
+        let auth = match timeout(limit, relay_auth(&mut self.client, &mut self.backend, 0)).await {
+            Ok(r) => r,
+            Err(_) => Err(AuthRelayError::Backend(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to COM_CHANGE_USER within {} s", limit.as_secs()),
+            ))),
+        };
+        match auth {
             Ok(AuthOutcome::Ok(status, proof)) => {
                 self.entry.set_identity(&new_user, &self.backend_addr());
                 self.identity.user = new_user.as_bytes().to_vec();
