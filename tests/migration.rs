@@ -56,6 +56,15 @@ fn http(port: u16, method: &str, path: &str) -> String {
     out
 }
 
+/// Two prepared backends, the proxy over both, and one session through it.
+async fn two_backends_one_session() -> (Vec<MariaDb>, Proxy, Conn) {
+    let dbs = MariaDb::start_many(2);
+    prepare_backends(&dbs);
+    let proxy = Proxy::start(&config(vec![dbs[0].addr(), dbs[1].addr()]));
+    let conn = connect(proxy.port()).await;
+    (dbs, proxy, conn)
+}
+
 /// Gives the session state of every kind the issue names.
 async fn give_state(conn: &mut Conn) -> mysql_async::Statement {
     conn.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES,STRICT_TRANS_TABLES'")
@@ -107,10 +116,7 @@ async fn wait_for_port(conn: &mut Conn, want: u16) -> bool {
 
 #[tokio::test]
 async fn requested_move_keeps_every_kind_of_state() {
-    let dbs = MariaDb::start_many(2);
-    prepare_backends(&dbs);
-    let proxy = Proxy::start(&config(vec![dbs[0].addr(), dbs[1].addr()]));
-    let mut conn = connect(proxy.port()).await;
+    let (dbs, proxy, mut conn) = two_backends_one_session().await;
     let from = port_of(&mut conn).await;
     let to = if from == dbs[0].port() {
         dbs[1].port()
@@ -144,10 +150,7 @@ async fn requested_move_keeps_every_kind_of_state() {
 
 #[tokio::test]
 async fn transaction_in_flight_is_never_split() {
-    let dbs = MariaDb::start_many(2);
-    prepare_backends(&dbs);
-    let proxy = Proxy::start(&config(vec![dbs[0].addr(), dbs[1].addr()]));
-    let mut conn = connect(proxy.port()).await;
+    let (dbs, proxy, mut conn) = two_backends_one_session().await;
     let from = port_of(&mut conn).await;
     conn.query_drop("BEGIN").await.unwrap();
     conn.query_drop("INSERT INTO test.t VALUES (1, 1)")
@@ -179,10 +182,7 @@ async fn transaction_in_flight_is_never_split() {
 
 #[tokio::test]
 async fn begin_while_a_move_is_pending_commits_then_moves() {
-    let dbs = MariaDb::start_many(2);
-    prepare_backends(&dbs);
-    let proxy = Proxy::start(&config(vec![dbs[0].addr(), dbs[1].addr()]));
-    let mut conn = connect(proxy.port()).await;
+    let (dbs, proxy, mut conn) = two_backends_one_session().await;
     let from = port_of(&mut conn).await;
     conn.query_drop("BEGIN").await.unwrap();
     conn.query_drop("INSERT INTO test.t VALUES (1, 1)")
@@ -209,10 +209,7 @@ async fn begin_while_a_move_is_pending_commits_then_moves() {
 
 #[tokio::test]
 async fn killed_backend_is_invisible_to_an_idle_session() {
-    let mut dbs = MariaDb::start_many(2);
-    prepare_backends(&dbs);
-    let proxy = Proxy::start(&config(vec![dbs[0].addr(), dbs[1].addr()]));
-    let mut conn = connect(proxy.port()).await;
+    let (mut dbs, proxy, mut conn) = two_backends_one_session().await;
     let from = port_of(&mut conn).await;
     let stmt = give_state(&mut conn).await;
     let victim = dbs.iter().position(|d| d.port() == from).unwrap();
@@ -225,10 +222,7 @@ async fn killed_backend_is_invisible_to_an_idle_session() {
 
 #[tokio::test]
 async fn killed_backend_in_a_transaction_reports_rollback_and_the_session_goes_on() {
-    let mut dbs = MariaDb::start_many(2);
-    prepare_backends(&dbs);
-    let proxy = Proxy::start(&config(vec![dbs[0].addr(), dbs[1].addr()]));
-    let mut conn = connect(proxy.port()).await;
+    let (mut dbs, _proxy, mut conn) = two_backends_one_session().await;
     let from = port_of(&mut conn).await;
     conn.query_drop("BEGIN").await.unwrap();
     conn.query_drop("INSERT INTO test.t VALUES (1, 1)")

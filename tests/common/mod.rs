@@ -12,6 +12,7 @@ pub mod raw;
 pub mod scripted;
 pub mod tidb;
 pub mod tls;
+pub mod wire;
 
 /// One MariaDB and a proxy in front of it: the setup most tests need.
 pub fn db_and_proxy() -> (mariadb::MariaDb, proxy::Proxy) {

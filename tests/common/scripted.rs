@@ -4,10 +4,11 @@
 //! It only understands what the tests need; every connection runs on its own thread with
 //! read timeouts, and the accept loop ends on drop or after a fixed lifetime.
 
+use super::wire::{accept_loop, Io};
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
 use sha2::{Digest, Sha256};
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,8 +63,6 @@ struct Shared {
     events: Arc<Mutex<Vec<Event>>>,
 }
 
-const LIFETIME: Duration = Duration::from_secs(300);
-
 impl ScriptedBackend {
     pub fn start(password: &str, script: Script) -> ScriptedBackend {
         let dir = TempDir::new().expect("tempdir");
@@ -85,7 +84,7 @@ impl ScriptedBackend {
             events: events.clone(),
         });
         let stop2 = stop.clone();
-        let accept = std::thread::spawn(move || accept_loop(listener, shared, stop2));
+        let accept = std::thread::spawn(move || accept_loop(listener, shared, stop2, serve));
         ScriptedBackend {
             port,
             stop,
@@ -113,52 +112,6 @@ impl Drop for ScriptedBackend {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
-    let start = Instant::now();
-    // Health probes connect too, so allow plenty, but never unbounded.
-    let mut accepted = 0;
-    while !stop.load(Ordering::SeqCst) && start.elapsed() < LIFETIME && accepted < 10_000 {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                accepted += 1;
-                let shared = shared.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &shared);
-                });
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-struct Io {
-    s: TcpStream,
-    seq: u8,
-}
-
-impl Io {
-    fn read(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut hdr = [0u8; 4];
-        self.s.read_exact(&mut hdr)?;
-        let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], 0]) as usize;
-        self.seq = hdr[3].wrapping_add(1);
-        let mut p = vec![0; len];
-        self.s.read_exact(&mut p)?;
-        Ok(p)
-    }
-
-    fn write(&mut self, p: &[u8]) -> std::io::Result<()> {
-        let mut buf = (p.len() as u32).to_le_bytes()[..3].to_vec();
-        buf.push(self.seq);
-        self.seq = self.seq.wrapping_add(1);
-        buf.extend_from_slice(p);
-        self.s.write_all(&buf)
-    }
-}
-
 const CAPS: u32 = 0x1
     | 0x2
     | 0x4
@@ -176,7 +129,7 @@ const CAPS: u32 = 0x1
 fn serve(stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_nonblocking(false)?;
-    let mut io = Io { s: stream, seq: 0 };
+    let mut io = Io::new(stream);
     let scramble1 = scramble();
     io.write(&greeting(&scramble1))?;
     let resp = io.read()?;

@@ -6,16 +6,15 @@
 //! Each connection runs on its own thread with read timeouts; the accept loop ends on drop
 //! or after a fixed lifetime, and accepts a bounded number of connections.
 
+use super::wire::{accept_loop, Io};
 use serde_json::{json, Map, Value};
 use sha1::{Digest, Sha1};
-use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const LIFETIME: Duration = Duration::from_secs(300);
 /// LONG_PASSWORD | LONG_FLAG | CONNECT_WITH_DB | PROTOCOL_41 | TRANSACTIONS |
 /// SECURE_CONNECTION | MULTI_STATEMENTS | MULTI_RESULTS | PS_MULTI_RESULTS | PLUGIN_AUTH |
 /// CONNECT_ATTRS | PLUGIN_AUTH_LENENC_DATA (no DEPRECATE_EOF: classic EOF packets).
@@ -70,7 +69,7 @@ impl ScriptedTidb {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, st2) = (shared.clone(), stop.clone());
-        let accept = std::thread::spawn(move || accept_loop(listener, s2, st2));
+        let accept = std::thread::spawn(move || accept_loop(listener, s2, st2, serve));
         ScriptedTidb {
             shared,
             stop,
@@ -97,51 +96,6 @@ impl Drop for ScriptedTidb {
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-    }
-}
-
-fn accept_loop(listener: TcpListener, sh: Arc<Shared>, stop: Arc<AtomicBool>) {
-    let start = Instant::now();
-    let mut accepted = 0;
-    while !stop.load(Ordering::SeqCst) && start.elapsed() < LIFETIME && accepted < 10_000 {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                accepted += 1;
-                let sh = sh.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &sh);
-                });
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-struct Io {
-    s: TcpStream,
-    seq: u8,
-}
-
-impl Io {
-    fn read(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut h = [0u8; 4];
-        self.s.read_exact(&mut h)?;
-        let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
-        self.seq = h[3].wrapping_add(1);
-        let mut p = vec![0; len];
-        self.s.read_exact(&mut p)?;
-        Ok(p)
-    }
-
-    fn write(&mut self, p: &[u8]) -> std::io::Result<()> {
-        let mut b = (p.len() as u32).to_le_bytes()[..3].to_vec();
-        b.push(self.seq);
-        self.seq = self.seq.wrapping_add(1);
-        b.extend_from_slice(p);
-        self.s.write_all(&b)
     }
 }
 
@@ -198,7 +152,7 @@ fn record(sh: &Shared, e: TidbEvent) {
 fn serve(stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_nonblocking(false)?;
-    let mut io = Io { s: stream, seq: 0 };
+    let mut io = Io::new(stream);
     let scramble: Vec<u8> = (0..20u32)
         .map(|i| 0x21 + ((i * 7 + u32::from(sh.port)) % 90) as u8)
         .collect();
