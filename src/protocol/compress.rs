@@ -30,6 +30,11 @@ impl Default for CompressState {
 }
 
 impl CompressState {
+    /// The sequence id the next encoded frame will carry.
+    pub fn next_seq(&self) -> u8 {
+        self.next_seq
+    }
+
     pub fn new() -> Self {
         Self {
             raw: BytesMut::with_capacity(4096),

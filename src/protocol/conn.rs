@@ -95,6 +95,17 @@ impl PacketConn {
         self.compress = Some(st);
     }
 
+    /// The sequence id the next compressed frame written will carry.
+    pub fn next_frame_seq(&self) -> Option<u8> {
+        self.compress.as_ref().map(|c| c.next_seq())
+    }
+
+    /// The buffered bytes, for rewriting packet headers in place before they are relayed.
+    #[inline]
+    pub fn buffered_mut(&mut self) -> &mut [u8] {
+        &mut self.rbuf
+    }
+
     pub fn is_compressed(&self) -> bool {
         self.compress.is_some()
     }

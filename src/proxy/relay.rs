@@ -65,6 +65,15 @@ pub async fn relay(
     seq: &mut u8,
 ) -> Result<(), RelayError> {
     let whole_limit = src.buf_size().saturating_sub(HEADER_LEN).max(64);
+    // With the compressed protocol the client numbers packets its own way: a server restarts
+    // the packet sequence at the frame's sequence id whenever a frame starts on a packet
+    // boundary, and clients (libmysql, mysql_common) expect exactly that. So packets towards a
+    // compressed client are renumbered like a server would, and packets from one are
+    // renumbered into the backend's plain sequence.
+    let (src_comp, dst_comp) = (src.is_compressed(), dst.is_compressed());
+    let mut out_seq = 0u8;
+    // The chunk being scanned began in the middle of a packet (after a pass-through).
+    let mut chunk_mid_packet = false;
     let mut scan = 0usize;
     // Bytes of the current physical packet that were not in the buffer yet.
     let mut skip = 0usize;
@@ -78,6 +87,7 @@ pub async fn relay(
             skip -= take;
             if skip > 0 {
                 forward_scanned(src, dst, &mut scan).await?;
+                chunk_mid_packet = true;
                 read_more(src).await?;
                 continue;
             }
@@ -89,6 +99,7 @@ pub async fn relay(
                     return forward_scanned(src, dst, &mut scan).await;
                 }
                 forward_scanned(src, dst, &mut scan).await?;
+                chunk_mid_packet = false;
                 read_more(src).await?;
                 continue;
             }
@@ -96,7 +107,7 @@ pub async fn relay(
                 return forward_scanned(src, dst, &mut scan).await;
             }
             let (len, got) = parse_header(&buf[scan..]);
-            if got != *seq {
+            if !src_comp && got != *seq {
                 return Err(RelayError::Protocol(format!(
                     "packet with sequence id {got} where {} was due",
                     *seq
@@ -107,6 +118,7 @@ pub async fn relay(
                 let verdict = if len <= whole_limit {
                     if body < len {
                         forward_scanned(src, dst, &mut scan).await?;
+                        chunk_mid_packet = false;
                         read_more(src).await?;
                         continue;
                     }
@@ -115,6 +127,7 @@ pub async fn relay(
                 } else {
                     if body == 0 {
                         forward_scanned(src, dst, &mut scan).await?;
+                        chunk_mid_packet = false;
                         read_more(src).await?;
                         continue;
                     }
@@ -124,6 +137,21 @@ pub async fn relay(
                 if verdict.map_err(RelayError::Protocol)? == Verdict::Done {
                     done = true;
                 }
+            }
+            if src_comp || dst_comp {
+                let out = match dst.next_frame_seq() {
+                    Some(frame) => {
+                        let s = if scan == 0 && !chunk_mid_packet {
+                            frame
+                        } else {
+                            out_seq
+                        };
+                        out_seq = s.wrapping_add(1);
+                        s
+                    }
+                    None => *seq,
+                };
+                src.buffered_mut()[scan + 3] = out;
             }
             continuing = len == MAX_PAYLOAD;
             *seq = seq.wrapping_add(1);
