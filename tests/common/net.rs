@@ -13,6 +13,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Two distinct ports that were free a moment ago: both are held while the second is picked,
+/// so they can never be the same port.
+pub fn free_port_pair() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    (
+        a.local_addr().expect("local addr").port(),
+        b.local_addr().expect("local addr").port(),
+    )
+}
+
 /// True once 127.0.0.1:`port` accepts TCP, false when `timeout` passes first.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let start = Instant::now();

@@ -1,7 +1,7 @@
 //! The tiproxy process under test: config built from a struct, spawned, waited for, killed on drop.
 
 use super::cli;
-use super::net::{free_port, poll_until, wait_for_port};
+use super::net::{free_port_pair, poll_until, wait_for_port};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -161,12 +161,25 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts the proxy with `cfg` and waits (at most 30 s) until its SQL port accepts TCP.
+    /// Ports are picked free and can be taken by a parallel test before the proxy binds them,
+    /// so a start that failed on "Address already in use" is retried with new ports (3 tries).
     pub fn start(cfg: &ProxyConfig) -> Proxy {
+        for attempt in 1..=3 {
+            match Self::try_start(cfg) {
+                Ok(p) => return p,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("tiproxy did not become ready:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn try_start(cfg: &ProxyConfig) -> Result<Proxy, String> {
         let dir = tempfile::Builder::new()
             .prefix("tiproxy")
             .tempdir()
             .expect("tempdir");
-        let (port, api_port) = (free_port(), free_port());
+        let (port, api_port) = free_port_pair();
         let log_file = dir.path().join("tiproxy.log");
         let conf = dir.path().join("tiproxy.toml");
         let text = cfg.render(port, api_port, &log_file.display().to_string());
@@ -195,13 +208,11 @@ impl Proxy {
             }
             wait_for_port(port, Duration::from_millis(100)).then_some(true)
         });
-        assert_eq!(
-            ready,
-            Some(true),
-            "tiproxy did not become ready on port {port}:\n{}",
-            proxy.log()
-        );
-        proxy
+        if ready == Some(true) {
+            Ok(proxy)
+        } else {
+            Err(format!("port {port}:\n{}", proxy.log()))
+        }
     }
 
     /// Rewrites the config file in place (same ports and log file), as an operator would.

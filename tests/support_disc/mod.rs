@@ -48,12 +48,16 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Etcd {
+        // Held at once, so the client and peer ports can never be the same.
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut e = Etcd {
             child: None,
             dir: tempfile::tempdir().unwrap(),
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port: a.local_addr().unwrap().port(),
+            peer_port: b.local_addr().unwrap().port(),
         };
+        drop((a, b));
         e.spawn().await;
         e
     }
@@ -238,8 +242,15 @@ impl Proxy {
     /// `extra` is appended to a config that sets addr, api addr, logging and fast health checks.
     pub async fn start(extra_proxy: &str, extra: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let api_port = free_port();
+        // Both held at once, so the two can never be the same port.
+        let (port, api_port) = {
+            let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            (
+                a.local_addr().unwrap().port(),
+                b.local_addr().unwrap().port(),
+            )
+        };
         let log = dir.path().join("proxy.log");
         let cfg = format!(
             "[proxy]\naddr = \"127.0.0.1:{port}\"\ngraceful-close-conn-timeout = 3\n{extra_proxy}\n\
