@@ -102,8 +102,8 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
         return Ok(None);
     }
     let provider = provider();
-    let verifier: Arc<dyn ServerCertVerifier> = if cfg.skip_ca || cfg.ca.is_empty() {
-        Arc::new(AcceptAnyCert(provider.clone()))
+    let chain = if cfg.skip_ca || cfg.ca.is_empty() {
+        None
     } else {
         let mut roots = rustls::RootCertStore::empty();
         for c in load_certs(&cfg.ca)? {
@@ -112,8 +112,12 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| TlsError::General(e.to_string()))?;
-        Arc::new(ChainOnly(inner))
+        Some(inner)
     };
+    let verifier: Arc<dyn ServerCertVerifier> = Arc::new(BackendVerifier {
+        chain,
+        provider: provider.clone(),
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(&cfg.min_tls_version)?)?
         .dangerous()
@@ -138,61 +142,17 @@ pub fn server_name(addr: &str) -> ServerName<'static> {
         .unwrap_or_else(|_| ServerName::try_from("localhost").expect("static name"))
 }
 
-/// `skip-ca = true`: encryption without authentication of the backend.
+/// Verifies a backend's certificate. Without a CA (`skip-ca = true`) it only encrypts. With a
+/// CA the chain must verify, but backends are dialled by IP and their certificates rarely name
+/// it, so a name mismatch alone is accepted (as TiProxy does). Handshake signatures are always
+/// checked.
 #[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct BackendVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// With a CA: the chain must verify, but backends are dialled by IP and their certificates
-/// rarely name it, so a name mismatch alone is accepted (as TiProxy does).
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for BackendVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -201,10 +161,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(TlsError::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -218,7 +178,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
     }
 
     fn verify_tls13_signature(
@@ -227,11 +188,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
