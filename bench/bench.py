@@ -75,6 +75,15 @@ class Target:
                 self.proc.wait()
             self.proc = None
 
+    def ensure_port_free(self):
+        # HAProxy binds with SO_REUSEPORT, so a stale instance from an interrupted run would
+        # silently take half of the connections (and hide half of the CPU) instead of failing.
+        import socket
+        with socket.socket() as s:
+            if s.connect_ex((HOST, self.port)) == 0:
+                raise RuntimeError(f"port {self.port} is already in use (a {self.name} left over "
+                                   f"from an earlier run?); stop it and run again")
+
     def wait_port(self):
         import socket
         for _ in range(200):
@@ -99,6 +108,7 @@ class HAProxy(Target):
         super().__init__("haproxy", HAPROXY_PORT)
 
     def start(self):
+        self.ensure_port_free()
         cfg = os.path.join(WORK, "haproxy.cfg")
         servers = "\n".join(f"    server db{i} {HOST}:{p}" for i, p in enumerate(DB_PORTS))
         with open(cfg, "w") as f:
@@ -127,6 +137,7 @@ class TiProxy(Target):
         self.logfile = os.path.join(WORK, "tiproxy.log")
 
     def start(self):
+        self.ensure_port_free()
         cfg = os.path.join(WORK, "tiproxy.toml")
         addrs = ", ".join(f'"{HOST}:{p}"' for p in DB_PORTS)
         with open(cfg, "w") as f:

@@ -9,6 +9,7 @@ use crate::health;
 use crate::logging::LogHandle;
 use crate::protocol::stream::TlsContext;
 use crate::proxy::query_log::QueryErrorLog;
+use crate::proxy::workers::Workers;
 use crate::proxy::{server, tls, ProxyContext, SessionSettings};
 use crate::reload::{self, Running};
 use anyhow::Context;
@@ -37,6 +38,8 @@ pub struct App {
     background: CancellationToken,
     /// PD discovery and registration; awaited at shutdown so our PD keys are removed.
     discovery: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The threads sessions run on; they stop when the App is dropped.
+    _workers: Arc<Workers>,
 }
 
 impl App {
@@ -92,7 +95,9 @@ impl App {
             move || health_settings.get().health.clone(),
             background.clone(),
         );
-        server::start(listener, ctx.clone());
+        let workers = Arc::new(Workers::per_core().context("cannot start the session workers")?);
+        info!(workers = workers.len(), "session workers started");
+        server::start(listener, ctx.clone(), workers.clone());
         crate::proxy::rebalance::start(ctx.clone(), background.clone());
         let discovery = discovery::start(&config, backends, background.clone());
         if config.proxy.backend_addrs.is_empty() && discovery.is_none() {
@@ -107,6 +112,7 @@ impl App {
             draining,
             background,
             discovery: std::sync::Mutex::new(discovery),
+            _workers: workers,
         })
     }
 

@@ -1,5 +1,6 @@
 //! The data plane: listener, one task per client session, the backend connection, the
-//! streaming command relay, transaction tracking and graceful close.
+//! streaming command relay, transaction tracking, graceful close, and the worker threads
+//! sessions run on.
 
 pub mod backend_conn;
 pub mod client_handshake;
@@ -16,6 +17,7 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod txn;
+pub mod workers;
 
 pub use context::{ProxyContext, SessionSettings};
 pub use error::ClientError;

@@ -17,6 +17,29 @@ pub enum Verdict {
 pub trait Observer {
     /// `payload` is the whole payload when `complete`, else at least its first byte.
     fn on_packet(&mut self, len: usize, payload: &[u8], complete: bool) -> Result<Verdict, String>;
+
+    /// True while every packet up to one starting with 0xFE (EOF or OK) or 0xFF (ERR) is a row
+    /// the observer would only pass: the relay may then skip such packets without showing them.
+    fn in_rows(&self) -> bool {
+        false
+    }
+}
+
+/// Skips the whole row packets at the start of `buf` (all but 0xFE/0xFF-led, empty or 16 MiB
+/// ones, which the observer must see), checking and advancing `seq`. Returns the bytes skipped.
+/// Large results are thousands of short rows, and this loop is all the work each one costs.
+fn skip_rows(buf: &[u8], seq: &mut u8) -> usize {
+    let mut at = 0;
+    while let Some(head) = buf.get(at..at + HEADER_LEN + 1) {
+        let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+        let end = at + HEADER_LEN + len;
+        if head[3] != *seq || len == 0 || len >= MAX_PAYLOAD || head[4] >= 0xFE || end > buf.len() {
+            break;
+        }
+        at = end;
+        *seq = seq.wrapping_add(1);
+    }
+    at
 }
 
 #[derive(Debug)]
@@ -106,6 +129,13 @@ pub async fn relay(
             if done && !continuing {
                 return forward_scanned(src, dst, &mut scan).await;
             }
+            if !continuing && !src_comp && !dst_comp && obs.in_rows() {
+                let skipped = skip_rows(&buf[scan..], seq);
+                if skipped > 0 {
+                    scan += skipped;
+                    continue;
+                }
+            }
             let (len, got) = parse_header(&buf[scan..]);
             if !src_comp && got != *seq {
                 return Err(RelayError::Protocol(format!(
@@ -189,5 +219,56 @@ impl Observer for UntilEmpty {
         } else {
             Verdict::More
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        crate::protocol::conn::put_header(&mut p, payload.len(), seq);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn skip_rows_stops_at_what_the_observer_must_see() {
+        let rows: Vec<u8> = [
+            packet(5, b"\x01a"),
+            packet(6, b"\xfb"),
+            packet(7, b"\x00\x00"),
+        ]
+        .concat();
+        for (stop, why) in [
+            (packet(8, &[0xfe, 0, 0, 2, 0]), "EOF"),
+            (packet(8, &[0xff, 0x15, 0x04]), "ERR"),
+            (packet(8, b""), "empty packet"),
+            (packet(9, b"\x01b"), "sequence gap"),
+            (packet(8, b"\x05abc"), "row cut by the buffer end"),
+        ] {
+            let mut buf = rows.clone();
+            buf.extend_from_slice(&stop);
+            if why == "row cut by the buffer end" {
+                buf.truncate(buf.len() - 1);
+            }
+            let mut seq = 5;
+            assert_eq!(skip_rows(&buf, &mut seq), rows.len(), "{why}");
+            assert_eq!(seq, 8, "{why}");
+        }
+        let mut seq = 4;
+        assert_eq!(
+            skip_rows(&rows, &mut seq),
+            0,
+            "a wrong first sequence id skips nothing"
+        );
+        assert_eq!(seq, 4);
+        let mut seq = 5;
+        assert_eq!(
+            skip_rows(&rows[..4], &mut seq),
+            0,
+            "a bare header is not a row yet"
+        );
     }
 }

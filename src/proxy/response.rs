@@ -184,6 +184,10 @@ impl ResponseObserver {
 }
 
 impl Observer for ResponseObserver {
+    fn in_rows(&self) -> bool {
+        self.state == State::Rows
+    }
+
     fn on_packet(&mut self, len: usize, p: &[u8], complete: bool) -> Result<Verdict, String> {
         if len == 0 {
             return match self.state {

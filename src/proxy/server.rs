@@ -1,10 +1,11 @@
 //! The SQL listener: accepts clients, enforces max-connections with a 1040 error, answers
-//! "shutting down" once draining, and starts one task per session.
+//! "shutting down" once draining, and hands each admitted client to a session worker.
 
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
 use super::query_log::{Admit, RateLimiter};
 use super::session;
+use super::workers::Workers;
 use crate::protocol::proxy_protocol;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,12 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 /// Accepts until `ctx.force_close` fires; after `ctx.reject_new` every new connection is
-/// told the proxy is shutting down instead of being served.
-pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
+/// told the proxy is shutting down instead of being served. Sessions run on `workers`.
+pub fn start(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    workers: Arc<Workers>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         if let Ok(addr) = listener.local_addr() {
             info!(addr = %addr, "SQL port listening");
@@ -43,12 +48,7 @@ pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
             }
             let max = ctx.settings().max_connections;
             match ctx.admit(max) {
-                Some(guard) if ctx.settings().proxy_protocol_v2 => {
-                    tokio::spawn(behind_balancer(tcp, peer, ctx.clone(), guard));
-                }
-                Some(guard) => {
-                    tokio::spawn(session::run(tcp, peer, ctx.clone(), guard));
-                }
+                Some(guard) => hand_over(&workers, tcp, peer, ctx.clone(), guard),
                 None => {
                     m.reject_too_many.inc();
                     // A flood must not flood the log too: a few lines a second, then a count.
@@ -63,6 +63,37 @@ pub fn start(listener: TcpListener, ctx: Arc<ProxyContext>) -> JoinHandle<()> {
             }
         }
     })
+}
+
+/// Moves the socket from this runtime's reactor to a worker's, where the session lives.
+fn hand_over(
+    workers: &Workers,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: Arc<ProxyContext>,
+    guard: ActiveGuard,
+) {
+    let socket = match tcp.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(client = %peer, error = %e, "connection dropped: cannot hand it to a worker");
+            return;
+        }
+    };
+    workers.spawn(async move {
+        let tcp = match TcpStream::from_std(socket) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it");
+                return;
+            }
+        };
+        if ctx.settings().proxy_protocol_v2 {
+            behind_balancer(tcp, peer, ctx, guard).await;
+        } else {
+            session::run(tcp, peer, ctx, guard).await;
+        }
+    });
 }
 
 /// With `proxy-protocol = "v2"` the session's client is the one the balancer names. A

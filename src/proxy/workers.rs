@@ -1,0 +1,151 @@
+//! Session worker threads: one single-threaded runtime per core, each owning the sessions it
+//! is given, so a session's client and backend sockets are polled, and its wake-ups handled,
+//! on one thread for its whole life.
+//!
+//! Why not one work-stealing runtime: on a proxy every query is two short socket hops, and a
+//! shared scheduler hands those wake-ups between threads (a futex wake and a cache miss each
+//! time). Keeping each session on its own thread is what HAProxy's per-thread pollers do; the
+//! accept loop stays on the control runtime and hands each new socket to the least-loaded worker.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::runtime::{Builder, Handle};
+use tokio::sync::oneshot;
+
+/// The session workers. Dropping this stops their threads; tasks still on them are dropped.
+pub struct Workers {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    handle: Handle,
+    load: Arc<AtomicUsize>,
+    /// Dropped (or sent) to stop the thread; the runtime is dropped on its own thread, because
+    /// dropping a runtime from inside another one's async context is not allowed.
+    _stop: oneshot::Sender<()>,
+}
+
+/// Counts a task against its worker's load until dropped.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Workers {
+    /// Starts `count` workers (at least one), each a named thread with its own reactor and timer.
+    pub fn start(count: usize) -> io::Result<Workers> {
+        let mut workers = Vec::with_capacity(count.max(1));
+        for i in 0..count.max(1) {
+            let rt = Builder::new_current_thread().enable_all().build()?;
+            let handle = rt.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("tiproxy-worker-{i}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+            workers.push(Worker {
+                handle,
+                load: Arc::new(AtomicUsize::new(0)),
+                _stop: stop,
+            });
+        }
+        Ok(Workers { workers })
+    }
+
+    /// One worker per CPU the process may run on.
+    pub fn per_core() -> io::Result<Workers> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::start(cores)
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Tasks running on each worker, in worker order.
+    pub fn loads(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|w| w.load.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Runs `task` on the worker with the fewest tasks; it stays on that thread until it ends.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let worker = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+            .expect("at least one worker");
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        let guard = LoadGuard(worker.load.clone());
+        worker.handle.spawn(async move {
+            let _guard = guard;
+            task.await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn tasks_spread_to_the_least_loaded_worker_and_stay_on_its_thread() {
+        let workers = Workers::start(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (release, hold) = tokio::sync::watch::channel(false);
+        for _ in 0..4 {
+            let tx = tx.clone();
+            let mut hold = hold.clone();
+            workers.spawn(async move {
+                let before = std::thread::current().name().map(str::to_owned);
+                let _ = hold.wait_for(|go| *go).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let after = std::thread::current().name().map(str::to_owned);
+                tx.send((before, after)).unwrap();
+            });
+        }
+        assert_eq!(workers.loads(), vec![2, 2]);
+        release.send(true).unwrap();
+        let mut names = Vec::new();
+        for _ in 0..4 {
+            let (before, after) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(before, after, "a task must not move between threads");
+            names.push(before.unwrap());
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "tiproxy-worker-0",
+                "tiproxy-worker-0",
+                "tiproxy-worker-1",
+                "tiproxy-worker-1"
+            ]
+        );
+        for _ in 0..100 {
+            if workers.loads() == vec![0, 0] {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("finished tasks still counted: {:?}", workers.loads());
+    }
+}
