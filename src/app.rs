@@ -155,7 +155,7 @@ impl App {
             }
         }
         self.ctx.reject_new.cancel();
-        self.ctx.closing.cancel();
+        self.ctx.begin_closing();
         let limit = Duration::from_secs(config.proxy.graceful_close_conn_timeout);
         let left = self.ctx.active_sessions();
         if left > 0 {
@@ -175,7 +175,7 @@ impl App {
                 "closing sessions still in a transaction"
             );
         }
-        self.ctx.force_close.cancel();
+        self.ctx.close_all_now();
         self.background.cancel();
         let pd_task = self.discovery.lock().expect("discovery handle").take();
         if let Some(task) = pd_task {

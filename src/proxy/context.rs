@@ -7,7 +7,7 @@ use crate::balance::BackendSet;
 use crate::config::Config;
 use crate::protocol::constants::cap;
 use crate::protocol::stream::TlsContext;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,10 @@ pub struct ProxyContext {
     pub closing: CancellationToken,
     /// Sessions close now, wherever they are.
     pub force_close: CancellationToken,
+    /// What sessions read of `closing` and `force_close`: a token's state sits behind one lock
+    /// all sessions would share, and sessions look between every two commands.
+    closing_set: AtomicBool,
+    force_close_set: AtomicBool,
 }
 
 impl ProxyContext {
@@ -81,7 +85,31 @@ impl ProxyContext {
             reject_new: CancellationToken::new(),
             closing: CancellationToken::new(),
             force_close: CancellationToken::new(),
+            closing_set: AtomicBool::new(false),
+            force_close_set: AtomicBool::new(false),
         }
+    }
+
+    /// Sessions close at their next transaction boundary from now on.
+    pub fn begin_closing(&self) {
+        self.closing_set.store(true, Ordering::Release);
+        self.closing.cancel();
+        self.registry.signal_all();
+    }
+
+    /// Every session closes now, in a transaction or not.
+    pub fn close_all_now(&self) {
+        self.force_close_set.store(true, Ordering::Release);
+        self.force_close.cancel();
+        self.registry.signal_all();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing_set.load(Ordering::Acquire)
+    }
+
+    pub fn is_force_closing(&self) -> bool {
+        self.force_close_set.load(Ordering::Acquire)
     }
 
     pub fn settings(&self) -> Arc<SessionSettings> {

@@ -1,12 +1,13 @@
 //! The live sessions, for the HTTP API and the dashboard: who is connected, through which
 //! backend, in what state. Updated at session start, backend choice and end, never per query.
 
+use atomic_waker::AtomicWaker;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::SystemTime;
-use tokio::sync::Notify;
 
 #[derive(Debug)]
 pub struct SessionEntry {
@@ -21,7 +22,11 @@ pub struct SessionEntry {
     redirect_pending: AtomicBool,
     /// The session must end (it outstayed failover-timeout on a failed backend).
     close: AtomicBool,
-    wake: Notify,
+    /// Set with each request and consumed by the session's wait: a one-shot permit like
+    /// `Notify`'s, but a wait costs two atomics instead of a lock to register and one to drop,
+    /// and the session enters that wait between every two commands.
+    signalled: AtomicBool,
+    wake: AtomicWaker,
 }
 
 /// A request to move a session to another backend.
@@ -62,12 +67,17 @@ impl SessionEntry {
     pub fn request_redirect(&self, r: Redirect) {
         *self.redirect.lock().expect("redirect") = Some(r);
         self.redirect_pending.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.signal();
     }
 
     pub fn request_close(&self) {
         self.close.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
+        self.signal();
+    }
+
+    fn signal(&self) {
+        self.signalled.store(true, Ordering::Release);
+        self.wake.wake();
     }
 
     pub fn close_requested(&self) -> bool {
@@ -84,9 +94,22 @@ impl SessionEntry {
         self.redirect_pending.load(Ordering::Acquire)
     }
 
-    /// Completes when a redirect was requested (or one was pending already).
-    pub async fn redirect_requested(&self) {
-        self.wake.notified().await
+    /// Completes when something was asked of the session (a move, a close, the proxy's
+    /// shutdown) since the last wait completed; the session then looks at what it was.
+    pub async fn attention(&self) {
+        std::future::poll_fn(|cx| {
+            if self.signalled.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.wake.register(cx.waker());
+            // A request between the check and the registration woke no one: look again.
+            if self.signalled.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// The backend the session is on ("" during the handshake).
@@ -147,7 +170,8 @@ impl Registry {
             redirect: Mutex::new(None),
             redirect_pending: AtomicBool::new(false),
             close: AtomicBool::new(false),
-            wake: Notify::new(),
+            signalled: AtomicBool::new(false),
+            wake: AtomicWaker::new(),
         });
         self.sessions
             .lock()
@@ -156,6 +180,13 @@ impl Registry {
         RegisteredSession {
             registry: self.clone(),
             entry,
+        }
+    }
+
+    /// Wakes every session to look at the proxy's state (shutdown phases).
+    pub fn signal_all(&self) {
+        for e in self.sessions.lock().expect("registry").values() {
+            e.signal();
         }
     }
 

@@ -50,6 +50,16 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
         })
 }
 
+/// Whether some `...lock(` or `...locks(` call appears: one quick pass over the text, so that
+/// the usual SELECT (every point select goes through here) pays for nothing more.
+fn calls_lock_function(sql: &[u8]) -> bool {
+    memchr::memchr_iter(b'(', sql).any(|i| {
+        [&b"lock"[..], b"locks"]
+            .iter()
+            .any(|name| i >= name.len() && sql[i - name.len()..i].eq_ignore_ascii_case(name))
+    })
+}
+
 impl Tracked {
     /// What pins the session to its backend, if anything.
     pub fn blocker(&self) -> Option<&'static str> {
@@ -78,7 +88,9 @@ impl Tracked {
             b.table_locks = true;
         } else if first.eq_ignore_ascii_case(b"UNLOCK") {
             b.table_locks = false;
-        } else if first.eq_ignore_ascii_case(b"SELECT") || first.eq_ignore_ascii_case(b"DO") {
+        } else if (first.eq_ignore_ascii_case(b"SELECT") || first.eq_ignore_ascii_case(b"DO"))
+            && calls_lock_function(sql)
+        {
             if contains_ci(sql, b"release_all_locks(") {
                 b.user_locks = 0;
             } else if contains_ci(sql, b"release_lock(") {
@@ -318,5 +330,20 @@ mod tests {
         assert!(t.blocker().is_some());
         t.after_query(b"UNLOCK TABLES", true);
         assert_eq!(t.blocker(), None);
+        t.after_query(b"DO get_lock('a', 0), GET_LOCK('b', 0)", true);
+        assert!(t.blocker().is_some());
+        t.after_query(b"SELECT RELEASE_ALL_LOCKS()", true);
+        assert_eq!(t.blocker(), None);
+        t.after_query(b"SELECT c FROM sbtest1 WHERE id = 7 AND k IN (1, 2)", true);
+        assert_eq!(t.blocker(), None, "a plain SELECT changes nothing");
+    }
+
+    #[test]
+    fn lock_calls_are_found_only_before_a_parenthesis() {
+        assert!(calls_lock_function(b"select get_lock('x',1)"));
+        assert!(calls_lock_function(b"SELECT RELEASE_ALL_LOCKS()"));
+        assert!(!calls_lock_function(b"SELECT locked FROM t WHERE a IN (1)"));
+        assert!(!calls_lock_function(b"SELECT 'lock'"));
+        assert!(!calls_lock_function(b"(lock"));
     }
 }

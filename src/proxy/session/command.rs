@@ -51,18 +51,24 @@ impl Session {
     }
 
     pub(super) async fn serve(&mut self, ctx: &ProxyContext) -> End {
+        let entry = self.entry.clone();
         loop {
+            if ctx.is_force_closing() {
+                return End::Shutdown;
+            }
             if self.entry.close_requested() {
                 return self.close_for_failover(ctx).await;
             }
             self.redirect_if_requested(ctx).await;
             if self.client.buffered().len() < HEADER_LEN + 1 {
                 let idle = self.txn.at_boundary();
+                if idle && ctx.is_closing() {
+                    return End::Shutdown;
+                }
                 tokio::select! {
                     biased;
-                    _ = ctx.force_close.cancelled() => return End::Shutdown,
-                    _ = ctx.closing.cancelled(), if idle => return End::Shutdown,
-                    _ = self.entry.redirect_requested(), if idle => continue,
+                    // A move, a close or a shutdown phase: the loop's top sees which.
+                    _ = entry.attention() => continue,
                     r = self.client.fill() => match r {
                         Ok(0) => return End::ClientGone("closed".into()),
                         Ok(_) => continue,
@@ -87,9 +93,15 @@ impl Session {
                     }
                 }
             }
+            // Only a forced close interrupts a command; other requests wait for its end.
+            let forced = async {
+                while !ctx.is_force_closing() {
+                    entry.attention().await;
+                }
+            };
             let step = tokio::select! {
                 biased;
-                _ = ctx.force_close.cancelled() => return End::Shutdown,
+                _ = forced => return End::Shutdown,
                 r = self.execute_cmd(ctx) => r,
             };
             match step {
