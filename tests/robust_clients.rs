@@ -8,6 +8,7 @@ mod common;
 use common::bystander::Bystander;
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
 use common::net::poll_until;
+use common::procfs::rss_kib;
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::{parse_err, RawConn};
 use std::io::{Read, Write};
@@ -18,15 +19,6 @@ const MAX_CONNECTIONS: u64 = 300;
 const FLOOD: usize = 1500;
 const SILENT: usize = 200;
 const GARBAGE: usize = 50;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
 
 fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
