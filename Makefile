@@ -29,8 +29,9 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Bounded fuzzing of every parser that sees outside bytes (FUZZ_SECONDS per target, default
-# 30); needs nightly and says so when it is missing. Not part of `make test` or CI.
+# Bounded fuzzing of every parser that sees outside bytes: FUZZ_SECONDS per target (default 30),
+# new inputs kept in FUZZ_CORPUS (default fuzz/corpus). Uses nightly when installed, else stable
+# with RUSTC_BOOTSTRAP=1; installs cargo-fuzz when missing. .ci/run runs it for 15 s a target.
 fuzz:
 	fuzz/run.sh
 

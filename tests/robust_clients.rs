@@ -1,13 +1,14 @@
 //! Hostile clients: garbage instead of a handshake, a 16 MiB length claim, truncated packets,
 //! silent sockets and a flood of connections past max-connections, all while a normal session
-//! keeps querying; the proxy's RSS is read before and after. Also PROXY protocol v2 on the
-//! SQL port, with and without a valid header.
+//! keeps querying; the proxy's RSS is read before and after. Also how much a refused flood
+//! logs, and PROXY protocol v2 on the SQL port, with and without a valid header.
 
 mod common;
 
 use common::bystander::Bystander;
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
 use common::net::poll_until;
+use common::procfs::rss_kib;
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::{parse_err, RawConn};
 use std::io::{Read, Write};
@@ -18,15 +19,6 @@ const MAX_CONNECTIONS: u64 = 300;
 const FLOOD: usize = 1500;
 const SILENT: usize = 200;
 const GARBAGE: usize = 50;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
 
 fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
@@ -157,6 +149,64 @@ fn hostile_clients_never_disturb_a_normal_session() {
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+/// Connections refused with 1040 log a few lines a second, the rest counted into the next line
+/// (`suppressed`), so a flood cannot flood the log; every refused client still gets its ERR.
+#[test]
+fn refused_flood_logs_a_few_lines_and_counts_the_rest() {
+    const REFUSED: usize = 300;
+    const LINES_PER_SECOND: usize = 5;
+    let db = MariaDb::start();
+    let mut cfg = ProxyConfig::new(vec![db.addr()]);
+    cfg.max_connections = 2;
+    let proxy = Proxy::start(&cfg);
+    let addr = proxy.addr();
+    // The two sessions the limit allows, one of them querying throughout.
+    let _held = RawConn::login(&addr, APP_USER, APP_PASS, Some("test")).expect("login");
+    let bystander = Bystander::start(
+        RawConn::login(&addr, APP_USER, APP_PASS, Some("test")).expect("bystander login"),
+    );
+
+    let started = Instant::now();
+    let flood: Vec<_> = (0..REFUSED).map(|_| connect(&addr)).collect();
+    for s in flood {
+        assert_eq!(last_err_code(&read_to_close(s)), Some(1040));
+    }
+    let flood_time = started.elapsed();
+    // One more after the rate window has passed: its line carries the count of the unlogged.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(last_err_code(&read_to_close(connect(&addr))), Some(1040));
+    let queries = bystander.finish();
+
+    let log = proxy.log_file();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection rejected: too many connections"))
+        .collect();
+    let suppressed: usize = lines
+        .iter()
+        .map(|l| {
+            let v = l.split("[suppressed=").nth(1).expect("suppressed field");
+            v[..v.find(']').expect("field end")]
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    eprintln!(
+        "{} refused in {flood_time:?}, then 1 more: {} log lines, {suppressed} counted in them; \
+         bystander ran {queries} queries",
+        REFUSED,
+        lines.len()
+    );
+    assert_eq!(lines.len() + suppressed, REFUSED + 1, "{log}");
+    // Fixed one-second windows: the flood touches at most one more than it lasted.
+    let windows = flood_time.as_secs() as usize + 2;
+    assert!(
+        lines.len() <= LINES_PER_SECOND * windows + 1,
+        "{} lines for a flood of {flood_time:?}",
+        lines.len()
     );
 }
 

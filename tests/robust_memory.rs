@@ -4,21 +4,13 @@
 mod common;
 
 use common::mariadb::{APP_PASS, APP_USER};
+use common::procfs::rss_kib;
 use common::raw::RawConn;
 use std::io::Read;
 use std::time::Duration;
 
 const ROW: usize = 1 << 20;
 const ROWS: usize = 200;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
 
 #[test]
 fn slow_reader_of_200mb_result_keeps_rss_bounded() {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod mariadb;
 pub mod net;
+pub mod procfs;
 pub mod proxy;
 pub mod raw;
 pub mod scripted;

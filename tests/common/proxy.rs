@@ -258,6 +258,11 @@ impl Proxy {
         poll_until(timeout, || child.try_wait().ok().flatten())
     }
 
+    /// The log file alone, for counting lines.
+    pub fn log_file(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tiproxy.log")).unwrap_or_default()
+    }
+
     /// Log file plus whatever went to stdout and stderr, for assertion messages.
     pub fn log(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub const CLIENT_LONG_PASSWORD: u32 = 0x1;
 pub const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
+pub const CLIENT_COMPRESS: u32 = 0x20;
 pub const CLIENT_PROTOCOL_41: u32 = 0x200;
 pub const CLIENT_TRANSACTIONS: u32 = 0x2000;
 pub const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
@@ -162,6 +163,18 @@ impl RawConn {
     /// Reads the server greeting and answers it; follows an AuthSwitchRequest to
     /// mysql_native_password with the new scramble, as a real client would.
     pub fn handshake(&mut self, user: &str, pass: &str, db: Option<&str>) -> Res<()> {
+        self.handshake_with(user, pass, db, 0)
+    }
+
+    /// `handshake` asking for `extra_caps` too. With CLIENT_COMPRESS the stream carries
+    /// compressed frames once login succeeds, which this client's other methods do not speak.
+    pub fn handshake_with(
+        &mut self,
+        user: &str,
+        pass: &str,
+        db: Option<&str>,
+        extra_caps: u32,
+    ) -> Res<()> {
         let greeting = self.must_read();
         if greeting.first() == Some(&0xff) {
             return Err(parse_err(&greeting));
@@ -174,7 +187,8 @@ impl RawConn {
             | CLIENT_MULTI_STATEMENTS
             | CLIENT_MULTI_RESULTS
             | CLIENT_PS_MULTI_RESULTS
-            | CLIENT_PLUGIN_AUTH;
+            | CLIENT_PLUGIN_AUTH
+            | extra_caps;
         if db.is_some() {
             caps |= CLIENT_CONNECT_WITH_DB;
         }
