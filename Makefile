@@ -6,7 +6,7 @@ export TIPROXY_VERSION := $(VERSION)
 export TIPROXY_GIT_HASH := $(GIT_HASH)
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo deps clean package publish publish-nightly fuzz bench
+.PHONY: all build test lint fmt demo deps clean package publish publish-nightly fuzz bench bench-instructions
 
 all: build
 
@@ -42,6 +42,10 @@ demo: build
 # Not run by CI: timings on a shared machine are for comparing ratios within one run.
 bench: build
 	bench/run.sh
+
+# The proxy's user-space instructions per query under callgrind: repeatable on a busy machine.
+bench-instructions: build
+	bench/instructions.sh
 
 # TiUP packaging (packaging/README.md): the glibc 2.17 tarball and publishing it to a mirror.
 # MIRROR and KEY are passed on when set; the default is a local mirror in dist/tiup-mirror.

@@ -18,7 +18,7 @@ WORK = os.path.join(ROOT, "bench", ".work")
 DB_PORTS = [23306, 23307]
 HAPROXY_PORT, TIPROXY_PORT, API_PORT = 26001, 26000, 23080
 HOST = "127.0.0.1"
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 # The container's hard nofile limit is 20000 and a proxy holds two sockets per session.
 IDLE_COUNTS = [int(x) for x in os.environ.get("BENCH_IDLE", "2000,9500").split(",")]

@@ -1,7 +1,8 @@
 //! Hostile clients: garbage instead of a handshake, a 16 MiB length claim, truncated packets,
 //! silent sockets and a flood of connections past max-connections, all while a normal session
 //! keeps querying; the proxy's RSS is read before and after. Also how much a refused flood
-//! logs, and PROXY protocol v2 on the SQL port, with and without a valid header.
+//! logs, a client that falls silent in the middle of a command, and PROXY protocol v2 on the
+//! SQL port, with and without a valid header.
 
 mod common;
 
@@ -255,4 +256,45 @@ fn proxy_protocol_v2_sets_the_client_address() {
     let log = proxy.log();
     assert!(log.contains("no valid PROXY protocol v2 header"), "{log}");
     assert!(listed.is_some(), "client address not taken from the header");
+}
+
+#[test]
+fn client_silent_in_the_middle_of_a_command_is_closed_but_idle_is_not() {
+    let db = MariaDb::start();
+    let mut cfg = ProxyConfig::new(vec![db.addr()]);
+    cfg.client_read_timeout = 2;
+    let proxy = Proxy::start(&cfg);
+    let addr = proxy.addr();
+    let bystander =
+        Bystander::start(RawConn::login(&addr, APP_USER, APP_PASS, Some("test")).expect("login"));
+
+    // Idle between commands for longer than the limit: still served.
+    let mut idle = RawConn::login(&addr, APP_USER, APP_PASS, Some("test")).expect("login");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(idle.query_value("SELECT 41 + 1").as_deref(), Some("42"));
+
+    // A COM_QUERY header promising 100 bytes, 10 of them sent, then silence.
+    let mut stalled = RawConn::login(&addr, APP_USER, APP_PASS, Some("test")).expect("login");
+    let started = Instant::now();
+    stalled.send_raw(&[
+        101, 0, 0, 0, 0x03, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', b' ',
+    ]);
+    let closed = stalled.read_packet();
+    let waited = started.elapsed();
+    assert!(
+        closed.is_err() || closed.as_ref().is_ok_and(|p| p.is_empty()),
+        "expected the proxy to close the stalled session, got {closed:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
+        "closed after {waited:?} with client-read-timeout = 2"
+    );
+    let logged = poll_until(Duration::from_secs(5), || {
+        proxy.log().contains("client-read-timeout").then_some(())
+    });
+    assert!(logged.is_some(), "the close must say why:\n{}", proxy.log());
+    // The same limit ends a LOAD DATA-like upload that stops mid-way just as well; and the
+    // others never noticed.
+    assert_eq!(idle.query_value("SELECT 7").as_deref(), Some("7"));
+    bystander.finish();
 }

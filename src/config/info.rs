@@ -56,6 +56,10 @@ const KEYS: &[(&str, &str)] = &[
         "seconds a client has to finish its handshake",
     ),
     (
+        "proxy.client-read-timeout",
+        "seconds a client may fall silent in the middle of sending a command (like MySQL's net_read_timeout), 0 = no limit",
+    ),
+    (
         "proxy.require-backend-tls",
         "deprecated location of security.require-backend-tls (TiProxy 0.1.x, old TiUP)",
     ),
@@ -245,6 +249,7 @@ pub fn is_hot_reloadable(key: &str) -> bool {
         "proxy.graceful-close-conn-timeout",
         "proxy.backend-connect-timeout",
         "proxy.client-handshake-timeout",
+        "proxy.client-read-timeout",
         "proxy.service-account.user",
         "proxy.service-account.password",
         "log.level",

@@ -67,6 +67,8 @@ pub struct ProxyConfig {
     pub failover_timeout: u64,
     pub backend_connect_timeout: u64,
     pub client_handshake_timeout: u64,
+    /// Seconds a client may fall silent in the middle of sending a command; 0 = no limit.
+    pub client_read_timeout: u64,
     /// `[proxy.service-account]`: lets the proxy read password hashes so it can move MySQL
     /// and MariaDB sessions; empty = such sessions are not moved.
     pub service_account: ServiceAccount,
@@ -92,6 +94,7 @@ impl Default for ProxyConfig {
             failover_timeout: 60,
             backend_connect_timeout: 5,
             client_handshake_timeout: 10,
+            client_read_timeout: 30,
             service_account: ServiceAccount::default(),
             pd_addrs_explicit: false,
         }

@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use std::cell::RefCell;
 use std::io;
 use std::task::Poll;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const HEADER_LEN: usize = 4;
@@ -57,6 +58,8 @@ pub struct PacketConn {
     wbuf: Vec<u8>,
     compress: Option<Box<CompressState>>,
     buf_size: usize,
+    /// How long the peer may send nothing while something it began is incomplete.
+    stall_limit: Option<Duration>,
 }
 
 fn eof() -> io::Error {
@@ -71,7 +74,13 @@ impl PacketConn {
             wbuf: Vec::new(),
             compress: None,
             buf_size,
+            stall_limit: None,
         }
+    }
+
+    /// Bounds how long `fill_more` waits for the peer; `None` waits as long as it takes.
+    pub fn set_stall_limit(&mut self, limit: Option<Duration>) {
+        self.stall_limit = limit;
     }
 
     pub fn stream(&self) -> &Stream {
@@ -167,12 +176,31 @@ impl PacketConn {
     }
 
     /// Fills until at least `n` bytes are buffered; a close before that is an error.
+    /// `fill` for the rest of something the peer began (a packet, an upload): within the stall
+    /// limit, if one is set, or a `TimedOut` error. A silent peer then costs a session, not a
+    /// session held forever with a half-sent command.
+    pub async fn fill_more(&mut self) -> io::Result<usize> {
+        let Some(limit) = self.stall_limit else {
+            return self.fill().await;
+        };
+        match tokio::time::timeout(limit, self.fill()).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "sent nothing for {} s in the middle of a command (client-read-timeout)",
+                    limit.as_secs()
+                ),
+            )),
+        }
+    }
+
     pub async fn fill_to(&mut self, n: usize) -> io::Result<()> {
         if self.rbuf.len() < n {
             self.rbuf.reserve(n - self.rbuf.len());
         }
         while self.rbuf.len() < n {
-            if self.fill().await? == 0 {
+            if self.fill_more().await? == 0 {
                 return Err(eof());
             }
         }

@@ -18,6 +18,8 @@ pub struct SessionSettings {
     pub max_connections: u64,
     pub conn_buffer_size: usize,
     pub client_handshake_timeout: Duration,
+    /// `None` when the client may take as long as it likes between the bytes of a command.
+    pub client_read_timeout: Option<Duration>,
     pub backend_connect_timeout: Duration,
     pub require_backend_tls: bool,
     pub service_account: crate::config::ServiceAccount,
@@ -35,6 +37,8 @@ impl SessionSettings {
             max_connections: c.proxy.max_connections,
             conn_buffer_size: c.proxy.conn_buffer_size.max(1024),
             client_handshake_timeout: Duration::from_secs(c.proxy.client_handshake_timeout.max(1)),
+            client_read_timeout: (c.proxy.client_read_timeout > 0)
+                .then(|| Duration::from_secs(c.proxy.client_read_timeout)),
             backend_connect_timeout: Duration::from_secs(c.proxy.backend_connect_timeout.max(1)),
             require_backend_tls: c.security.require_backend_tls,
             service_account: c.proxy.service_account.clone(),

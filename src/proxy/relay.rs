@@ -68,7 +68,7 @@ async fn forward_scanned(
 }
 
 async fn read_more(src: &mut PacketConn) -> Result<(), RelayError> {
-    match src.fill().await {
+    match src.fill_more().await {
         Ok(0) => Err(RelayError::Source(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "connection closed",

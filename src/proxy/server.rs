@@ -80,31 +80,44 @@ fn hand_over(
             return;
         }
     };
-    workers.spawn(async move {
-        let tcp = match TcpStream::from_std(socket) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it");
-                return;
-            }
-        };
-        if ctx.settings().proxy_protocol_v2 {
-            behind_balancer(tcp, peer, ctx, guard).await;
-        } else {
-            session::run(tcp, peer, ctx, guard).await;
-        }
-    });
+    // One future per branch, each built around the session's own: an async block holding
+    // both would make every idle session pay for the larger.
+    if ctx.settings().proxy_protocol_v2 {
+        workers.spawn(behind_balancer(socket, peer, ctx, guard));
+    } else {
+        workers.spawn(session_on_worker(socket, peer, ctx, guard));
+    }
+}
+
+/// Registers the socket with the reactor of the worker running this, then serves the session.
+async fn session_on_worker(
+    socket: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: Arc<ProxyContext>,
+    guard: ActiveGuard,
+) {
+    match TcpStream::from_std(socket) {
+        Ok(tcp) => session::run(tcp, peer, ctx, guard).await,
+        Err(e) => warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it"),
+    }
 }
 
 /// With `proxy-protocol = "v2"` the session's client is the one the balancer names. A
 /// connection without a valid header is closed unanswered: greeting it would let anyone who
 /// reaches the port directly pose as any address.
 async fn behind_balancer(
-    mut tcp: TcpStream,
+    socket: std::net::TcpStream,
     peer: std::net::SocketAddr,
     ctx: Arc<ProxyContext>,
     guard: ActiveGuard,
 ) {
+    let mut tcp = match TcpStream::from_std(socket) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it");
+            return;
+        }
+    };
     let limit = ctx.settings().client_handshake_timeout;
     match proxy_protocol::read_header(&mut tcp, limit).await {
         Ok(h) => {

@@ -94,6 +94,9 @@ impl Workers {
             .expect("at least one worker");
         worker.load.fetch_add(1, Ordering::Relaxed);
         let guard = LoadGuard(worker.load.clone());
+        // Boxed: an async block that awaits a future it captured holds it twice (once as the
+        // capture, once as the awaited value), which would double every session's memory.
+        let task = Box::pin(task);
         worker.handle.spawn(async move {
             let _guard = guard;
             task.await;

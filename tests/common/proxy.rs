@@ -31,6 +31,7 @@ pub struct ProxyConfig {
     pub graceful_wait_before_shutdown: u64,
     pub backend_connect_timeout: u64,
     pub client_handshake_timeout: u64,
+    pub client_read_timeout: u64,
     pub health_interval_ms: u64,
     pub failure_threshold: u64,
     pub recovery_threshold: u64,
@@ -54,6 +55,7 @@ impl ProxyConfig {
             graceful_wait_before_shutdown: 0,
             backend_connect_timeout: 5,
             client_handshake_timeout: 10,
+            client_read_timeout: 30,
             // Fast probes so tests that kill a backend do not wait long for the proxy to notice.
             health_interval_ms: 500,
             failure_threshold: 2,
@@ -95,6 +97,7 @@ impl ProxyConfig {
             "client-handshake-timeout = {}",
             self.client_handshake_timeout
         );
+        let _ = writeln!(s, "client-read-timeout = {}", self.client_read_timeout);
         let failed: Vec<String> = self
             .fail_backend_list
             .iter()

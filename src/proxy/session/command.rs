@@ -50,6 +50,9 @@ impl Session {
         }
     }
 
+    /// Rare paths (moves, rebuilds, COM_CHANGE_USER, failures) are boxed where they are
+    /// awaited: a future is as large as its largest await, and an idle session would otherwise
+    /// hold a migration's worth of state while it waits for its next command.
     pub(super) async fn serve(&mut self, ctx: &ProxyContext) -> End {
         let entry = self.entry.clone();
         loop {
@@ -57,7 +60,7 @@ impl Session {
                 return End::Shutdown;
             }
             if self.entry.close_requested() {
-                return self.close_for_failover(ctx).await;
+                return Box::pin(self.close_for_failover(ctx)).await;
             }
             self.redirect_if_requested(ctx).await;
             if self.client.buffered().len() < HEADER_LEN + 1 {
@@ -83,7 +86,7 @@ impl Session {
                             Ok(_) => "the backend ended the connection with an error".to_owned(),
                             Err(e) => e.to_string(),
                         };
-                        if !self.rebuild_idle(ctx).await {
+                        if !Box::pin(self.rebuild_idle(ctx)).await {
                             let err = self.backend_lost(format!(
                                 "{why}, and no other backend could take the session"
                             ));
@@ -117,7 +120,7 @@ impl Session {
         let (len, _) = parse_header(self.client.buffered());
         let head_len = len.min(6);
         if let Err(e) = self.client.fill_to(HEADER_LEN + head_len).await {
-            return Err(End::ClientGone(e.to_string()));
+            return Err(End::client_read(e));
         }
         let mut head = [0u8; 6];
         head[..head_len]
@@ -128,7 +131,7 @@ impl Session {
                 let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
                 return Ok(Flow::Quit);
             }
-            cmd::CHANGE_USER => return self.change_user(ctx, len).await,
+            cmd::CHANGE_USER => return Box::pin(self.change_user(ctx, len)).await,
             c if is_refused_command(c) => return self.refuse(len, c).await,
             cmd::QUERY | cmd::STMT_PREPARE | cmd::INIT_DB => {
                 // Prepared statements and database names are kept whole for re-creating them
@@ -140,7 +143,7 @@ impl Session {
                 };
                 if len <= limit + 1 {
                     if let Err(e) = self.client.fill_to(HEADER_LEN + len).await {
-                        return Err(End::ClientGone(e.to_string()));
+                        return Err(End::client_read(e));
                     }
                 }
                 let buf = &self.client.buffered()[HEADER_LEN + 1..];
@@ -151,7 +154,7 @@ impl Session {
                     && self.txn.in_transaction()
                     && self.entry.has_redirect()
                     && is_begin(&self.statement)
-                    && self.commit_then_move(ctx, len).await?
+                    && Box::pin(self.commit_then_move(ctx, len)).await?
                 {
                     self.record(command, started, false);
                     return Ok(Flow::Continue);
@@ -173,7 +176,7 @@ impl Session {
         .await
         {
             Ok(()) => {}
-            Err(RelayError::Source(e)) => return Err(End::ClientGone(e.to_string())),
+            Err(RelayError::Source(e)) => return Err(End::client_read(e)),
             Err(RelayError::Dest(e)) => {
                 let err = self.backend_lost(e);
                 return Err(tell(&mut self.client, seq, err).await);
@@ -193,7 +196,7 @@ impl Session {
             match relay(&mut self.backend, &mut self.client, &mut obs, &mut seq).await {
                 Ok(()) => {}
                 Err(RelayError::Source(e)) => {
-                    return self.after_backend_failure(ctx, seq, e.to_string()).await;
+                    return Box::pin(self.after_backend_failure(ctx, seq, e.to_string())).await;
                 }
                 Err(RelayError::Dest(e)) => return Err(End::ClientGone(e.to_string())),
                 Err(RelayError::Protocol(detail)) => {
@@ -221,6 +224,7 @@ impl Session {
                     let err = self.backend_lost(e);
                     return Err(tell(&mut self.client, seq, err).await);
                 }
+                Err(RelayError::Source(e)) => return Err(End::client_read(e)),
                 Err(e) => return Err(End::ClientGone(format!("{e:?}"))),
             }
         }

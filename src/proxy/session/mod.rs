@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub(crate) enum Flow {
     Continue,
@@ -35,6 +35,8 @@ pub(crate) enum Flow {
 pub(crate) enum End {
     ClientQuit,
     ClientGone(String),
+    /// The client fell silent in the middle of a command for client-read-timeout.
+    ClientStalled(String),
     Told(ClientError),
     AuthDenied,
     Shutdown,
@@ -84,8 +86,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
     let mut client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
     let registered = ctx.registry.register(id, peer);
     debug!(conn = id, client = %peer, "session opened");
-    let end = match establish(&mut client, id, peer, &ctx).await {
+    let end = match Box::pin(establish(&mut client, id, peer, &ctx)).await {
         Ok(est) => {
+            client.set_stall_limit(settings.client_read_timeout);
             let handshake = born.elapsed().as_secs_f64();
             est.lease.backend().metrics.handshake.observe(handshake);
             registered
@@ -127,6 +130,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
         End::ClientGone(why) => {
             debug!(conn = id, client = %peer, reason = %why, "session closed: client connection ended")
         }
+        End::ClientStalled(why) => {
+            info!(conn = id, client = %peer, reason = %why, "session closed: the client stopped sending mid-command")
+        }
         End::ClientQuit => debug!(conn = id, client = %peer, "session closed: client quit"),
         End::AuthDenied => {
             debug!(conn = id, client = %peer, "session closed: authentication denied")
@@ -140,11 +146,20 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
 }
 
 impl End {
+    /// A failed read from the client: a stall past client-read-timeout or a lost connection.
+    pub(crate) fn client_read(e: std::io::Error) -> End {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            End::ClientStalled(e.to_string())
+        } else {
+            End::ClientGone(e.to_string())
+        }
+    }
+
     /// Position in `metrics::DISCONNECT_TYPES`.
     fn metric_index(&self) -> usize {
         match self {
             End::ClientQuit => 0,
-            End::ClientGone(_) => 1,
+            End::ClientGone(_) | End::ClientStalled(_) => 1,
             End::Told(_) => 2,
             End::AuthDenied => 3,
             End::Shutdown => 4,

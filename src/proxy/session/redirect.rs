@@ -42,7 +42,7 @@ impl Session {
         if self.redirect_retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        self.move_now(ctx, &req, StateSource::Live).await;
+        Box::pin(self.move_now(ctx, &req, StateSource::Live)).await;
     }
 
     /// Moves the session and records the outcome; returns whether it moved.
@@ -258,7 +258,7 @@ impl Session {
                 self.txn.after_command(&[cmd::QUERY], Some(status), true);
                 self.entry.set_in_transaction(false);
                 if let Some(req) = self.entry.take_redirect() {
-                    self.move_now(ctx, &req, StateSource::Live).await;
+                    Box::pin(self.move_now(ctx, &req, StateSource::Live)).await;
                 }
                 Ok(false)
             }
