@@ -62,4 +62,4 @@ publish-nightly:
 
 clean:
 	$(CARGO) clean
-	rm -rf bin dist .demo fuzz/target fuzz/corpus fuzz/artifacts
+	rm -rf bin dist .demo fuzz/target fuzz/corpus fuzz/artifacts bench/.work
