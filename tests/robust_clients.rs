@@ -27,19 +27,9 @@ fn connect(addr: &str) -> TcpStream {
     s
 }
 
-/// Reads until the proxy closes; returns what it sent. A read timeout fails the test: every
-/// hostile connection must be ended by the proxy, not left open.
+/// Reads until the proxy closes; returns what it sent (`net::read_to_close` on an owned socket).
 fn read_to_close(mut s: TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!("the proxy left a hostile connection open: {e}"),
-        }
-    }
+    common::net::read_to_close(&mut s)
 }
 
 /// The error code of the last packet in `bytes` (greeting first, then an ERR), if any.

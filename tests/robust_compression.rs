@@ -83,27 +83,12 @@ fn compressed_session(addr: &str) -> TcpStream {
     s
 }
 
-/// Everything the proxy sends until it closes. A read timeout fails the test: the proxy must
-/// end the session, not wait on it.
-fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!("the proxy left a bombing session open: {e}"),
-        }
-    }
-}
-
 /// Sends `bomb` under a header stating `claim` bytes and expects the session closed unanswered.
 fn detonate(addr: &str, bomb: &[u8], claim: usize) {
     let mut s = compressed_session(addr);
     // Small enough for the socket buffers: the write completes however little the proxy reads.
     s.write_all(&frame(1, claim, bomb)).expect("send bomb");
-    let sent = read_to_close(&mut s);
+    let sent = common::net::read_to_close(&mut s);
     assert!(sent.is_empty(), "expected a silent close, got {sent:?}");
 }
 

@@ -1,5 +1,7 @@
-//! Free loopback ports and bounded waits for a listener to come up.
+//! Free loopback ports, bounded waits for a listener to come up, and reading a socket until
+//! the proxy closes it.
 
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -54,4 +56,19 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// Everything the proxy sends until it closes the connection. The socket's read timeout must
+/// be set: a timeout fails the test, because the proxy was expected to end the connection.
+pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("the proxy left the connection open: {e}"),
+        }
+    }
 }
