@@ -38,11 +38,16 @@ thread_local! {
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
-fn give_back(rbuf: &mut BytesMut) {
+/// Gives the (empty) buffer up; one grown past twice `buf_size` for a large packet is freed
+/// rather than kept, so the spare list holds at most `SPARE_MAX` ordinary buffers.
+fn give_back(rbuf: &mut BytesMut, buf_size: usize) {
     if rbuf.capacity() == 0 {
         return;
     }
     let mut b = std::mem::take(rbuf);
+    if b.capacity() > 2 * buf_size {
+        return;
+    }
     b.clear();
     SPARE.with(|p| {
         let mut p = p.borrow_mut();
@@ -139,10 +144,10 @@ impl PacketConn {
             // Waiting on readiness instead of a read lets the buffer go while nothing arrives:
             // thousands of idle sessions would otherwise pin two full buffers each. Readiness
             // costs no syscall, so the idle watch on the backend socket stays free too.
-            let rbuf = &mut self.rbuf;
+            let (rbuf, buf_size) = (&mut self.rbuf, self.buf_size);
             std::future::poll_fn(|cx| match tcp.poll_read_ready(cx) {
                 Poll::Pending => {
-                    give_back(rbuf);
+                    give_back(rbuf, buf_size);
                     Poll::Pending
                 }
                 ready => ready,
@@ -175,7 +180,6 @@ impl PacketConn {
         }
     }
 
-    /// Fills until at least `n` bytes are buffered; a close before that is an error.
     /// `fill` for the rest of something the peer began (a packet, an upload): within the stall
     /// limit, if one is set, or a `TimedOut` error. A silent peer then costs a session, not a
     /// session held forever with a half-sent command.
@@ -195,6 +199,7 @@ impl PacketConn {
         }
     }
 
+    /// Fills until at least `n` bytes are buffered; a close before that is an error.
     pub async fn fill_to(&mut self, n: usize) -> io::Result<()> {
         if self.rbuf.len() < n {
             self.rbuf.reserve(n - self.rbuf.len());

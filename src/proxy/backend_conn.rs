@@ -3,7 +3,7 @@
 //! exchange so the backend's own scramble and plugin reach the client.
 
 use super::client_handshake::{ClientHello, HANDSHAKE_PACKET_LIMIT};
-use super::context::ProxyContext;
+use super::context::{ProxyContext, SessionSettings};
 use super::migrate::credential::{native_reply, Proof, ProofCapture};
 use super::tls::server_name;
 use crate::balance::Backend;
@@ -170,6 +170,25 @@ pub enum AuthRelayError {
     Client(io::Error),
     #[error("backend: {0}")]
     Backend(io::Error),
+}
+
+/// `relay_auth` within backend-connect-timeout + client-handshake-timeout: a backend that greets
+/// and then hangs would otherwise hold the client forever (the dial timeout ends at the
+/// greeting), while the client's own replies get their handshake allowance.
+pub async fn relay_auth_bounded(
+    client: &mut PacketConn,
+    backend: &mut PacketConn,
+    delta: u8,
+    settings: &SessionSettings,
+) -> Result<AuthOutcome, AuthRelayError> {
+    let limit = settings.backend_connect_timeout + settings.client_handshake_timeout;
+    match tokio::time::timeout(limit, relay_auth(client, backend, delta)).await {
+        Ok(r) => r,
+        Err(_) => Err(AuthRelayError::Backend(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer to authentication within {} s", limit.as_secs()),
+        ))),
+    }
 }
 
 /// Relays the authentication exchange until the backend says OK or ERR. `delta` maps backend

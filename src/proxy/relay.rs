@@ -31,9 +31,9 @@ pub trait Observer {
 fn skip_rows(buf: &[u8], seq: &mut u8) -> usize {
     let mut at = 0;
     while let Some(head) = buf.get(at..at + HEADER_LEN + 1) {
-        let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+        let (len, got) = parse_header(head);
         let end = at + HEADER_LEN + len;
-        if head[3] != *seq || len == 0 || len >= MAX_PAYLOAD || head[4] >= 0xFE || end > buf.len() {
+        if got != *seq || len == 0 || len >= MAX_PAYLOAD || head[4] >= 0xFE || end > buf.len() {
             break;
         }
         at = end;

@@ -89,16 +89,23 @@ fn hand_over(
     }
 }
 
-/// Registers the socket with the reactor of the worker running this, then serves the session.
+/// Registers a handed-over socket with the reactor of the worker running this.
+fn adopt(socket: std::net::TcpStream, peer: std::net::SocketAddr) -> Option<TcpStream> {
+    TcpStream::from_std(socket)
+        .inspect_err(
+            |e| warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it"),
+        )
+        .ok()
+}
+
 async fn session_on_worker(
     socket: std::net::TcpStream,
     peer: std::net::SocketAddr,
     ctx: Arc<ProxyContext>,
     guard: ActiveGuard,
 ) {
-    match TcpStream::from_std(socket) {
-        Ok(tcp) => session::run(tcp, peer, ctx, guard).await,
-        Err(e) => warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it"),
+    if let Some(tcp) = adopt(socket, peer) {
+        session::run(tcp, peer, ctx, guard).await;
     }
 }
 
@@ -111,12 +118,8 @@ async fn behind_balancer(
     ctx: Arc<ProxyContext>,
     guard: ActiveGuard,
 ) {
-    let mut tcp = match TcpStream::from_std(socket) {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it");
-            return;
-        }
+    let Some(mut tcp) = adopt(socket, peer) else {
+        return;
     };
     let limit = ctx.settings().client_handshake_timeout;
     match proxy_protocol::read_header(&mut tcp, limit).await {

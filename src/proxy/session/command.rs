@@ -5,7 +5,7 @@ use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
 use crate::protocol::conn::{parse_header, HEADER_LEN};
 use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
 use crate::protocol::handshake::ChangeUser;
-use crate::proxy::backend_conn::{relay_auth, AuthOutcome, AuthRelayError};
+use crate::proxy::backend_conn::{relay_auth_bounded, AuthOutcome, AuthRelayError};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::digest::digest;
 use crate::proxy::error::ClientError;
@@ -386,14 +386,7 @@ impl Session {
         }
         // Bounded like the first login: a backend that stops answering cannot hold the client.
         let settings = ctx.settings();
-        let limit = settings.backend_connect_timeout + settings.client_handshake_timeout;
-        let auth = match timeout(limit, relay_auth(&mut self.client, &mut self.backend, 0)).await {
-            Ok(r) => r,
-            Err(_) => Err(AuthRelayError::Backend(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer to COM_CHANGE_USER within {} s", limit.as_secs()),
-            ))),
-        };
+        let auth = relay_auth_bounded(&mut self.client, &mut self.backend, 0, &settings).await;
         match auth {
             Ok(AuthOutcome::Ok(status, proof)) => {
                 self.entry.set_identity(&new_user, &self.backend_addr());

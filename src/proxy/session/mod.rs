@@ -4,7 +4,9 @@
 mod command;
 mod redirect;
 
-use super::backend_conn::{dial, relay_auth, AuthAnswer, AuthOutcome, AuthRelayError, DialError};
+use super::backend_conn::{
+    dial, relay_auth_bounded, AuthAnswer, AuthOutcome, AuthRelayError, DialError,
+};
 use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
@@ -238,16 +240,7 @@ async fn establish(
     };
     let delta = hello.seq.wrapping_sub(dialed.seq);
     let backend_addr = lease.backend().addr.clone();
-    // A backend that greets and then hangs would otherwise hold the client forever: the dial
-    // timeout ends at the greeting. The client's own replies get their handshake allowance.
-    let auth_limit = settings.backend_connect_timeout + settings.client_handshake_timeout;
-    let auth = match timeout(auth_limit, relay_auth(client, &mut dialed.conn, delta)).await {
-        Ok(r) => r,
-        Err(_) => Err(AuthRelayError::Backend(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {} s", auth_limit.as_secs()),
-        ))),
-    };
+    let auth = relay_auth_bounded(client, &mut dialed.conn, delta, &settings).await;
     let (status, proof) = match auth {
         Ok(AuthOutcome::Ok(s, proof)) => (s, proof),
         Ok(AuthOutcome::Denied(err)) => {
