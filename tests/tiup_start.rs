@@ -23,6 +23,7 @@ fn playground_start_then_each_stop_signal_with_pd_gone() {
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let hung_pd = black_hole.local_addr().unwrap().port();
     let mut runs = Vec::new();
+    let mut all_ports = Ports::distinct(5).into_iter();
     for (sig, pd) in [
         ("QUIT", closed_port()),
         ("INT", closed_port()),
@@ -31,7 +32,7 @@ fn playground_start_then_each_stop_signal_with_pd_gone() {
         ("QUIT", hung_pd),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = Ports::free();
+        let ports = all_ports.next().expect("five instances, five port pairs");
         let log = dir.path().join("tiproxy.log");
         let config = playground_config(ports, pd, &log, "");
         let proc = start_like_playground(tiproxy(), dir.path(), &config);

@@ -15,15 +15,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Two distinct ports that were free a moment ago: both are held while the second is picked,
-/// so they can never be the same port.
+/// `n` distinct ports that were free a moment ago: all are held until the last is picked, so
+/// no two can be the same port.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Two distinct ports that were free a moment ago.
 pub fn free_port_pair() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    (
-        a.local_addr().expect("local addr").port(),
-        b.local_addr().expect("local addr").port(),
-    )
+    let p = free_ports(2);
+    (p[0], p[1])
 }
 
 /// True once 127.0.0.1:`port` accepts TCP, false when `timeout` passes first.

@@ -247,10 +247,18 @@ pub struct Ports {
 
 impl Ports {
     pub fn free() -> Ports {
-        Ports {
-            sql: closed_port(),
-            status: closed_port(),
-        }
+        Ports::distinct(1)[0]
+    }
+
+    /// Ports for `n` instances started side by side, no port shared by two of them.
+    pub fn distinct(n: usize) -> Vec<Ports> {
+        crate::common::net::free_ports(2 * n)
+            .chunks(2)
+            .map(|p| Ports {
+                sql: p[0],
+                status: p[1],
+            })
+            .collect()
     }
 }
 
