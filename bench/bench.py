@@ -269,6 +269,13 @@ def migration(tp):
 
 # ---------- report ----------
 
+def round_spread(tp, ha):
+    """The lowest and highest tiproxy / HAProxy ratio of single rounds (each pair measured back
+    to back): how far one round can stray on this machine, next to the ratio of the medians."""
+    rs = [a / b for a, b in zip(tp, ha) if a is not None and b]
+    return f"{min(rs):.2f}-{max(rs):.2f}" if rs else None
+
+
 def fmt(x, spec=".1f"):
     return "n/a" if x is None else format(x, spec)
 
@@ -312,20 +319,25 @@ def main():
             med = {t: {k: median([m[k] for m in sb[(wl, t)]]) for k in sb[(wl, t)][0]}
                    for t in ("direct", "haproxy", "tiproxy")}
             h, t = med["haproxy"], med["tiproxy"]
-            rows.append((f"{wl} QPS", med["direct"]["qps"], h["qps"], t["qps"], ratio(t["qps"], h["qps"])))
+
+            def spread(key):
+                return round_spread([m[key] for m in sb[(wl, "tiproxy")]], [m[key] for m in sb[(wl, "haproxy")]])
+
+            rows.append((f"{wl} QPS", med["direct"]["qps"], h["qps"], t["qps"], ratio(t["qps"], h["qps"]),
+                         spread("qps")))
             rows.append((f"{wl} avg latency ms", med["direct"]["avg_ms"], h["avg_ms"], t["avg_ms"],
-                         ratio(t["avg_ms"], h["avg_ms"])))
+                         ratio(t["avg_ms"], h["avg_ms"]), spread("avg_ms")))
             rows.append((f"{wl} p95 latency ms", med["direct"]["p95_ms"], h["p95_ms"], t["p95_ms"],
-                         ratio(t["p95_ms"], h["p95_ms"])))
+                         ratio(t["p95_ms"], h["p95_ms"]), spread("p95_ms")))
             rows.append((f"{wl} proxy CPU s / 1k queries", None, h["cpu_per_1k"], t["cpu_per_1k"],
-                         ratio(t["cpu_per_1k"], h["cpu_per_1k"])))
+                         ratio(t["cpu_per_1k"], h["cpu_per_1k"]), spread("cpu_per_1k")))
         ha.stop()
         tp.stop()
         for n in IDLE_COUNTS:
             h = idle_sessions(ha, n)
             t = idle_sessions(tp, n)
             log(f"idle {n}: haproxy {h:.1f} KiB, tiproxy {t:.1f} KiB")
-            rows.append((f"RSS KiB per idle session @{n}", None, h, t, ratio(t, h)))
+            rows.append((f"RSS KiB per idle session @{n}", None, h, t, ratio(t, h), None))
         ha.start()
         tp.start()
         ch = {}
@@ -336,28 +348,31 @@ def main():
         ha.stop()
         tp.stop()
         c = {k: median(v) for k, v in ch.items()}
-        rows.append(("churn sessions/s", c["direct"], c["haproxy"], c["tiproxy"], ratio(c["tiproxy"], c["haproxy"])))
+        rows.append(("churn sessions/s", c["direct"], c["haproxy"], c["tiproxy"], ratio(c["tiproxy"], c["haproxy"]),
+                     round_spread(ch["tiproxy"], ch["haproxy"])))
         on_src, moved, secs, med_ms, p99_ms = migration(tp)
         log(f"migration: {moved}/{on_src} moved in {secs}s, median {med_ms} ms, p99 {p99_ms} ms")
-        rows.append((f"migrate {on_src} idle sessions, s", None, None, secs, None))
-        rows.append(("single migration median ms", None, None, med_ms, None))
-        rows.append(("single migration p99 ms", None, None, p99_ms, None))
+        rows.append((f"migrate {on_src} idle sessions, s", None, None, secs, None, None))
+        rows.append(("single migration median ms", None, None, med_ms, None, None))
+        rows.append(("single migration p99 ms", None, None, p99_ms, None, None))
     finally:
         ha.stop()
         tp.stop()
         stop_backends()
 
-    lines = ["| metric | direct | HAProxy | tiproxy | tiproxy / HAProxy |", "|---|---:|---:|---:|---:|"]
-    for name, d, h, t, r in rows:
+    lines = ["| metric | direct | HAProxy | tiproxy | tiproxy / HAProxy | same, per round |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, d, h, t, r, per_round in rows:
         spec = ".4f" if "CPU" in name else ".1f"
-        lines.append(f"| {name} | {fmt(d, spec)} | {fmt(h, spec)} | {fmt(t, spec)} | {fmt(r, '.2f')} |")
+        lines.append(f"| {name} | {fmt(d, spec)} | {fmt(h, spec)} | {fmt(t, spec)} | {fmt(r, '.2f')} | {per_round or ''} |")
     table = "\n".join(lines)
     print(table)
     cmd = "make bench" + "".join(f" {k}={os.environ[k]}" for k in ("BENCH_ROUNDS", "BENCH_SECONDS", "BENCH_IDLE")
                                  if k in os.environ)
     results = "\n".join([
         f"Run {started}: `{cmd}` ({ROUNDS} alternating rounds of {SECONDS} s per workload and target;"
-        " medians shown).", "", *machine(), "", table, ""])
+        " medians shown; the last column is the range of the single rounds' ratios).", "", *machine(), "",
+        table, ""])
     doc = os.path.join(ROOT, "docs", "performance.md")
     text = open(doc).read() if os.path.exists(doc) else "# Performance\n\n<!-- results -->\n<!-- /results -->\n"
     text = re.sub(r"<!-- results -->.*<!-- /results -->",

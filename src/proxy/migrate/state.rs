@@ -77,8 +77,7 @@ impl Tracked {
 
     /// Notes blockers a statement takes or releases. Only statements that can name them are
     /// scanned, so the common SELECT/INSERT costs one keyword comparison.
-    fn track_blockers(&mut self, sql: &[u8]) {
-        let (first, _) = word(sql);
+    fn track_blockers(&mut self, sql: &[u8], first: &[u8]) {
         let b = &mut self.blockers;
         if first.eq_ignore_ascii_case(b"CREATE") && contains_ci(sql, b"temporary") {
             b.temporary_tables += 1;
@@ -103,8 +102,10 @@ impl Tracked {
 
     /// Records a COM_QUERY that succeeded. `full` is false when only a prefix was captured.
     pub fn after_query(&mut self, sql: &[u8], full: bool) {
-        self.track_blockers(sql);
-        let kind = classify(sql);
+        // One scan for the first keyword serves both questions: this runs on every query.
+        let (first, rest) = word(sql);
+        self.track_blockers(sql, first);
+        let kind = classify_words(first, rest);
         if kind == Kind::Other {
             return;
         }
@@ -193,6 +194,11 @@ fn name_of(w: &[u8]) -> String {
 
 pub fn classify(sql: &[u8]) -> Kind {
     let (first, rest) = word(sql);
+    classify_words(first, rest)
+}
+
+/// `classify` for a statement already split after its first keyword.
+fn classify_words(first: &[u8], rest: &[u8]) -> Kind {
     if first.eq_ignore_ascii_case(b"SET") {
         let (second, rest2) = word(rest);
         // SET TRANSACTION only affects the next transaction; not session state.
