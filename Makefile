@@ -43,7 +43,7 @@ demo: build
 bench: build
 	bench/run.sh
 
-# The proxy's user-space instructions per query under callgrind: repeatable on a busy machine.
+# The proxy's and HAProxy's user-space instructions per query under callgrind: repeatable on a busy machine.
 bench-instructions: build
 	bench/instructions.sh
 

@@ -4,11 +4,29 @@
 mod common;
 
 use common::client::{builder, opts};
-use common::mariadb::{APP_USER, ED_PASS, ED_USER};
+use common::mariadb::{APP_PASS, APP_USER, ED_PASS, ED_USER};
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::RawConn;
 use common::scripted::{Event, Script, ScriptedBackend};
 use mysql_async::prelude::*;
+
+#[test]
+fn login_through_the_proxy_needs_no_auth_switch() {
+    // The proxy greets the client with the backend's own scramble and plugin, so a native
+    // password answer goes through as it is: the same one round trip as without a proxy.
+    let (_db, proxy) = common::db_and_proxy();
+    for _ in 0..3 {
+        let mut c = RawConn::connect(&proxy.addr());
+        c.handshake(APP_USER, APP_PASS, Some("test"))
+            .unwrap_or_else(|e| panic!("login failed: {e:?}"));
+        assert_eq!(c.auth_switches, 0, "the login took an auth switch");
+        assert_eq!(
+            c.query_value("SELECT CURRENT_USER()").as_deref(),
+            Some("app@%")
+        );
+        assert!(c.quit());
+    }
+}
 
 #[test]
 fn wrong_password_gets_backend_1045_unchanged() {
@@ -99,17 +117,19 @@ async fn caching_sha2_full_auth_with_rsa_key_exchange() {
         .iter()
         .position(|e| matches!(e, Event::Response { user, .. } if user == "shauser"))
         .unwrap_or_else(|| panic!("no login for shauser: {events:?}"));
-    assert_eq!(
-        events[login + 1],
-        Event::FastAuthMatched(true),
+    // Other connections' events may come in between: the health probe's login, and the one
+    // that ends a backend connection opened for a client that left before logging in (the
+    // harness's readiness check). Neither knows a password, so a match is this login's.
+    let after = &events[login + 1..];
+    assert!(
+        after.contains(&Event::FastAuthMatched(true)),
         "scramble must be computed against the backend's AuthSwitch scramble: {events:?}"
     );
-    assert_eq!(
-        events[login + 2],
-        Event::FullAuth {
+    assert!(
+        after.contains(&Event::FullAuth {
             rsa: true,
             matched: true
-        },
+        }),
         "RSA-encrypted password must decrypt to the real one: {events:?}"
     );
     assert!(

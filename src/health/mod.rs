@@ -52,51 +52,59 @@ pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), S
             return Err(format!("backend answered with an error: {e}"));
         }
         let g = Greeting::parse(&p).map_err(|e| format!("malformed greeting: {e}"))?;
-        let login = HandshakeResponse {
-            capabilities: PROBE_CAPS & g.capabilities | cap::PROTOCOL_41,
-            max_packet: 1 << 24,
-            collation: DEFAULT_COLLATION,
-            user: PROBE_USER.as_bytes().to_vec(),
-            auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
-            ..Default::default()
-        };
-        conn.write_packet(1, &login.encode())
-            .await
-            .map_err(|e| e.to_string())?;
-        // Bounded: an auth switch or two, then OK or ERR.
-        for _ in 0..3 {
-            let (s, p) = conn
-                .read_packet(64 * 1024)
-                .await
-                .map_err(|e| e.to_string())?;
-            match p.first() {
-                Some(&OK_HEADER) => {
-                    let _ = conn.write_packet(0, &[cmd::QUIT]).await;
-                    break;
-                }
-                Some(&ERR_HEADER) => {
-                    let e = ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "", ""));
-                    // 1045/1698: access denied, the expected answer of a serving server.
-                    if e.code != 1045 && e.code != 1698 {
-                        return Err(format!("backend refused a login: {e}"));
-                    }
-                    break;
-                }
-                _ => {
-                    // An auth switch or more-data request: answer with no password.
-                    conn.write_packet(s.wrapping_add(1), &[])
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        conn.shutdown().await;
+        sign_off(&mut conn, &g).await?;
         Ok((g.server_version, g.capabilities))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(format!("no greeting within {} ms", timeout.as_millis())),
     }
+}
+
+/// Ends a connection that has only been greeted (`g`) with the probe's login, answered with OK
+/// or "access denied", and a clean close: hanging up instead would count towards the backend's
+/// max_connect_errors.
+pub async fn sign_off(conn: &mut PacketConn, g: &Greeting) -> Result<(), String> {
+    let login = HandshakeResponse {
+        capabilities: PROBE_CAPS & g.capabilities | cap::PROTOCOL_41,
+        max_packet: 1 << 24,
+        collation: DEFAULT_COLLATION,
+        user: PROBE_USER.as_bytes().to_vec(),
+        auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
+        ..Default::default()
+    };
+    conn.write_packet(1, &login.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Bounded: an auth switch or two, then OK or ERR.
+    for _ in 0..3 {
+        let (s, p) = conn
+            .read_packet(64 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
+        match p.first() {
+            Some(&OK_HEADER) => {
+                let _ = conn.write_packet(0, &[cmd::QUIT]).await;
+                break;
+            }
+            Some(&ERR_HEADER) => {
+                let e = ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "", ""));
+                // 1045/1698: access denied, the expected answer of a serving server.
+                if e.code != 1045 && e.code != 1698 {
+                    return Err(format!("backend refused a login: {e}"));
+                }
+                break;
+            }
+            _ => {
+                // An auth switch or more-data request: answer with no password.
+                conn.write_packet(s.wrapping_add(1), &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    conn.shutdown().await;
+    Ok(())
 }
 
 #[derive(Default)]

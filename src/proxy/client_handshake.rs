@@ -56,10 +56,14 @@ async fn read_response(
     }
 }
 
+/// Greets the client and reads its handshake response. `backend_greeting`, when given, is the
+/// scramble and auth plugin of a backend already connected for this client: greeting with them
+/// lets the client's answer go to that backend as it is, with no auth switch.
 pub async fn accept_client(
     client: &mut PacketConn,
     ctx: &ProxyContext,
     conn_id: u64,
+    backend_greeting: Option<(&[u8], &str)>,
 ) -> Result<ClientHello, ClientHandshakeError> {
     let (server_version, backend_caps) = ctx.greeting_hint();
     // COMPRESS is the proxy's own business on the client side; the rest must be shared.
@@ -71,11 +75,13 @@ pub async fn accept_client(
     let greeting = Greeting {
         server_version,
         connection_id: conn_id as u32,
-        scramble: scramble(),
+        scramble: backend_greeting.map_or_else(scramble, |(s, _)| s.to_vec()),
         capabilities: offered,
         collation: DEFAULT_COLLATION,
         status: status::AUTOCOMMIT,
-        auth_plugin: NATIVE_PASSWORD_PLUGIN.into(),
+        auth_plugin: backend_greeting
+            .map_or(NATIVE_PASSWORD_PLUGIN, |(_, p)| p)
+            .into(),
     };
     client.write_packet(0, &greeting.encode()).await?;
 

@@ -64,6 +64,8 @@ pub struct RawConn {
     seq: u8,
     /// Column types of the last binary result, needed to decode fetched rows.
     col_types: Vec<u8>,
+    /// AuthSwitchRequests answered during the handshake.
+    pub auth_switches: u32,
 }
 
 impl RawConn {
@@ -80,6 +82,7 @@ impl RawConn {
             stream,
             seq: 0,
             col_types: Vec::new(),
+            auth_switches: 0,
         }
     }
 
@@ -92,6 +95,7 @@ impl RawConn {
             stream,
             seq: 0,
             col_types: Vec::new(),
+            auth_switches: 0,
         })
     }
 
@@ -215,6 +219,7 @@ impl RawConn {
                 Some(0x00) => return Ok(()),
                 Some(0xff) => return Err(parse_err(&r)),
                 Some(0xfe) => {
+                    self.auth_switches += 1;
                     let nul = r[1..].iter().position(|&b| b == 0).expect("plugin name") + 1;
                     let plugin = String::from_utf8_lossy(&r[1..nul]).into_owned();
                     let data = &r[nul + 1..];

@@ -28,6 +28,16 @@ pub struct ProofCapture {
 }
 
 impl ProofCapture {
+    /// A login answered in the handshake response itself: the backend's greeting carried
+    /// `plugin` and `scramble` (the proxy greeted the client with them) and `reply` answers it.
+    pub fn answered_greeting(plugin: &str, scramble: &[u8], reply: &[u8]) -> Self {
+        ProofCapture {
+            plugin: plugin.to_owned(),
+            scramble: scramble.to_vec(),
+            reply: Some(reply.to_vec()),
+        }
+    }
+
     /// A backend packet during authentication.
     pub fn on_backend(&mut self, p: &[u8]) {
         if p.first() == Some(&0xfe) && p.len() > 1 {

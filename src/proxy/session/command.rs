@@ -9,6 +9,7 @@ use crate::proxy::backend_conn::{relay_auth_bounded, AuthOutcome, AuthRelayError
 use crate::proxy::context::ProxyContext;
 use crate::proxy::digest::digest;
 use crate::proxy::error::ClientError;
+use crate::proxy::migrate::credential::ProofCapture;
 use crate::proxy::migrate::state::{is_begin, MAX_TRACKED_TEXT};
 use crate::proxy::query_log::QueryError;
 use crate::proxy::relay::{relay, OnePacket, RelayError, UntilEmpty};
@@ -386,7 +387,14 @@ impl Session {
         }
         // Bounded like the first login: a backend that stops answering cannot hold the client.
         let settings = ctx.settings();
-        let auth = relay_auth_bounded(&mut self.client, &mut self.backend, 0, &settings).await;
+        let auth = relay_auth_bounded(
+            &mut self.client,
+            &mut self.backend,
+            0,
+            ProofCapture::default(),
+            &settings,
+        )
+        .await;
         match auth {
             Ok(AuthOutcome::Ok(status, proof)) => {
                 self.entry.set_identity(&new_user, &self.backend_addr());

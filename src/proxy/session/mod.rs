@@ -2,6 +2,7 @@
 //! command loop that relays each command and its response and tracks the transaction state.
 
 mod command;
+mod early;
 mod redirect;
 
 use super::backend_conn::{
@@ -10,7 +11,7 @@ use super::backend_conn::{
 use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
-use super::migrate::credential::Proof;
+use super::migrate::credential::{Proof, ProofCapture};
 use super::migrate::service::Login;
 use super::migrate::state::Tracked;
 use super::registry::SessionEntry;
@@ -208,9 +209,18 @@ async fn establish(
     ctx: &Arc<ProxyContext>,
 ) -> Result<Established, End> {
     let settings = ctx.settings();
+    let (early, early_failure) = if ctx.closing.is_cancelled() {
+        (None, None)
+    } else {
+        match early::Early::connect(ctx, &settings).await {
+            Some(Ok(e)) => (Some(e), None),
+            Some(Err(failed)) => (None, Some(failed)),
+            None => (None, None),
+        }
+    };
     let hello = match timeout(
         settings.client_handshake_timeout,
-        accept_client(client, ctx, id),
+        accept_client(client, ctx, id, early.as_ref().map(|e| e.greeting())),
     )
     .await
     {
@@ -231,7 +241,18 @@ async fn establish(
         return Err(tell(client, reply_seq, ClientError::ShuttingDown).await);
     }
 
-    let (mut dialed, lease) = match connect_backend(&hello, ctx, &settings).await {
+    let forwarded = match early {
+        Some(e) => e.answer(&hello, ctx, &settings).await,
+        None => Ok(None),
+    };
+    let answered = match forwarded {
+        Ok(Some(x)) => Ok(x),
+        Ok(None) => connect_backend(&hello, ctx, &settings, early_failure)
+            .await
+            .map(|(d, l)| (d, l, ProofCapture::default())),
+        Err(e) => Err(e),
+    };
+    let (mut dialed, lease, capture) = match answered {
         Ok(x) => x,
         Err(e) => {
             warn!(conn = id, client = %peer, error = %e, "no backend for new session");
@@ -240,7 +261,7 @@ async fn establish(
     };
     let delta = hello.seq.wrapping_sub(dialed.seq);
     let backend_addr = lease.backend().addr.clone();
-    let auth = relay_auth_bounded(client, &mut dialed.conn, delta, &settings).await;
+    let auth = relay_auth_bounded(client, &mut dialed.conn, delta, capture, &settings).await;
     let (status, proof) = match auth {
         Ok(AuthOutcome::Ok(s, proof)) => (s, proof),
         Ok(AuthOutcome::Denied(err)) => {
@@ -273,21 +294,46 @@ async fn establish(
     })
 }
 
-/// Tries healthy backends, fewest sessions first, until one accepts the client's identity.
-async fn connect_backend(
-    hello: &ClientHello,
+/// Backends in fail-backend-list: they get no new sessions.
+fn not_for_new_sessions(
     ctx: &ProxyContext,
     settings: &super::context::SessionSettings,
-) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
-    // Backends in fail-backend-list get no new sessions.
-    let mut tried: Vec<_> = ctx
-        .backends
+) -> Vec<Arc<crate::balance::Backend>> {
+    ctx.backends
         .snapshot()
         .iter()
         .filter(|b| settings.fail_backend_list.contains(&b.addr))
         .cloned()
-        .collect();
+        .collect()
+}
+
+/// Counts a failed dial and marks the backend down until health checks see it again.
+fn dial_failed(backend: &crate::balance::Backend, reason: &str) {
+    backend.metrics.dial_fail.inc();
+    if backend.mark_unhealthy(reason) {
+        warn!(backend = %backend.addr, %reason, "backend marked down after a failed connection");
+        crate::events::push(
+            "backend-down",
+            format!("backend {} is down: {reason}", backend.addr),
+        );
+    }
+}
+
+/// Tries healthy backends, fewest sessions first, until one accepts the client's identity.
+/// `earlier` is a backend already tried for this session, and why it failed.
+async fn connect_backend(
+    hello: &ClientHello,
+    ctx: &ProxyContext,
+    settings: &super::context::SessionSettings,
+    earlier: Option<early::Failed>,
+) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
+    let mut tried = not_for_new_sessions(ctx, settings);
     let mut failures: Vec<String> = Vec::new();
+    if let Some((backend, reason)) = earlier {
+        dial_failed(&backend, &reason);
+        failures.push(format!("{} ({reason})", backend.addr));
+        tried.push(backend);
+    }
     while let Some(backend) = ctx.backends.select(&tried) {
         tried.push(backend.clone());
         let lease = BackendLease::new(backend.clone());
@@ -322,14 +368,7 @@ async fn connect_backend(
                 settings.backend_connect_timeout.as_secs()
             ),
         };
-        backend.metrics.dial_fail.inc();
-        if backend.mark_unhealthy(&reason) {
-            warn!(backend = %backend.addr, %reason, "backend marked down after a failed connection");
-            crate::events::push(
-                "backend-down",
-                format!("backend {} is down: {reason}", backend.addr),
-            );
-        }
+        dial_failed(&backend, &reason);
         failures.push(format!("{} ({reason})", backend.addr));
     }
     crate::metrics::get().get_backend_fail.inc();

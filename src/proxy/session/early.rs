@@ -1,0 +1,137 @@
+//! A backend connected and greeted before the client is: the proxy greets the client with that
+//! backend's scramble and auth plugin, so the client's login answers the backend directly and
+//! costs no auth switch (one round trip fewer with the client and with the backend).
+
+use super::super::backend_conn::{answer_greeting, greet, AuthAnswer, DialError, Dialed};
+use super::super::client_handshake::ClientHello;
+use super::super::context::{ProxyContext, SessionSettings};
+use super::super::error::ClientError;
+use super::super::migrate::credential::ProofCapture;
+use crate::balance::{Backend, BackendLease, BackendSelector};
+use crate::protocol::handshake::Greeting;
+use crate::protocol::PacketConn;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::timeout;
+use tracing::debug;
+
+pub(super) struct Early {
+    /// Taken when the client's login goes to it; otherwise the drop signs the backend off.
+    conn: Option<PacketConn>,
+    greeting: Greeting,
+    backend: Arc<Backend>,
+    /// Counts the session against the backend from the start, so a burst of new clients
+    /// spreads; taken with `conn`.
+    lease: Option<BackendLease>,
+    sign_off_limit: Duration,
+}
+
+/// What a forwarded login produced: the connection awaiting the backend's answer, its lease,
+/// and what the login proves so far.
+pub(super) type Answered = (Dialed, BackendLease, ProofCapture);
+
+/// A backend that could not be dialed, and why.
+pub(super) type Failed = (Arc<Backend>, String);
+
+impl Early {
+    /// Connects to the backend a new session would get and reads its greeting. A failure is
+    /// returned (the backend and why) for the usual path after the client's login, which
+    /// reports it like any failed dial, tries the others, and names it if all fail; a client
+    /// that leaves before logging in marks no backend down. `None`: no candidate at all.
+    pub(super) async fn connect(
+        ctx: &ProxyContext,
+        settings: &SessionSettings,
+    ) -> Option<Result<Early, Failed>> {
+        let backend = ctx
+            .backends
+            .select(&super::not_for_new_sessions(ctx, settings))?;
+        let lease = BackendLease::new(backend.clone());
+        let limit = settings.backend_connect_timeout;
+        let reason = match timeout(limit, greet(&backend, settings.conn_buffer_size)).await {
+            Ok(Ok((conn, greeting))) => {
+                return Some(Ok(Early {
+                    conn: Some(conn),
+                    greeting,
+                    backend,
+                    lease: Some(lease),
+                    sign_off_limit: limit,
+                }))
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("timed out after {} s", limit.as_secs()),
+        };
+        Some(Err((backend, reason)))
+    }
+
+    /// The scramble and plugin to greet the client with.
+    pub(super) fn greeting(&self) -> (&[u8], &str) {
+        (&self.greeting.scramble, &self.greeting.auth_plugin)
+    }
+
+    /// Sends the client's login to the backend as the client wrote it. `Ok(None)` means this
+    /// connection could not take it (the backend closed it while the client was slow, say)
+    /// and the session should dial afresh; an `Err` is the client's answer.
+    pub(super) async fn answer(
+        mut self,
+        hello: &ClientHello,
+        ctx: &ProxyContext,
+        settings: &SessionSettings,
+    ) -> Result<Option<Answered>, ClientError> {
+        let (Some(conn), Some(lease)) = (self.conn.take(), self.lease.take()) else {
+            return Ok(None);
+        };
+        let forwarded = answer_greeting(
+            conn,
+            &self.greeting,
+            &self.backend,
+            hello.into(),
+            AuthAnswer::Forward,
+            ctx,
+            settings.require_backend_tls,
+        );
+        match timeout(settings.backend_connect_timeout, forwarded).await {
+            Ok(Ok(dialed)) => {
+                crate::metrics::get().get_backend_ok.inc();
+                let plugin = hello
+                    .response
+                    .auth_plugin
+                    .as_deref()
+                    .unwrap_or(&self.greeting.auth_plugin);
+                let proof = ProofCapture::answered_greeting(
+                    plugin,
+                    &self.greeting.scramble,
+                    &hello.response.auth_data,
+                );
+                Ok(Some((dialed, lease, proof)))
+            }
+            Ok(Err(DialError::Tls(detail))) => {
+                self.backend.metrics.dial_fail.inc();
+                crate::metrics::get().get_backend_fail.inc();
+                Err(ClientError::BackendTlsUnavailable {
+                    backend: self.backend.addr.clone(),
+                    detail,
+                })
+            }
+            Ok(Err(e)) => {
+                debug!(backend = %self.backend.addr, error = %e, "connection opened before the login is gone; dialing again");
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        // Not used (the client left, failed its handshake, or the proxy is closing): end the
+        // backend's handshake with the health probe's login, as hanging up would count towards
+        // the backend's max_connect_errors.
+        if let Some(mut conn) = self.conn.take() {
+            let greeting = self.greeting.clone();
+            let limit = self.sign_off_limit;
+            tokio::spawn(async move {
+                let _ = timeout(limit, crate::health::sign_off(&mut conn, &greeting)).await;
+            });
+        }
+    }
+}
