@@ -4,7 +4,7 @@
 mod common;
 
 use common::client::{builder, opts};
-use common::mariadb::{APP_PASS, APP_USER, ED_PASS, ED_USER};
+use common::mariadb::{MariaDb, APP_PASS, APP_USER, ED_PASS, ED_USER};
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::RawConn;
 use common::scripted::{Event, Script, ScriptedBackend};
@@ -26,6 +26,23 @@ fn login_through_the_proxy_needs_no_auth_switch() {
         );
         assert!(c.quit());
     }
+}
+
+#[test]
+fn a_client_slower_than_a_backend_waits_still_logs_in() {
+    // The backend connection opened for a new client is signed off after half the handshake
+    // allowance (MariaDB would time the half-done handshake out and count it against the
+    // proxy's host); a later login dials afresh and takes that path's auth switch.
+    let db = MariaDb::start();
+    let mut cfg = ProxyConfig::new(vec![db.addr()]);
+    cfg.client_handshake_timeout = 2;
+    let proxy = Proxy::start(&cfg);
+    let mut c = RawConn::connect(&proxy.addr());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    c.handshake(APP_USER, APP_PASS, Some("test"))
+        .unwrap_or_else(|e| panic!("a late login failed: {e:?}"));
+    assert_eq!(c.auth_switches, 1, "a late login dials afresh");
+    assert_eq!(c.query_value("SELECT 1").as_deref(), Some("1"));
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub async fn accept_client(
     client: &mut PacketConn,
     ctx: &ProxyContext,
     conn_id: u64,
-    backend_greeting: Option<(&[u8], &str)>,
+    backend_greeting: Option<(Vec<u8>, String)>,
 ) -> Result<ClientHello, ClientHandshakeError> {
     let (server_version, backend_caps) = ctx.greeting_hint();
     // COMPRESS is the proxy's own business on the client side; the rest must be shared.
@@ -72,16 +72,16 @@ pub async fn accept_client(
     if ctx.tls.server.is_some() {
         offered |= cap::SSL;
     }
+    let (salt, auth_plugin) =
+        backend_greeting.unwrap_or_else(|| (scramble(), NATIVE_PASSWORD_PLUGIN.into()));
     let greeting = Greeting {
         server_version,
         connection_id: conn_id as u32,
-        scramble: backend_greeting.map_or_else(scramble, |(s, _)| s.to_vec()),
+        scramble: salt,
         capabilities: offered,
         collation: DEFAULT_COLLATION,
         status: status::AUTOCOMMIT,
-        auth_plugin: backend_greeting
-            .map_or(NATIVE_PASSWORD_PLUGIN, |(_, p)| p)
-            .into(),
+        auth_plugin,
     };
     client.write_packet(0, &greeting.encode()).await?;
 

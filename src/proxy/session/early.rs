@@ -64,8 +64,19 @@ impl Early {
     }
 
     /// The scramble and plugin to greet the client with.
-    pub(super) fn greeting(&self) -> (&[u8], &str) {
-        (&self.greeting.scramble, &self.greeting.auth_plugin)
+    pub(super) fn greeting(&self) -> (Vec<u8>, String) {
+        (
+            self.greeting.scramble.clone(),
+            self.greeting.auth_plugin.clone(),
+        )
+    }
+
+    /// How long the connection may wait for the client's login. MySQL and MariaDB close a
+    /// handshake left unanswered for connect_timeout (10 s by default) and count it against the
+    /// proxy's host for max_connect_errors, so a slow or silent client must not hold it that
+    /// long: after this the connection is signed off and the login, when it comes, dials afresh.
+    pub(super) fn hold(settings: &SessionSettings) -> Duration {
+        (settings.client_handshake_timeout / 2).min(Duration::from_secs(5))
     }
 
     /// Sends the client's login to the backend as the client wrote it. `Ok(None)` means this
@@ -104,14 +115,7 @@ impl Early {
                 );
                 Ok(Some((dialed, lease, proof)))
             }
-            Ok(Err(DialError::Tls(detail))) => {
-                self.backend.metrics.dial_fail.inc();
-                crate::metrics::get().get_backend_fail.inc();
-                Err(ClientError::BackendTlsUnavailable {
-                    backend: self.backend.addr.clone(),
-                    detail,
-                })
-            }
+            Ok(Err(DialError::Tls(detail))) => Err(super::tls_unavailable(&self.backend, detail)),
             Ok(Err(e)) => {
                 debug!(backend = %self.backend.addr, error = %e, "connection opened before the login is gone; dialing again");
                 Ok(None)
@@ -126,10 +130,14 @@ impl Drop for Early {
         // Not used (the client left, failed its handshake, or the proxy is closing): end the
         // backend's handshake with the health probe's login, as hanging up would count towards
         // the backend's max_connect_errors.
+        // Without a runtime (the worker itself is being torn down) the socket just closes.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if let Some(mut conn) = self.conn.take() {
             let greeting = self.greeting.clone();
             let limit = self.sign_off_limit;
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let _ = timeout(limit, crate::health::sign_off(&mut conn, &greeting)).await;
             });
         }

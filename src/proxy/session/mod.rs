@@ -209,7 +209,7 @@ async fn establish(
     ctx: &Arc<ProxyContext>,
 ) -> Result<Established, End> {
     let settings = ctx.settings();
-    let (early, early_failure) = if ctx.closing.is_cancelled() {
+    let (mut early, early_failure) = if ctx.closing.is_cancelled() {
         (None, None)
     } else {
         match early::Early::connect(ctx, &settings).await {
@@ -218,12 +218,24 @@ async fn establish(
             None => (None, None),
         }
     };
-    let hello = match timeout(
-        settings.client_handshake_timeout,
-        accept_client(client, ctx, id, early.as_ref().map(|e| e.greeting())),
-    )
-    .await
-    {
+    let answered_in_time = {
+        let handshake = timeout(
+            settings.client_handshake_timeout,
+            accept_client(client, ctx, id, early.as_ref().map(|e| e.greeting())),
+        );
+        tokio::pin!(handshake);
+        match early {
+            Some(_) => tokio::select! {
+                r = &mut handshake => r,
+                _ = tokio::time::sleep(early::Early::hold(&settings)) => {
+                    early = None;
+                    handshake.await
+                }
+            },
+            None => handshake.await,
+        }
+    };
+    let hello = match answered_in_time {
         Err(_) => {
             let secs = settings.client_handshake_timeout.as_secs();
             return Err(tell(client, 1, ClientError::HandshakeTimeout { secs }).await);
@@ -319,6 +331,17 @@ fn dial_failed(backend: &crate::balance::Backend, reason: &str) {
     }
 }
 
+/// A backend the proxy cannot speak TLS with although it must: counted as a failed dial, and
+/// the client's error (no other backend is tried, as the cause is the proxy's configuration).
+fn tls_unavailable(backend: &crate::balance::Backend, detail: String) -> ClientError {
+    backend.metrics.dial_fail.inc();
+    crate::metrics::get().get_backend_fail.inc();
+    ClientError::BackendTlsUnavailable {
+        backend: backend.addr.clone(),
+        detail,
+    }
+}
+
 /// Tries healthy backends, fewest sessions first, until one accepts the client's identity.
 /// `earlier` is a backend already tried for this session, and why it failed.
 async fn connect_backend(
@@ -354,14 +377,7 @@ async fn connect_backend(
                 crate::metrics::get().get_backend_ok.inc();
                 return Ok((d, lease));
             }
-            Ok(Err(DialError::Tls(detail))) => {
-                backend.metrics.dial_fail.inc();
-                crate::metrics::get().get_backend_fail.inc();
-                return Err(ClientError::BackendTlsUnavailable {
-                    backend: backend.addr.clone(),
-                    detail,
-                });
-            }
+            Ok(Err(DialError::Tls(detail))) => return Err(tls_unavailable(&backend, detail)),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!(
                 "timed out after {} s",
