@@ -1,18 +1,33 @@
 //! Per-backend metric handles, resolved once per backend address and shared by every
-//! session on it, so counting a query is two atomic adds and no label lookup.
+//! session on it, so counting a query needs no label lookup (and, batched per thread by
+//! [`super::batch`], no shared atomic add either).
 
 use super::get;
 use prometheus::core::Metric;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Command bytes below this get their own series; anything else is counted as "unknown".
 const CMD_SLOTS: usize = 0x20;
 
 pub struct CmdHandles {
+    /// Tells this series apart in a thread's batch ([`super::batch`]).
+    pub(super) id: u64,
     pub total: IntCounter,
     pub duration: Histogram,
+}
+
+impl CmdHandles {
+    pub(super) fn new(total: IntCounter, duration: Histogram) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            total,
+            duration,
+        }
+    }
 }
 
 pub struct BackendMetrics {
@@ -64,18 +79,16 @@ impl BackendMetrics {
             };
             let m = get();
             let l = &[self.addr.as_str(), name];
-            CmdHandles {
-                total: m.query_total.with_label_values(l),
-                duration: m.query_duration.with_label_values(l),
-            }
+            CmdHandles::new(
+                m.query_total.with_label_values(l),
+                m.query_duration.with_label_values(l),
+            )
         })
     }
 
-    /// Counts one relayed command and its latency.
+    /// Counts one relayed command, its latency and its packets (batched per thread).
     pub fn record(&self, command: u8, seconds: f64, ok: bool) {
-        let h = self.cmd(command);
-        h.total.inc();
-        h.duration.observe(seconds);
+        super::batch::count_query(self.cmd(command), seconds);
         if !ok {
             self.errors.inc();
         }

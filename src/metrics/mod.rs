@@ -5,6 +5,7 @@
 //! here, and per-backend series are resolved once per backend in [`backend::BackendMetrics`].
 
 pub mod backend;
+pub mod batch;
 
 pub use backend::{backend, BackendMetrics};
 

@@ -6,6 +6,8 @@
 //! shared scheduler hands those wake-ups between threads (a futex wake and a cache miss each
 //! time). Keeping each session on its own thread is what HAProxy's per-thread pollers do; the
 //! accept loop stays on the control runtime and hands each new socket to the least-loaded worker.
+//! For the same reason a worker batches its per-query metrics ([`crate::metrics::batch`]) and
+//! adds them to the shared series when it is about to sleep.
 
 use std::future::Future;
 use std::io;
@@ -41,12 +43,19 @@ impl Workers {
     pub fn start(count: usize) -> io::Result<Workers> {
         let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
-            let rt = Builder::new_current_thread().enable_all().build()?;
+            // No signal or process driver: sessions use neither, and every park of a runtime
+            // that has them tries a process-wide lock to reap child processes.
+            let rt = Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .on_thread_park(crate::metrics::batch::flush)
+                .build()?;
             let handle = rt.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("tiproxy-worker-{i}"))
                 .spawn(move || {
+                    crate::metrics::batch::batch_on_this_thread();
                     rt.block_on(async {
                         let _ = stopped.await;
                     });
@@ -150,5 +159,25 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("finished tasks still counted: {:?}", workers.loads());
+    }
+
+    #[test]
+    fn a_worker_adds_its_batched_query_counts_when_it_goes_idle() {
+        let workers = Workers::start(1).unwrap();
+        let metrics = crate::metrics::backend("workers-test:1");
+        let counted = metrics.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.spawn(async move {
+            counted.record(crate::protocol::constants::cmd::QUERY, 0.001, true);
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        for _ in 0..100 {
+            if metrics.totals().queries == 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("an idle worker still holds its count: {:?}", metrics.totals());
     }
 }

@@ -299,9 +299,6 @@ impl Session {
     fn record(&self, command: u8, started: std::time::Instant, ok: bool) {
         let secs = started.elapsed().as_secs_f64();
         self.lease.backend().metrics.record(command, secs, ok);
-        let m = crate::metrics::get();
-        m.inbound_packets.inc();
-        m.outbound_packets.inc();
     }
 
     fn log_query_error(

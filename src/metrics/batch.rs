@@ -1,0 +1,177 @@
+//! Per-thread batching of the metrics counted on every query (the command's counter and
+//! latency histogram, and the packet counters).
+//!
+//! Why: every session worker counts into the same series, so without batching each query
+//! would pull those counters' cache lines from the other cores (seven atomic adds a query,
+//! about a quarter of the proxy's user-space time per point select). A worker instead keeps
+//! its counts in plain memory and adds them to the shared series when it is about to sleep
+//! or after [`FLUSH_EVERY`] queries, whichever comes first, so a scrape is never more than a
+//! few queries behind. Threads that never asked for batching count directly.
+
+use super::backend::CmdHandles;
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+use std::cell::{Cell, RefCell};
+
+/// Queries a busy thread keeps before it flushes anyway.
+const FLUSH_EVERY: u32 = 64;
+
+thread_local! {
+    static BATCHING: Cell<bool> = const { Cell::new(false) };
+    static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
+}
+
+/// One command series' counts held on this thread.
+struct Slot {
+    id: u64,
+    total: LocalIntCounter,
+    duration: LocalHistogram,
+}
+
+#[derive(Default)]
+struct Pending {
+    slots: Vec<Slot>,
+    packets: u64,
+    queries: u32,
+}
+
+impl Pending {
+    fn flush(&mut self) {
+        if self.queries == 0 {
+            return;
+        }
+        for slot in &self.slots {
+            slot.total.flush();
+            slot.duration.flush();
+        }
+        let m = super::get();
+        m.inbound_packets.inc_by(self.packets);
+        m.outbound_packets.inc_by(self.packets);
+        self.packets = 0;
+        self.queries = 0;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Makes this thread batch its query metrics. It must call [`flush`] before it sleeps (a
+/// session worker does so from its runtime's park hook), or counts could wait indefinitely.
+pub fn batch_on_this_thread() {
+    BATCHING.with(|b| b.set(true));
+}
+
+/// Adds what this thread holds to the shared series.
+pub fn flush() {
+    let _ = PENDING.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            p.flush();
+        }
+    });
+}
+
+/// Counts one relayed command: its series, its latency and one packet each way.
+pub(super) fn count_query(handles: &CmdHandles, seconds: f64) {
+    if !BATCHING.with(Cell::get) {
+        count_directly(handles, seconds);
+        return;
+    }
+    let held = PENDING.try_with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return false;
+        };
+        match p.slots.iter().find(|s| s.id == handles.id) {
+            Some(slot) => {
+                slot.total.inc();
+                slot.duration.observe(seconds);
+            }
+            None => {
+                let slot = Slot {
+                    id: handles.id,
+                    total: handles.total.local(),
+                    duration: handles.duration.local(),
+                };
+                slot.total.inc();
+                slot.duration.observe(seconds);
+                p.slots.push(slot);
+            }
+        }
+        p.packets += 1;
+        p.queries += 1;
+        if p.queries >= FLUSH_EVERY {
+            p.flush();
+        }
+        true
+    });
+    // The thread is exiting and its batch is already gone: count it where it lands.
+    if held != Ok(true) {
+        count_directly(handles, seconds);
+    }
+}
+
+fn count_directly(handles: &CmdHandles, seconds: f64) {
+    handles.total.inc();
+    handles.duration.observe(seconds);
+    let m = super::get();
+    m.inbound_packets.inc();
+    m.outbound_packets.inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handles(cmd: &str) -> CmdHandles {
+        let m = super::super::get();
+        let l = &["batch-test:1", cmd];
+        CmdHandles::new(
+            m.query_total.with_label_values(l),
+            m.query_duration.with_label_values(l),
+        )
+    }
+
+    #[test]
+    fn a_batching_thread_holds_counts_until_it_flushes_and_at_the_limit() {
+        let h = handles("batch_flush");
+        std::thread::spawn(move || {
+            batch_on_this_thread();
+            count_query(&h, 0.001);
+            count_query(&h, 0.002);
+            assert_eq!(h.total.get(), 0, "held on the thread until a flush");
+            flush();
+            assert_eq!(h.total.get(), 2);
+            assert_eq!(h.duration.get_sample_count(), 2);
+            assert!((h.duration.get_sample_sum() - 0.003).abs() < 1e-9);
+            for _ in 0..FLUSH_EVERY {
+                count_query(&h, 0.001);
+            }
+            assert_eq!(
+                h.total.get(),
+                2 + u64::from(FLUSH_EVERY),
+                "a busy thread flushes without sleeping"
+            );
+            count_query(&h, 0.001);
+        })
+        .join()
+        .unwrap();
+        let h = handles("batch_flush");
+        assert_eq!(
+            h.total.get(),
+            3 + u64::from(FLUSH_EVERY),
+            "what a thread holds when it ends is not lost"
+        );
+    }
+
+    #[test]
+    fn other_threads_count_at_once() {
+        let h = handles("batch_direct");
+        std::thread::spawn(move || {
+            count_query(&h, 0.001);
+            assert_eq!(h.total.get(), 1);
+        })
+        .join()
+        .unwrap();
+    }
+}
