@@ -187,6 +187,59 @@ async fn https_with_auto_certs() {
         .is_err());
 }
 
+/// The value of `name{backend=addr}` in a scrape of the status port, if the series exists.
+async fn backend_counter(t: &Target, name: &str, addr: &str) -> Option<f64> {
+    let text = get(t, "/api/metrics").await.body;
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).ok()?;
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.get("backend") == Some(addr))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_bytes_count_what_crosses_to_and_from_the_backend() {
+    let db = MariaDb::start();
+    let app = start(test_config(&[db.addr()])).await;
+    let t = plain(&app);
+    let mut conn = connect(&app).await;
+    // A 200,000-byte value back, and a statement of over 50,000 bytes out.
+    let big: Option<String> = conn
+        .query_first("SELECT REPEAT('x', 200000)")
+        .await
+        .unwrap();
+    assert_eq!(big.map(|s| s.len()), Some(200_000));
+    let long = format!("SELECT '{}' IS NOT NULL", "y".repeat(50_000));
+    let yes: Option<i64> = conn.query_first(long.as_str()).await.unwrap();
+    assert_eq!(yes, Some(1));
+    let addr = db.addr();
+    let (mut inbound, mut outbound) = (0.0, 0.0);
+    for _ in 0..50 {
+        inbound = backend_counter(&t, "tiproxy_traffic_inbound_bytes", &addr)
+            .await
+            .unwrap_or(0.0);
+        outbound = backend_counter(&t, "tiproxy_traffic_outbound_bytes", &addr)
+            .await
+            .unwrap_or(0.0);
+        if inbound >= 200_000.0 && outbound >= 50_000.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        inbound >= 200_000.0 && outbound >= 50_000.0,
+        "backend traffic not counted: {inbound} bytes in, {outbound} out"
+    );
+    // Only what crossed: the two statements, their answers and the login around them.
+    assert!(inbound < 210_000.0, "{inbound} bytes in");
+    assert!(outbound < 60_000.0, "{outbound} bytes out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_backends_connections_and_data_plane_metrics() {
     let db = MariaDb::start();

@@ -17,15 +17,21 @@ pub struct CmdHandles {
     pub(super) id: u64,
     pub total: IntCounter,
     pub duration: Histogram,
+    /// The backend's traffic series, kept here too so a thread's batch holds one slot a series.
+    pub(super) inbound_bytes: IntCounter,
+    pub(super) outbound_bytes: IntCounter,
 }
 
 impl CmdHandles {
-    pub(super) fn new(total: IntCounter, duration: Histogram) -> Self {
+    pub(super) fn new(total: IntCounter, duration: Histogram, traffic: [IntCounter; 2]) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let [inbound_bytes, outbound_bytes] = traffic;
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             total,
             duration,
+            inbound_bytes,
+            outbound_bytes,
         }
     }
 }
@@ -82,13 +88,15 @@ impl BackendMetrics {
             CmdHandles::new(
                 m.query_total.with_label_values(l),
                 m.query_duration.with_label_values(l),
+                [self.inbound_bytes.clone(), self.outbound_bytes.clone()],
             )
         })
     }
 
-    /// Counts one relayed command, its latency and its packets (batched per thread).
-    pub fn record(&self, command: u8, seconds: f64, ok: bool) {
-        super::batch::count_query(self.cmd(command), seconds);
+    /// Counts one relayed command, its latency, its packets and the bytes read from and
+    /// written to the backend since the last count (batched per thread).
+    pub fn record(&self, command: u8, seconds: f64, ok: bool, traffic: (u64, u64)) {
+        super::batch::count_query(self.cmd(command), seconds, traffic);
         if !ok {
             self.errors.inc();
         }
@@ -146,9 +154,9 @@ mod tests {
     fn totals_sum_over_command_types() {
         let b = backend("127.0.0.1:2");
         let before = b.totals();
-        b.record(cmd::QUERY, 0.001, true);
-        b.record(cmd::STMT_EXECUTE, 0.002, false);
-        b.record(0xfe, 0.002, true);
+        b.record(cmd::QUERY, 0.001, true, (0, 0));
+        b.record(cmd::STMT_EXECUTE, 0.002, false, (0, 0));
+        b.record(0xfe, 0.002, true, (0, 0));
         let after = b.totals();
         assert_eq!(after.queries - before.queries, 3);
         assert_eq!(after.errors - before.errors, 1);

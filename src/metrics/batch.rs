@@ -1,5 +1,5 @@
 //! Per-thread batching of the metrics counted on every query (the command's counter and
-//! latency histogram, and the packet counters).
+//! latency histogram, the backend's traffic bytes and the packet counters).
 //!
 //! Why: every session worker counts into the same series, so without batching each query
 //! would pull those counters' cache lines from the other cores (seven atomic adds a query,
@@ -25,6 +25,24 @@ struct Slot {
     id: u64,
     total: LocalIntCounter,
     duration: LocalHistogram,
+    inbound_bytes: LocalIntCounter,
+    outbound_bytes: LocalIntCounter,
+}
+
+impl Slot {
+    fn count(&self, seconds: f64, (read, written): (u64, u64)) {
+        self.total.inc();
+        self.duration.observe(seconds);
+        self.inbound_bytes.inc_by(read);
+        self.outbound_bytes.inc_by(written);
+    }
+
+    fn flush(&self) {
+        self.total.flush();
+        self.duration.flush();
+        self.inbound_bytes.flush();
+        self.outbound_bytes.flush();
+    }
 }
 
 #[derive(Default)]
@@ -40,8 +58,7 @@ impl Pending {
             return;
         }
         for slot in &self.slots {
-            slot.total.flush();
-            slot.duration.flush();
+            slot.flush();
         }
         let m = super::get();
         m.inbound_packets.inc_by(self.packets);
@@ -72,10 +89,11 @@ pub fn flush() {
     });
 }
 
-/// Counts one relayed command: its series, its latency and one packet each way.
-pub(super) fn count_query(handles: &CmdHandles, seconds: f64) {
+/// Counts one relayed command: its series, its latency, the backend bytes read and written
+/// since the last count, and one packet each way.
+pub(super) fn count_query(handles: &CmdHandles, seconds: f64, traffic: (u64, u64)) {
     if !BATCHING.with(Cell::get) {
-        count_directly(handles, seconds);
+        count_directly(handles, seconds, traffic);
         return;
     }
     let held = PENDING.try_with(|p| {
@@ -83,18 +101,16 @@ pub(super) fn count_query(handles: &CmdHandles, seconds: f64) {
             return false;
         };
         match p.slots.iter().find(|s| s.id == handles.id) {
-            Some(slot) => {
-                slot.total.inc();
-                slot.duration.observe(seconds);
-            }
+            Some(slot) => slot.count(seconds, traffic),
             None => {
                 let slot = Slot {
                     id: handles.id,
                     total: handles.total.local(),
                     duration: handles.duration.local(),
+                    inbound_bytes: handles.inbound_bytes.local(),
+                    outbound_bytes: handles.outbound_bytes.local(),
                 };
-                slot.total.inc();
-                slot.duration.observe(seconds);
+                slot.count(seconds, traffic);
                 p.slots.push(slot);
             }
         }
@@ -107,13 +123,15 @@ pub(super) fn count_query(handles: &CmdHandles, seconds: f64) {
     });
     // The thread is exiting and its batch is already gone: count it where it lands.
     if held != Ok(true) {
-        count_directly(handles, seconds);
+        count_directly(handles, seconds, traffic);
     }
 }
 
-fn count_directly(handles: &CmdHandles, seconds: f64) {
+fn count_directly(handles: &CmdHandles, seconds: f64, (read, written): (u64, u64)) {
     handles.total.inc();
     handles.duration.observe(seconds);
+    handles.inbound_bytes.inc_by(read);
+    handles.outbound_bytes.inc_by(written);
     let m = super::get();
     m.inbound_packets.inc();
     m.outbound_packets.inc();
@@ -126,9 +144,14 @@ mod tests {
     fn handles(cmd: &str) -> CmdHandles {
         let m = super::super::get();
         let l = &["batch-test:1", cmd];
+        let backend = &[cmd];
         CmdHandles::new(
             m.query_total.with_label_values(l),
             m.query_duration.with_label_values(l),
+            [
+                m.inbound_bytes.with_label_values(backend),
+                m.outbound_bytes.with_label_values(backend),
+            ],
         )
     }
 
@@ -137,26 +160,29 @@ mod tests {
         let h = handles("batch_flush");
         std::thread::spawn(move || {
             batch_on_this_thread();
-            count_query(&h, 0.001);
-            count_query(&h, 0.002);
+            count_query(&h, 0.001, (100, 10));
+            count_query(&h, 0.002, (50, 5));
             assert_eq!(h.total.get(), 0, "held on the thread until a flush");
+            assert_eq!(h.inbound_bytes.get(), 0);
             flush();
             assert_eq!(h.total.get(), 2);
             assert_eq!(h.duration.get_sample_count(), 2);
             assert!((h.duration.get_sample_sum() - 0.003).abs() < 1e-9);
+            assert_eq!((h.inbound_bytes.get(), h.outbound_bytes.get()), (150, 15));
             for _ in 0..FLUSH_EVERY {
-                count_query(&h, 0.001);
+                count_query(&h, 0.001, (0, 0));
             }
             assert_eq!(
                 h.total.get(),
                 2 + u64::from(FLUSH_EVERY),
                 "a busy thread flushes without sleeping"
             );
-            count_query(&h, 0.001);
+            count_query(&h, 0.001, (1, 1));
         })
         .join()
         .unwrap();
         let h = handles("batch_flush");
+        assert_eq!(h.inbound_bytes.get(), 151);
         assert_eq!(
             h.total.get(),
             3 + u64::from(FLUSH_EVERY),
@@ -168,8 +194,9 @@ mod tests {
     fn other_threads_count_at_once() {
         let h = handles("batch_direct");
         std::thread::spawn(move || {
-            count_query(&h, 0.001);
+            count_query(&h, 0.001, (7, 3));
             assert_eq!(h.total.get(), 1);
+            assert_eq!((h.inbound_bytes.get(), h.outbound_bytes.get()), (7, 3));
         })
         .join()
         .unwrap();

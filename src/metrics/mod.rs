@@ -314,7 +314,7 @@ mod tests {
         let m = get();
         m.connections.set(0);
         let b = backend("127.0.0.1:1");
-        b.record(crate::protocol::constants::cmd::QUERY, 0.001, true);
+        b.record(crate::protocol::constants::cmd::QUERY, 0.001, true, (0, 0));
         let text = m.render();
         for name in [
             "tiproxy_server_connections",

@@ -65,6 +65,9 @@ pub struct PacketConn {
     buf_size: usize,
     /// How long the peer may send nothing while something it began is incomplete.
     stall_limit: Option<Duration>,
+    /// Bytes read from and written to the socket (as on the wire) since `take_traffic`.
+    read_bytes: u64,
+    written_bytes: u64,
 }
 
 fn eof() -> io::Error {
@@ -80,7 +83,17 @@ impl PacketConn {
             compress: None,
             buf_size,
             stall_limit: None,
+            read_bytes: 0,
+            written_bytes: 0,
         }
+    }
+
+    /// The bytes read and written on the wire since the last call, for the traffic metrics.
+    pub fn take_traffic(&mut self) -> (u64, u64) {
+        let t = (self.read_bytes, self.written_bytes);
+        self.read_bytes = 0;
+        self.written_bytes = 0;
+        t
     }
 
     /// Bounds how long `fill_more` waits for the peer; `None` waits as long as it takes.
@@ -163,7 +176,11 @@ impl PacketConn {
             self.rbuf.reserve(self.buf_size);
         }
         match &mut self.compress {
-            None => self.stream.read_buf(&mut self.rbuf).await,
+            None => {
+                let n = self.stream.read_buf(&mut self.rbuf).await?;
+                self.read_bytes += n as u64;
+                Ok(n)
+            }
             // Frames already read come first: decoding stops after a batch.
             Some(c) => loop {
                 let produced = c.decode_frames(&mut self.rbuf)?;
@@ -173,7 +190,9 @@ impl PacketConn {
                 if c.raw.capacity() - c.raw.len() < 1024 {
                     c.raw.reserve(self.buf_size);
                 }
-                if self.stream.read_buf(&mut c.raw).await? == 0 {
+                let n = self.stream.read_buf(&mut c.raw).await?;
+                self.read_bytes += n as u64;
+                if n == 0 {
                     return Ok(0);
                 }
             },
@@ -246,6 +265,7 @@ impl PacketConn {
         }
         let mut payload = BytesMut::zeroed(len);
         self.stream.read_exact(&mut payload).await?;
+        self.read_bytes += (HEADER_LEN + len) as u64;
         Ok((seq, payload))
     }
 
@@ -286,11 +306,15 @@ impl PacketConn {
     /// Writes bytes that already form packets (relayed from the other side) in one go.
     pub async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
         match &mut self.compress {
-            None => self.stream.write_all(data).await?,
+            None => {
+                self.stream.write_all(data).await?;
+                self.written_bytes += data.len() as u64;
+            }
             Some(c) => {
                 let mut framed = Vec::with_capacity(data.len() / 2 + 64);
                 c.encode(data, &mut framed)?;
                 self.stream.write_all(&framed).await?;
+                self.written_bytes += framed.len() as u64;
             }
         }
         if self.stream.is_tls() {

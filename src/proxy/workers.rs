@@ -168,7 +168,7 @@ mod tests {
         let counted = metrics.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         workers.spawn(async move {
-            counted.record(crate::protocol::constants::cmd::QUERY, 0.001, true);
+            counted.record(crate::protocol::constants::cmd::QUERY, 0.001, true, (0, 0));
             tx.send(()).unwrap();
         });
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -178,6 +178,9 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("an idle worker still holds its count: {:?}", metrics.totals());
+        panic!(
+            "an idle worker still holds its count: {:?}",
+            metrics.totals()
+        );
     }
 }

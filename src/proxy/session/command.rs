@@ -296,9 +296,13 @@ impl Session {
         }
     }
 
-    fn record(&self, command: u8, started: std::time::Instant, ok: bool) {
+    fn record(&mut self, command: u8, started: std::time::Instant, ok: bool) {
         let secs = started.elapsed().as_secs_f64();
-        self.lease.backend().metrics.record(command, secs, ok);
+        let traffic = self.backend.take_traffic();
+        self.lease
+            .backend()
+            .metrics
+            .record(command, secs, ok, traffic);
     }
 
     fn log_query_error(
