@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tiproxy::metrics::panics::count_and_log();
     for w in &warnings {
         warn!("{w}");
     }

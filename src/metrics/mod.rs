@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod panics;
 
 pub use backend::{backend, BackendMetrics};
 
