@@ -2,21 +2,20 @@
 //! latency histogram, the backend's traffic bytes and the packet counters).
 //!
 //! Why: every session worker counts into the same series, so without batching each query
-//! would pull those counters' cache lines from the other cores (seven atomic adds a query,
-//! about a quarter of the proxy's user-space time per point select). A worker instead keeps
+//! would pull those counters' cache lines from the other cores (up to nine atomic adds a
+//! query). A worker instead keeps
 //! its counts in plain memory and adds them to the shared series when it is about to sleep
 //! or after [`FLUSH_EVERY`] queries, whichever comes first, so a scrape is never more than a
 //! few queries behind. Threads that never asked for batching count directly.
 
 use super::backend::CmdHandles;
 use prometheus::local::{LocalHistogram, LocalIntCounter};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 /// Queries a busy thread keeps before it flushes anyway.
 const FLUSH_EVERY: u32 = 64;
 
 thread_local! {
-    static BATCHING: Cell<bool> = const { Cell::new(false) };
     static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
 }
 
@@ -47,8 +46,10 @@ impl Slot {
 
 #[derive(Default)]
 struct Pending {
+    /// Set by [`batch_on_this_thread`]; otherwise counts go straight to the shared series.
+    batching: bool,
     slots: Vec<Slot>,
-    packets: u64,
+    /// Queries held, which is also the packets held each way (one command, one response).
     queries: u32,
 }
 
@@ -61,9 +62,8 @@ impl Pending {
             slot.flush();
         }
         let m = super::get();
-        m.inbound_packets.inc_by(self.packets);
-        m.outbound_packets.inc_by(self.packets);
-        self.packets = 0;
+        m.inbound_packets.inc_by(u64::from(self.queries));
+        m.outbound_packets.inc_by(u64::from(self.queries));
         self.queries = 0;
     }
 }
@@ -77,7 +77,7 @@ impl Drop for Pending {
 /// Makes this thread batch its query metrics. It must call [`flush`] before it sleeps (a
 /// session worker does so from its runtime's park hook), or counts could wait indefinitely.
 pub fn batch_on_this_thread() {
-    BATCHING.with(|b| b.set(true));
+    PENDING.with(|p| p.borrow_mut().batching = true);
 }
 
 /// Adds what this thread holds to the shared series.
@@ -92,14 +92,13 @@ pub fn flush() {
 /// Counts one relayed command: its series, its latency, the backend bytes read and written
 /// since the last count, and one packet each way.
 pub(super) fn count_query(handles: &CmdHandles, seconds: f64, traffic: (u64, u64)) {
-    if !BATCHING.with(Cell::get) {
-        count_directly(handles, seconds, traffic);
-        return;
-    }
     let held = PENDING.try_with(|p| {
         let Ok(mut p) = p.try_borrow_mut() else {
             return false;
         };
+        if !p.batching {
+            return false;
+        }
         match p.slots.iter().find(|s| s.id == handles.id) {
             Some(slot) => slot.count(seconds, traffic),
             None => {
@@ -114,14 +113,13 @@ pub(super) fn count_query(handles: &CmdHandles, seconds: f64, traffic: (u64, u64
                 p.slots.push(slot);
             }
         }
-        p.packets += 1;
         p.queries += 1;
         if p.queries >= FLUSH_EVERY {
             p.flush();
         }
         true
     });
-    // The thread is exiting and its batch is already gone: count it where it lands.
+    // Not a batching thread, or one exiting whose batch is already gone.
     if held != Ok(true) {
         count_directly(handles, seconds, traffic);
     }

@@ -29,7 +29,7 @@ pub fn count_and_log() {
                 %thread,
                 %at,
                 %message,
-                "internal error: a task panicked and has ended (a session it served is closed); please report it with this line"
+                "internal error: a panic ended what this thread or task was doing (a session running there is closed); please report it with this line"
             );
             previous(info);
         }));

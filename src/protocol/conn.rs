@@ -65,7 +65,8 @@ pub struct PacketConn {
     buf_size: usize,
     /// How long the peer may send nothing while something it began is incomplete.
     stall_limit: Option<Duration>,
-    /// Bytes read from and written to the socket (as on the wire) since `take_traffic`.
+    /// Bytes read from and written to the stream since `take_traffic`: compressed frames as
+    /// sent, but below TLS the plaintext, not the records.
     read_bytes: u64,
     written_bytes: u64,
 }
@@ -88,7 +89,7 @@ impl PacketConn {
         }
     }
 
-    /// The bytes read and written on the wire since the last call, for the traffic metrics.
+    /// The bytes read and written since the last call, for the traffic metrics.
     pub fn take_traffic(&mut self) -> (u64, u64) {
         let t = (self.read_bytes, self.written_bytes);
         self.read_bytes = 0;
