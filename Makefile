@@ -10,7 +10,10 @@ CARGO ?= cargo
 
 all: build
 
+# Each target installs what it needs first (scripts/install-deps.sh is a quick no-op when all
+# is present), so `make`, `make demo` and `make test` work on a fresh machine.
 build:
+	scripts/install-deps.sh build
 	$(CARGO) build --release --bins
 	mkdir -p bin
 	cp target/release/tiproxy bin/tiproxy
@@ -35,8 +38,9 @@ fmt:
 fuzz:
 	fuzz/run.sh
 
-demo: build
+demo:
 	scripts/install-deps.sh runtime
+	$(MAKE) build
 	scripts/demo.sh
 
 # Not run by CI: timings on a shared machine are for comparing ratios within one run.

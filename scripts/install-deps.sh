@@ -1,37 +1,59 @@
 #!/usr/bin/env bash
-# Installs what building, testing and the demo need when it is missing (Debian/Ubuntu, via apt):
-# MariaDB server and client, protoc, sysbench, haproxy, etcd, curl, chromium (the dashboard
-# test), binutils (objdump for the glibc check); then the packaging tools (cargo-zigbuild,
-# ziglang, and tiup when Go is there) through packaging/tools.sh. Safe to run again.
+# Installs what the project needs when it is missing (Debian/Ubuntu, via apt), by purpose:
+#   build    protoc and protobuf's .proto includes (etcd-client's build script needs both)
+#   runtime  build + MariaDB server and client (`make demo`)
+#   (none)   runtime + the test tools: sysbench, haproxy, etcd, curl, chromium, binutils (objdump
+#            for the glibc check), pip; then the packaging tools (cargo-zigbuild, ziglang, tiup)
+#            through packaging/tools.sh
+# When everything is present it only checks and exits (well under a second), so make targets
+# can call it every time. Safe to run again.
 set -euo pipefail
+mode=${1:-all}
 need=()
-have() { command -v "$1" >/dev/null 2>&1; }
-have mariadbd || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
-have mariadb || need+=(mariadb-client)
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+# protoc alone is not enough: the well-known types (google/protobuf/*.proto) come with
+# libprotobuf-dev, which --no-install-recommends leaves out.
 have protoc || need+=(protobuf-compiler)
-have sysbench || need+=(sysbench)
-have haproxy || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-have etcd || need+=(etcd-server)
-have curl || need+=(curl)
-have chromium || need+=(chromium)
-have objdump || need+=(binutils)
-python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
-packaging_tools() {
-  # `make demo` needs only the servers and clients, not the packaging tool chain.
-  [ "${1:-}" = runtime ] && return 0
-  "$(dirname "$0")/../packaging/tools.sh" zig
-  # The TiUP tests skip themselves without Go; with Go, a tiup that fails to build fails them.
-  if command -v go >/dev/null 2>&1; then "$(dirname "$0")/../packaging/tools.sh" tiup; fi
-}
-[ ${#need[@]} -eq 0 ] && { packaging_tools "${1:-}"; exit 0; }
-echo "installing: ${need[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  have sudo || { echo "need root or sudo to install: ${need[*]}" >&2; exit 1; }
-  SUDO=sudo
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+have cc || need+=(gcc libc6-dev)
+if [ "$mode" != build ]; then
+  have mariadbd || need+=(mariadb-server)
+  have mariadb || need+=(mariadb-client)
 fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-# Package scripts try to start services; a private instance is all the project uses.
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-packaging_tools "${1:-}"
+if [ "$mode" = all ]; then
+  have sysbench || need+=(sysbench)
+  have haproxy || need+=(haproxy)
+  have etcd || need+=(etcd-server)
+  have curl || need+=(curl)
+  have chromium || need+=(chromium)
+  have objdump || need+=(binutils)
+  have debootstrap || need+=(debootstrap)
+fi
+# One interpreter start answers both Python questions (each start costs ~0.1-0.3 s).
+py_missing=$(python3 -c 'import importlib.util as u; print(*[m for m in ("pip", "ziglang") if u.find_spec(m) is None])' 2>/dev/null || echo "pip ziglang")
+if [ "$mode" = all ] && [[ " $py_missing " == *" pip "* ]]; then need+=(python3-pip); fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to install: ${need[*]}" >&2; exit 1; }
+    SUDO=sudo
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # Package scripts try to start services; a private instance is all the project uses.
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+[ "$mode" = all ] || exit 0
+# The packaging tools live in user-level bin dirs; look there before calling the installer, so
+# a machine that has them pays nothing.
+gopath=$(go env GOPATH 2>/dev/null || echo "$HOME/go")
+export PATH="$HOME/.cargo/bin:$gopath/bin:$HOME/.local/bin:$PATH"
+tools=()
+command -v cargo-zigbuild >/dev/null 2>&1 || tools+=(zig)
+if ! command -v zig >/dev/null 2>&1 && [[ " $py_missing " == *" ziglang "* ]]; then tools+=(zig); fi
+# The TiUP tests need Go to build tiup; without Go they fail and say so.
+if command -v go >/dev/null 2>&1 && ! command -v tiup >/dev/null 2>&1; then tools+=(tiup); fi
+[ ${#tools[@]} -eq 0 ] || "$(dirname "$0")/../packaging/tools.sh" $(printf '%s\n' "${tools[@]}" | sort -u)

@@ -101,7 +101,7 @@ impl App {
         crate::proxy::rebalance::start(ctx.clone(), background.clone());
         let discovery = discovery::start(&config, backends, background.clone());
         if config.proxy.backend_addrs.is_empty() && discovery.is_none() {
-            warn!("no backend is configured: set [proxy] backend-addrs or --backend-addrs; clients will get error 2003 until one is");
+            warn!("no backend is configured: set [proxy] backend-addrs or --backend-addrs; clients will get error 9001 until one is");
         }
         Ok(App {
             ctx,

@@ -68,7 +68,7 @@ async fn without_backends_the_client_is_told_pd_is_unreachable() {
         },
     )
     .await;
-    assert!(err.contains("2003") || err.contains("unreachable"), "{err}");
+    assert!(err.contains("9001") || err.contains("unreachable"), "{err}");
     // the health API says why nothing can be served, while still answering 200 (serving)
     let health = http_get(proxy.api_port, "/api/debug/health");
     assert!(

@@ -105,14 +105,14 @@ fn silent_client_gets_handshake_timeout_1159() {
 }
 
 #[test]
-fn no_backend_configured_is_2003() {
+fn no_backend_configured_is_9001() {
     let proxy = Proxy::start(&ProxyConfig::new(vec![]));
     let err = login(&proxy).err().expect("no backend, no session");
-    assert_err(&err, 2003, "08S01");
+    assert_err(&err, 9001, "08S01");
 }
 
 #[test]
-fn backend_refusing_connections_is_2002() {
+fn backend_refusing_connections_is_9002() {
     // Nothing listens there. Health checks are slowed down so the backend still counts as a
     // candidate and the proxy really tries (and fails) to connect.
     let mut cfg = ProxyConfig::new(vec![format!("127.0.0.1:{}", free_port())]);
@@ -121,31 +121,31 @@ fn backend_refusing_connections_is_2002() {
     cfg.backend_connect_timeout = 2;
     let proxy = Proxy::start(&cfg);
     let err = login(&proxy).err().expect("dead backend, no session");
-    assert_err(&err, 2002, "08S01");
+    assert_err(&err, 9002, "08S01");
 }
 
 #[test]
-fn backend_lost_mid_session_is_2013() {
+fn backend_lost_mid_session_is_1158() {
     let (mut db, proxy) = common::db_and_proxy();
     let mut c = login(&proxy).unwrap();
     assert_eq!(c.query_value("SELECT 1").as_deref(), Some("1"));
     db.kill();
     let err = c.query("SELECT 2").expect_err("backend is gone");
-    assert_err(&err, 2013, "08S01");
+    assert_err(&err, 1158, "08S01");
 }
 
 #[test]
-fn require_backend_tls_without_backend_tls_is_2026() {
+fn require_backend_tls_without_backend_tls_is_3159() {
     let db = MariaDb::start();
     let mut cfg = ProxyConfig::new(vec![db.addr()]);
     cfg.require_backend_tls = true;
     let proxy = Proxy::start(&cfg);
     let err = login(&proxy).err().expect("plain backend must be refused");
-    assert_err(&err, 2026, "08S01");
+    assert_err(&err, 3159, "08S01");
 }
 
 #[tokio::test]
-async fn malformed_backend_packet_is_2027() {
+async fn malformed_backend_packet_is_1156() {
     let backend = ScriptedBackend::start("pw", Script::Malformed);
     let proxy = Proxy::start(&ProxyConfig::new(vec![backend.addr()]));
     let mut conn = mysql_async::Conn::new(builder(proxy.port(), "u", "pw"))
@@ -156,8 +156,8 @@ async fn malformed_backend_packet_is_2027() {
         .unwrap_err();
     match err {
         mysql_async::Error::Server(e) => {
-            assert_eq!((e.code, e.state.as_str()), (2027, "08S01"), "{e:?}")
+            assert_eq!((e.code, e.state.as_str()), (1156, "08S01"), "{e:?}")
         }
-        other => panic!("expected ERR 2027, got {other:?}"),
+        other => panic!("expected ERR 1156, got {other:?}"),
     }
 }

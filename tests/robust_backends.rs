@@ -71,7 +71,7 @@ fn backend_killed_mid_query_fails_fast_and_alone() {
     });
     assert_eq!(err[0], 0xff, "expected ERR, got {err:?}");
     let err = common::raw::parse_err(&err);
-    assert_eq!(err.code, 2013, "{err:?}");
+    assert_eq!(err.code, 1158, "{err:?}");
     eprintln!("killed backend: ERR {} after {waited:?}", err.code);
     assert!(waited < Duration::from_secs(3), "answer took {waited:?}");
 
@@ -145,7 +145,7 @@ fn backend_hanging_in_authentication_is_bounded() {
     let waited = t.elapsed();
     eprintln!("backend hanging in auth: ERR {} after {waited:?}", err.code);
     assert!(waited < Duration::from_secs(8), "login hung for {waited:?}");
-    assert_eq!(err.code, 2013, "{err:?}");
+    assert_eq!(err.code, 1158, "{err:?}");
 }
 
 #[tokio::test]
@@ -163,16 +163,16 @@ async fn malformed_backend_packets_end_only_their_session() {
             .unwrap_or_else(|e| panic!("round {round}: login failed: {e}"));
         match conn.query_drop("SELECT 1").await.unwrap_err() {
             mysql_async::Error::Server(e) => {
-                assert_eq!((e.code, e.state.as_str()), (2027, "08S01"), "{e:?}")
+                assert_eq!((e.code, e.state.as_str()), (1156, "08S01"), "{e:?}")
             }
-            other => panic!("round {round}: expected ERR 2027, got {other:?}"),
+            other => panic!("round {round}: expected ERR 1156, got {other:?}"),
         }
     }
     // The kept session's backend answers its query with the same broken packet, so it too
-    // ends with 2027 rather than a hang or a crash of the proxy.
+    // ends with 1156 rather than a hang or a crash of the proxy.
     let err = kept.query_drop("SELECT 1").await.unwrap_err();
     assert!(
-        matches!(err, mysql_async::Error::Server(ref e) if e.code == 2027),
+        matches!(err, mysql_async::Error::Server(ref e) if e.code == 1156),
         "{err:?}"
     );
     assert!(

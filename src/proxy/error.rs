@@ -1,6 +1,10 @@
 //! Errors the proxy itself reports to clients: each class has its own MySQL code and SQLSTATE
 //! (class 08 for connection problems, so drivers and pools retry) and a sentence with the fix.
 //! docs/errors.md is the same table for users.
+//!
+//! Every code is in a server's range: libmariadb (the stock `mariadb` CLI) and several drivers
+//! replace a server-sent code in 2000-2999, the client library's own range, with "malformed
+//! packet", which would hide the sentence.
 
 use crate::protocol::response::ErrPacket;
 use std::fmt;
@@ -56,13 +60,13 @@ impl ClientError {
             ClientError::UnsupportedCommand { .. } => 1047,
             ClientError::ShuttingDown => 1053,
             ClientError::HandshakeTimeout { .. } => 1159,
-            ClientError::NoBackendAvailable { .. } => 2003,
-            ClientError::BackendConnectFailed { .. } => 2002,
-            ClientError::BackendLost { .. } => 2013,
+            ClientError::NoBackendAvailable { .. } => 9001,
+            ClientError::BackendConnectFailed { .. } => 9002,
+            ClientError::BackendLost { .. } => 1158,
             ClientError::TxnRolledBack { .. } => 1927,
             ClientError::FailoverTimeout { .. } => 1152,
-            ClientError::BackendTlsUnavailable { .. } => 2026,
-            ClientError::BackendMalformed { .. } => 2027,
+            ClientError::BackendTlsUnavailable { .. } => 3159,
+            ClientError::BackendMalformed { .. } => 1156,
         }
     }
 
@@ -213,6 +217,7 @@ mod tests {
         for e in &all {
             assert!(e.sqlstate().starts_with("08"), "{e:?}");
             assert_ne!(e.code(), 1105);
+            assert!(!(2000..3000).contains(&e.code()), "{e:?} uses a client-range code");
             let p = e.to_packet();
             assert_eq!(ErrPacket::parse(&p.encode()).unwrap(), p);
         }
