@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: two private MariaDB backends and the proxy on port 6000, in the foreground.
 # Ctrl-C stops everything. State lives in .demo/ (removed by `make clean`).
+# DEMO_SMOKE=1 (the fresh-root check) runs one query through the proxy and reads the dashboard,
+# then stops everything and exits with their status instead of waiting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD/.demo
@@ -65,4 +67,14 @@ Move every session off the first backend (they keep their state):
 Config: $root/proxy.toml (edits apply without a restart). Log: $root/tiproxy.log.
 Press Ctrl-C to stop.
 MSG
+if [ -n "${DEMO_SMOKE:-}" ]; then
+  mariadb -h127.0.0.1 -P"$sql_port" -uapp -psecret test -e 'SELECT @@port, VERSION()'
+  # bash's /dev/tcp, so the runtime needs no curl
+  exec 3<>"/dev/tcp/127.0.0.1/$api_port"
+  printf 'GET / HTTP/1.0\r\nHost: 127.0.0.1:%s\r\n\r\n' "$api_port" >&3
+  grep -qi '<html' <&3 || { echo "the dashboard did not answer" >&2; exit 1; }
+  exec 3<&-
+  echo "demo smoke check passed"
+  exit 0
+fi
 wait "$proxy_pid"
