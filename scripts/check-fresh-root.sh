@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 bind() { # bind SRC DEST [ro]
   mkdir -p "$2"
-  mount --bind "$1" "$2"
+  mount --rbind "$1" "$2"
   mounts+=("$2")
   [ "${3:-}" = ro ] && mount -o remount,bind,ro "$2"
   return 0
@@ -43,6 +43,8 @@ echo "fresh root: debootstrap $suite (minbase) from $mirror into $root"
 debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
   { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# debootstrap writes no hosts file; every installed machine has at least this one.
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 bind /proc "$root/proc"
 bind /dev "$root/dev"
 bind /sys "$root/sys" ro

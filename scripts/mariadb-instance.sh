@@ -14,8 +14,11 @@ start)
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   if [ ! -d "$dir/data/mysql" ]; then
-    mariadb-install-db --no-defaults --user="$(id -un)" --datadir="$dir/data" \
-      --auth-root-authentication-method=socket --skip-test-db >"$dir/install.log" 2>&1 ||
+    # --skip-name-resolve: a minimal machine or container may not resolve its own host name,
+    # and the users here are created for '%' anyway.
+    mkdir -p "$dir/tmp"
+    mariadb-install-db --no-defaults --user="$(id -un)" --datadir="$dir/data" --tmpdir="$dir/tmp" \
+      --skip-name-resolve --auth-root-authentication-method=socket --skip-test-db >"$dir/install.log" 2>&1 ||
       { cat "$dir/install.log" >&2; exit 1; }
   fi
   mariadbd --no-defaults --user="$(id -un)" --datadir="$dir/data" --port="$port" \
