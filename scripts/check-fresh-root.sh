@@ -28,6 +28,11 @@ mounts=()
 cleanup() {
   # Stop whatever the demo left, then unmount in reverse order.
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "${mounts[$i]}" 2>/dev/null || true; done
+  # Never delete through a mount that is still there: it would reach this machine's /dev or
+  # crate cache (a bind of the same disk, so --one-file-system would not stop it).
+  for m in "${mounts[@]}"; do
+    if mountpoint -q "$m"; then echo "still mounted: $m; leaving $work in place" >&2; return; fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
