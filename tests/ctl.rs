@@ -43,13 +43,10 @@ async fn subcommands_print_tables_json_and_exit_codes() {
     let app = start(test_config(std::slice::from_ref(&dead))).await;
     let port = app.api_addr.port();
 
+    // The only backend is dead: health says so and exits 1 (the status port answers 502).
     let h = ctl(port, &["health"], None).await;
-    assert_eq!(h.code, 0, "{}", h.stderr);
-    assert!(
-        h.stdout.starts_with("healthy (config checksum "),
-        "{}",
-        h.stdout
-    );
+    assert_eq!(h.code, 1, "{}", h.stderr);
+    assert!(h.stdout.starts_with("unhealthy: "), "{}", h.stdout);
 
     let b = ctl(port, &["backends"], None).await;
     assert_eq!(b.code, 0);
@@ -160,8 +157,10 @@ async fn https_and_basic_auth() {
     c.api.password = "pw".into();
     let app = start(c).await;
     let port = app.api_addr.port();
+    // Health needs no credentials; with no backend it reports unhealthy (exit 1), not 401.
     let h = ctl(port, &["-k", "health"], None).await;
-    assert_eq!(h.code, 0, "{}", h.stderr);
+    assert_eq!(h.code, 1, "{}", h.stderr);
+    assert!(h.stdout.starts_with("unhealthy: "), "{}", h.stdout);
     let denied = ctl(port, &["-k", "backends"], None).await;
     assert_eq!(denied.code, 1);
     assert!(denied.stderr.contains("401"), "{}", denied.stderr);
