@@ -1,0 +1,116 @@
+//! What the security tests share: raw HTTP requests with chosen headers, and a fake backend
+//! that asks every client for its password in clear text and counts who came.
+#![allow(dead_code)]
+
+use base64::Engine;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The status code and body of a raw HTTP/1.1 request (Connection: close).
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `method path` with `headers` (each "Name: value") and `body` to the status port.
+pub fn http(port: u16, method: &str, path: &str, headers: &[String], body: &str) -> Reply {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("status port");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).expect("send request");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// A server that greets like MySQL but names `mysql_clear_password` as its auth plugin, so
+/// any client sent to it would hand over its password in clear. It only counts connections.
+pub struct HarvestingBackend {
+    pub addr: String,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl HarvestingBackend {
+    /// Serves for at most `lifetime` (the test is over by then).
+    pub fn start(lifetime: Duration) -> HarvestingBackend {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let rounds = (lifetime.as_millis() / 20).max(1) as usize;
+        std::thread::spawn(move || {
+            for _ in 0..rounds {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let _ = s.write_all(&clear_password_greeting());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        HarvestingBackend { addr, accepted }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+fn clear_password_greeting() -> Vec<u8> {
+    let mut p = vec![0x0a];
+    p.extend_from_slice(b"10.11.0-harvester\0");
+    p.extend_from_slice(&7u32.to_le_bytes());
+    p.extend_from_slice(b"abcdefgh\0");
+    let caps: u32 = 0x0008_0000 | 0x0000_8000 | 0x0000_0200; // PLUGIN_AUTH, SECURE_CONN, PROTOCOL_41
+    p.extend_from_slice(&(caps as u16).to_le_bytes());
+    p.push(33);
+    p.extend_from_slice(&2u16.to_le_bytes());
+    p.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    p.push(21);
+    p.extend_from_slice(&[0; 10]);
+    p.extend_from_slice(b"ijklmnopqrst\0");
+    p.extend_from_slice(b"mysql_clear_password\0");
+    let mut out = vec![
+        p.len() as u8,
+        (p.len() >> 8) as u8,
+        (p.len() >> 16) as u8,
+        0,
+    ];
+    out.extend_from_slice(&p);
+    out
+}
