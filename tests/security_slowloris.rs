@@ -81,7 +81,10 @@ fn half_sent_requests_cannot_starve_health_checks_or_logins() {
          {fds_during}, after {fds_after}; RSS KiB before {rss_before}, during {rss_during}, \
          after {rss_after}, peak {peak}; health during: {health_during:?}"
     );
-    assert!(settled.is_some(), "fds stayed at {fds_after} (before: {fds_before})");
+    assert!(
+        settled.is_some(),
+        "fds stayed at {fds_after} (before: {fds_before})"
+    );
     assert!(
         peak < rss_before + 64 * 1024,
         "peak RSS {peak} KiB against {rss_before} KiB before"

@@ -114,3 +114,51 @@ fn clear_password_greeting() -> Vec<u8> {
     out.extend_from_slice(&p);
     out
 }
+
+/// A TCP connection to `dst` from the loopback address `src` (e.g. 127.0.0.2), so a test can
+/// play a second host without leaving loopback.
+pub fn connect_from(src: [u8; 4], dst: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind((std::net::Ipv4Addr::from(src), 0).into())?;
+        let s = tokio::time::timeout(Duration::from_secs(10), sock.connect(dst))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let s = s.into_std()?;
+        s.set_nonblocking(false)?;
+        Ok(s)
+    })
+}
+
+/// A PROXY protocol v2 header (PROXY command, TCP over IPv4) naming `src` as the client.
+pub fn proxy_v2_header(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> Vec<u8> {
+    let mut h = vec![
+        0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0, 12,
+    ];
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(&src_port.to_be_bytes());
+    h.extend_from_slice(&dst_port.to_be_bytes());
+    h
+}
+
+/// The first packet a MySQL server sends on `s`: Some(true) for a greeting, Some(false) for
+/// an ERR (with its code), None when the connection closed or stayed silent for `wait`.
+pub fn first_packet(s: &mut TcpStream, wait: Duration) -> Option<(bool, u16)> {
+    s.set_read_timeout(Some(wait)).ok()?;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).ok()?;
+    match head[4] {
+        0x0a => Some((true, 0)),
+        0xff => {
+            let mut code = [0u8; 2];
+            s.read_exact(&mut code).ok()?;
+            Some((false, u16::from_le_bytes(code)))
+        }
+        _ => None,
+    }
+}
