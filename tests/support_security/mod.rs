@@ -162,3 +162,70 @@ pub fn first_packet(s: &mut TcpStream, wait: Duration) -> Option<(bool, u16)> {
         _ => None,
     }
 }
+
+/// A private CA with a server and a client certificate it signed, as PEM files in `dir`.
+pub struct Pki {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    /// A client certificate from a CA the proxy does not trust.
+    pub stranger_cert: std::path::PathBuf,
+    pub stranger_key: std::path::PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &std::path::Path) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            let cert = p.self_signed(&key).unwrap();
+            (cert, key)
+        };
+        let leaf = |issuer: &(rcgen::Certificate, KeyPair), usage: ExtendedKeyUsagePurpose| {
+            let mut p =
+                CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                    .unwrap();
+            p.distinguished_name.push(DnType::CommonName, "tiproxy test");
+            p.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let trusted = ca("tiproxy test CA");
+        let other = ca("someone else's CA");
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (sc, sk) = leaf(&trusted, ExtendedKeyUsagePurpose::ServerAuth);
+        let (cc, ck) = leaf(&trusted, ExtendedKeyUsagePurpose::ClientAuth);
+        let (xc, xk) = leaf(&other, ExtendedKeyUsagePurpose::ClientAuth);
+        Pki {
+            ca: write("ca.pem", &trusted.0.pem()),
+            server_cert: write("server.pem", &sc),
+            server_key: write("server-key.pem", &sk),
+            client_cert: write("client.pem", &cc),
+            client_key: write("client-key.pem", &ck),
+            stranger_cert: write("stranger.pem", &xc),
+            stranger_key: write("stranger-key.pem", &xk),
+        }
+    }
+
+    /// A `[security.<section>]` table serving with this CA.
+    pub fn table(&self, section: &str, skip_ca: bool) -> String {
+        format!(
+            "\n[security.{section}]\nca = {:?}\ncert = {:?}\nkey = {:?}\nskip-ca = {skip_ca}\n",
+            self.ca.display().to_string(),
+            self.server_cert.display().to_string(),
+            self.server_key.display().to_string(),
+        )
+    }
+}
