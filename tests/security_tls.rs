@@ -15,7 +15,15 @@ use support_security::*;
 
 fn curl_health(port: u16, cert: Option<(&std::path::Path, &std::path::Path)>) -> String {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"]);
+    cmd.args([
+        "-sk",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ]);
     if let Some((c, k)) = cert {
         cmd.arg("--cert").arg(c).arg("--key").arg(k);
     }

@@ -192,7 +192,8 @@ impl Pki {
             let mut p =
                 CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
                     .unwrap();
-            p.distinguished_name.push(DnType::CommonName, "tiproxy test");
+            p.distinguished_name
+                .push(DnType::CommonName, "tiproxy test");
             p.extended_key_usages = vec![usage];
             let key = KeyPair::generate().unwrap();
             let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
