@@ -68,7 +68,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
             let params = super::migrate::parse_query(req.uri().query().unwrap_or_default());
             match super::migrate::request(&state.ctx, &params) {
                 Ok(r) => {
-                    info!(client = %peer, who = %caller(state, &req), from = ?params.get("from"), to = ?params.get("to"), session = ?params.get("session"), count = ?params.get("count"), requested = r.requested, "audit: API asked sessions to move");
+                    info!(client = %peer, who = %caller(state), from = ?params.get("from"), to = ?params.get("to"), session = ?params.get("session"), count = ?params.get("count"), requested = r.requested, "audit: API asked sessions to move");
                     json_reply(StatusCode::OK, &r)
                 }
                 Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -141,7 +141,7 @@ fn admit(
 }
 
 /// Who made a request, for audit lines: the basic-auth user, or "local" without auth.
-fn caller(state: &ApiState, _req: &Request<Incoming>) -> String {
+fn caller(state: &ApiState) -> String {
     match &state.credentials {
         Some((user, _)) => user.clone(),
         None => "local (no [api] user)".into(),
@@ -209,7 +209,7 @@ fn get_config(state: &ApiState, req: &Request<Incoming>) -> Response<Body> {
 }
 
 async fn put_config(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let who = caller(state, &req);
+    let who = caller(state);
     let read = Limited::new(req.into_body(), MAX_BODY).collect();
     let body = match tokio::time::timeout(super::BODY_TIMEOUT, read).await {
         Ok(Ok(b)) => b.to_bytes(),
