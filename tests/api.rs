@@ -284,6 +284,10 @@ async fn live_backends_connections_and_data_plane_metrics() {
     assert_eq!(live["healthy"], true);
     assert_eq!(live["source"], "static");
     assert_eq!(live["sessions"], 1);
+    // One backend can serve, the other is down: health is 200 (502 only when none can).
+    let h = get(&t, "/api/debug/health").await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    assert_eq!(json(&h)["backends_available"], 1);
     let dead_view = list.iter().find(|b| b["addr"] == dead.as_str()).unwrap();
     assert!(!dead_view["last_error"].as_str().unwrap().is_empty());
 
@@ -363,4 +367,18 @@ async fn live_backends_connections_and_data_plane_metrics() {
     })
     .await;
     assert!(gone, "the session leaves /api/connections");
+}
+
+/// A TiDB found through PD says so in `/api/backends`.
+#[tokio::test]
+async fn backends_discovered_through_pd_say_source_pd() {
+    use tiproxy::balance::{BackendSource, BackendSpec};
+    let app = start(test_config(&[])).await;
+    let mut spec = BackendSpec::new_static("127.0.0.1:4999");
+    spec.source = BackendSource::Pd;
+    app.ctx.backends.set_source(BackendSource::Pd, vec![spec]);
+    let v = json(&get(&plain(&app), "/api/backends").await);
+    let b = &v["backends"][0];
+    assert_eq!(b["addr"], "127.0.0.1:4999");
+    assert_eq!(b["source"], "pd", "{v}");
 }
