@@ -52,10 +52,13 @@ impl App {
     pub async fn start_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Result<App> {
         let http_tls = tls::server_config(&config.security.server_http_tls)
             .context("[security.server-http-tls]")?;
-        let tls = TlsContext::new(
+        let mut tls = TlsContext::new(
             tls::server_config(&config.security.server_tls).context("[security.server-tls]")?,
             tls::client_config(&config.security.sql_tls).context("[security.sql-tls]")?,
         );
+        tls.require_client_cert = tls::requires_client_cert(&config.security.server_tls);
+        tls::warn_unverified_backends(&config.security.sql_tls);
+        crate::hardening::disable_core_dumps();
         let backends = Arc::new(BackendSet::new(&config.proxy.backend_addrs));
         let ctx = Arc::new(ProxyContext::new(
             SessionSettings::from_config(&config),
@@ -77,17 +80,11 @@ impl App {
         }
         let background = CancellationToken::new();
         let draining = CancellationToken::new();
-        let credentials = (!config.api.user.is_empty() || !config.api.password.is_empty())
-            .then(|| (config.api.user.clone(), config.api.password.clone()));
-        let state = Arc::new(ApiState {
-            ctx: ctx.clone(),
-            running: running.clone(),
-            draining: draining.clone(),
-            started_at: std::time::SystemTime::now(),
-            started: std::time::Instant::now(),
-            stats: Default::default(),
-            credentials,
-        });
+        let state = Arc::new(ApiState::new(
+            ctx.clone(),
+            running.clone(),
+            draining.clone(),
+        ));
         api::start(api_listener, state, http_tls, background.clone());
         let health_settings = running.clone();
         health::start(

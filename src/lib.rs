@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod discovery;
 pub mod events;
+pub mod hardening;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -22,8 +22,10 @@ async fn health_config_and_events() {
     let app = start(test_config(&[])).await;
     let t = plain(&app);
 
+    // No backend: 502 with the reason, as TiProxy answers (load balancers and TiUP read it).
     let h = get(&t, "/api/debug/health").await;
-    assert_eq!(h.status, 200);
+    assert_eq!(h.status, 502, "{}", h.body);
+    assert!(!json(&h)["unhealthy_reason"].as_str().unwrap().is_empty());
     let checksum = json(&h)["config_checksum"].as_u64().unwrap();
     assert_eq!(checksum, app.running.get().checksum());
 
@@ -133,17 +135,24 @@ async fn basic_auth_guards_all_but_health_and_metrics() {
     c.api.password = "pw".into();
     let app = start(c).await;
     let anon = plain(&app);
-    for path in [
-        "/api/admin/config",
-        "/api/backends",
-        "/api/connections",
-        "/api/events",
-        "/",
-    ] {
+    for path in ["/api/backends", "/api/connections", "/api/events", "/"] {
         assert_eq!(get(&anon, path).await.status, 401, "{path}");
     }
     assert_eq!(put(&anon, "/api/admin/config", "").await.status, 401);
-    assert_eq!(get(&anon, "/api/debug/health").await.status, 200);
+    // TiDB reads the config without credentials: open, with every secret shown only as set.
+    let config = get(&anon, "/api/admin/config").await;
+    assert_eq!(config.status, 200);
+    assert!(!config.body.contains("\"pw\""), "{}", config.body);
+    assert!(
+        config.body.contains("password = \"<set>\""),
+        "{}",
+        config.body
+    );
+    assert_eq!(
+        get(&anon, "/api/debug/health").await.status,
+        502,
+        "no backend"
+    );
     assert_eq!(get(&anon, "/api/metrics").await.status, 200);
     let wrong = Target::new(
         "127.0.0.1",
@@ -175,7 +184,7 @@ async fn https_with_auto_certs() {
     };
     let t = Target::new("127.0.0.1", app.api_addr.port(), &tls, None).unwrap();
     assert!(t.url("/").starts_with("https://"));
-    assert_eq!(get(&t, "/api/debug/health").await.status, 200);
+    assert_eq!(get(&t, "/api/metrics").await.status, 200);
     assert!(get(&t, "/api/metrics")
         .await
         .body
@@ -275,6 +284,10 @@ async fn live_backends_connections_and_data_plane_metrics() {
     assert_eq!(live["healthy"], true);
     assert_eq!(live["source"], "static");
     assert_eq!(live["sessions"], 1);
+    // One backend can serve, the other is down: health is 200 (502 only when none can).
+    let h = get(&t, "/api/debug/health").await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    assert_eq!(json(&h)["backends_available"], 1);
     let dead_view = list.iter().find(|b| b["addr"] == dead.as_str()).unwrap();
     assert!(!dead_view["last_error"].as_str().unwrap().is_empty());
 
@@ -354,4 +367,18 @@ async fn live_backends_connections_and_data_plane_metrics() {
     })
     .await;
     assert!(gone, "the session leaves /api/connections");
+}
+
+/// A TiDB found through PD says so in `/api/backends`.
+#[tokio::test]
+async fn backends_discovered_through_pd_say_source_pd() {
+    use tiproxy::balance::{BackendSource, BackendSpec};
+    let app = start(test_config(&[])).await;
+    let mut spec = BackendSpec::new_static("127.0.0.1:4999");
+    spec.source = BackendSource::Pd;
+    app.ctx.backends.set_source(BackendSource::Pd, vec![spec]);
+    let v = json(&get(&plain(&app), "/api/backends").await);
+    let b = &v["backends"][0];
+    assert_eq!(b["addr"], "127.0.0.1:4999");
+    assert_eq!(b["source"], "pd", "{v}");
 }

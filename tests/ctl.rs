@@ -43,13 +43,10 @@ async fn subcommands_print_tables_json_and_exit_codes() {
     let app = start(test_config(std::slice::from_ref(&dead))).await;
     let port = app.api_addr.port();
 
+    // The only backend is dead: health says so and exits 1 (the status port answers 502).
     let h = ctl(port, &["health"], None).await;
-    assert_eq!(h.code, 0, "{}", h.stderr);
-    assert!(
-        h.stdout.starts_with("healthy (config checksum "),
-        "{}",
-        h.stdout
-    );
+    assert_eq!(h.code, 1, "{}", h.stderr);
+    assert!(h.stdout.starts_with("unhealthy: "), "{}", h.stdout);
 
     let b = ctl(port, &["backends"], None).await;
     assert_eq!(b.code, 0);
@@ -160,8 +157,10 @@ async fn https_and_basic_auth() {
     c.api.password = "pw".into();
     let app = start(c).await;
     let port = app.api_addr.port();
+    // Health needs no credentials; with no backend it reports unhealthy (exit 1), not 401.
     let h = ctl(port, &["-k", "health"], None).await;
-    assert_eq!(h.code, 0, "{}", h.stderr);
+    assert_eq!(h.code, 1, "{}", h.stderr);
+    assert!(h.stdout.starts_with("unhealthy: "), "{}", h.stdout);
     let denied = ctl(port, &["-k", "backends"], None).await;
     assert_eq!(denied.code, 1);
     assert!(denied.stderr.contains("401"), "{}", denied.stderr);
@@ -177,4 +176,49 @@ async fn https_and_basic_auth() {
         plain.code, 3,
         "plain HTTP to an HTTPS port is a connection failure"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_from_a_file_or_the_environment_and_a_warning_over_plain_http() {
+    let mut c = test_config(&[]);
+    c.api.user = "admin".into();
+    c.api.password = "pw".into();
+    let app = start(c).await;
+    let port = app.api_addr.port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "pw\n").unwrap();
+    let run = |args: Vec<String>, env: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tiproxyctl"));
+        cmd.args(["--host", "127.0.0.1", "--port", &port])
+            .args(args)
+            .env_remove("TIPROXYCTL_PASSWORD")
+            .stdin(Stdio::null());
+        if let Some(v) = env {
+            cmd.env("TIPROXYCTL_PASSWORD", v);
+        }
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+                .await
+                .expect("tiproxyctl finishes")
+                .unwrap()
+        }
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["--user".into(), "admin".into()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.push("backends".into());
+        v
+    };
+    let from_file = run(args(&["--password-file", file.to_str().unwrap()]), None).await;
+    assert!(from_file.status.success(), "{from_file:?}");
+    let stderr = String::from_utf8_lossy(&from_file.stderr);
+    assert!(stderr.contains("plain HTTP"), "no warning: {stderr}");
+    let from_env = run(args(&[]), Some("pw")).await;
+    assert!(from_env.status.success(), "{from_env:?}");
+    let wrong_env = run(args(&[]), Some("nope")).await;
+    assert_eq!(wrong_env.status.code(), Some(1), "{wrong_env:?}");
+    let missing = run(args(&["--password-file", "/no/such/pw"]), None).await;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/pw"));
 }

@@ -69,12 +69,13 @@ async fn without_backends_the_client_is_told_pd_is_unreachable() {
     )
     .await;
     assert!(err.contains("9001") || err.contains("unreachable"), "{err}");
-    // the health API says why nothing can be served, while still answering 200 (serving)
+    // the health API answers 502 (as TiProxy: no backend can take a session) and says why
     let health = http_get(proxy.api_port, "/api/debug/health");
     assert!(
-        health.starts_with("HTTP/1.1 200") || health.starts_with("HTTP/1.0 200"),
+        health.starts_with("HTTP/1.1 502") || health.starts_with("HTTP/1.0 502"),
         "{health}"
     );
+    assert!(health.contains("\"unhealthy_reason\""), "{health}");
     assert!(health.contains("\"pd_reachable\":false"), "{health}");
     assert!(health.contains("\"backends_available\":0"), "{health}");
     assert!(health.contains("PD"), "{health}");

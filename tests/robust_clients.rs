@@ -101,11 +101,13 @@ fn hostile_clients_never_disturb_a_normal_session() {
     s.write_all(&[100, 0, 0, 1, 0x8d, 0xa6]).unwrap();
     assert_eq!(last_err_code(&read_to_close(s)), Some(1159));
 
-    // Sockets that connect and say nothing: each gets 1159 after the handshake timeout.
+    // Sockets that connect and say nothing: each gets 1159 after the handshake timeout, or
+    // 1040 at once past max-handshakes-per-source (100 from one address by default).
     let started = Instant::now();
     let silent: Vec<_> = (0..SILENT).map(|_| connect(&addr)).collect();
     for s in silent {
-        assert_eq!(last_err_code(&read_to_close(s)), Some(1159));
+        let code = last_err_code(&read_to_close(s));
+        assert!(matches!(code, Some(1159 | 1040)), "{code:?}");
     }
     assert!(
         started.elapsed() < Duration::from_secs(8),

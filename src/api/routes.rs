@@ -1,6 +1,6 @@
 //! Request routing and the handlers of every status-port path.
 
-use super::{auth, dashboard, ApiState, Body};
+use super::{access, auth, dashboard, ApiState, Body};
 use crate::balance::BackendSelector;
 use crate::config::merge_partial;
 use bytes::Bytes;
@@ -10,6 +10,9 @@ use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHEN
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tracing::{info, warn};
 
 /// Largest config body accepted by PUT; a config file is a few KiB.
 const MAX_BODY: usize = 1 << 20;
@@ -34,26 +37,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     json_reply(status, &json!({ "error": message.into() }))
 }
 
-pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
-    let open = matches!(
-        path.as_str(),
-        "/api/debug/health" | "/api/metrics" | "/metrics"
-    );
-    if !open {
-        if let Some((user, password)) = &state.credentials {
-            let header = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            if !auth::allows(header, user, password) {
-                let mut r = error(StatusCode::UNAUTHORIZED, "authentication required");
-                r.headers_mut().insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"tiproxy\""),
-                );
-                return r;
-            }
+    if !access::is_open(req.method(), &path) {
+        if let Some(refusal) = admit(state, &req, &path, peer) {
+            return refusal;
         }
     }
     let method = req.method().clone();
@@ -65,7 +53,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> 
             crate::metrics::get().render(),
         ),
         (Method::GET, "/api/admin/config") => get_config(state, &req),
-        (Method::PUT | Method::POST, "/api/admin/config") => put_config(state, req).await,
+        (Method::PUT, "/api/admin/config") => put_config(state, req, peer).await,
         (Method::GET, "/api/backends") => json_reply(StatusCode::OK, &backends(state)),
         (Method::GET, "/api/connections") => json_reply(
             StatusCode::OK,
@@ -79,7 +67,10 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> 
         (Method::POST, "/api/admin/migrate") => {
             let params = super::migrate::parse_query(req.uri().query().unwrap_or_default());
             match super::migrate::request(&state.ctx, &params) {
-                Ok(r) => json_reply(StatusCode::OK, &r),
+                Ok(r) => {
+                    info!(client = %peer, who = %caller(state), from = ?params.get("from"), to = ?params.get("to"), session = ?params.get("session"), count = ?params.get("count"), requested = r.requested, "audit: API asked sessions to move");
+                    json_reply(StatusCode::OK, &r)
+                }
                 Err(e) => error(StatusCode::BAD_REQUEST, e),
             }
         }
@@ -93,6 +84,70 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> 
     }
 }
 
+/// Applies the access rules to a path that is not open; Some is the refusal to send.
+fn admit(
+    state: &ApiState,
+    req: &Request<Incoming>,
+    path: &str,
+    peer: SocketAddr,
+) -> Option<Response<Body>> {
+    let ip = peer.ip();
+    match &state.credentials {
+        Some((user, password)) => {
+            let now = Instant::now();
+            if let Some(wait) = state.auth_failures.blocked(ip, now) {
+                let mut r = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many failed logins from {ip}; try again in {wait} s"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                    r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+                }
+                return Some(r);
+            }
+            let header = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !auth::allows(header, user, password.expose()) {
+                let failures = state.auth_failures.record(ip, now);
+                warn!(client = %peer, method = %req.method(), path, credentials_sent = header.is_some(), failures_in_window = failures, "audit: API authentication failed");
+                let mut r = error(StatusCode::UNAUTHORIZED, "authentication required");
+                r.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tiproxy\""),
+                );
+                return Some(r);
+            }
+        }
+        None if !access::is_local(ip) => {
+            warn!(client = %peer, method = %req.method(), path, "audit: API request refused: no [api] user/password is set, so only callers on this host are served");
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "this path is served only to callers on the proxy's own host until [api] user and password are set (health, metrics and the redacted config are open)",
+            ));
+        }
+        None => {}
+    }
+    if access::changes_state(req.method()) {
+        let mut known = state.local_names.clone();
+        known.extend(state.running.get().api.allowed_hosts.iter().cloned());
+        if let Some(why) = access::cross_site(req.headers(), &known) {
+            warn!(client = %peer, method = %req.method(), path, reason = %why, "audit: API change refused as cross-site");
+            return Some(error(StatusCode::FORBIDDEN, format!("refused: {why}")));
+        }
+    }
+    None
+}
+
+/// Who made a request, for audit lines: the basic-auth user, or "local" without auth.
+fn caller(state: &ApiState) -> String {
+    match &state.credentials {
+        Some((user, _)) => user.clone(),
+        None => "local (no [api] user)".into(),
+    }
+}
+
 fn health(state: &ApiState) -> Response<Body> {
     if state.draining.is_cancelled() {
         return json_reply(
@@ -100,9 +155,8 @@ fn health(state: &ApiState) -> Response<Body> {
             &json!({ "unhealthy_reason": "the proxy is shutting down" }),
         );
     }
-    // Serving is what TiUP asks about; a proxy without a usable backend still serves (it
-    // answers clients with a clear error), so that is reported beside the 200, with PD's
-    // state when discovery is on.
+    // As TiProxy: 502 while no backend can take a session, so load balancers route around
+    // this proxy and `tiup cluster display` shows it down; the reason says what is missing.
     let mut body = json!({ "config_checksum": state.running.get().checksum() });
     let backends = &state.ctx.backends;
     let available = backends
@@ -111,14 +165,15 @@ fn health(state: &ApiState) -> Response<Body> {
         .filter(|b| b.is_healthy())
         .count();
     body["backends_available"] = json!(available);
-    if available == 0 {
-        body["warning"] = json!(backends.unavailable_reason());
-    }
     if let Some(pd) = backends.pd_status() {
         body["pd_reachable"] = json!(pd.is_reachable());
         if let Some(why) = pd.unreachable_summary() {
             body["pd_error"] = json!(why);
         }
+    }
+    if available == 0 {
+        body["unhealthy_reason"] = json!(backends.unavailable_reason());
+        return json_reply(StatusCode::BAD_GATEWAY, &body);
     }
     json_reply(StatusCode::OK, &body)
 }
@@ -136,24 +191,41 @@ fn wants_json(req: &Request<Incoming>) -> bool {
     query_json || accept_json
 }
 
+/// The running config with every secret shown only as set (`<set>`) or unset (`""`).
 fn get_config(state: &ApiState, req: &Request<Incoming>) -> Response<Body> {
     let config = state.running.get();
+    let mut table = match toml::Table::try_from(&*config) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    crate::config::secret::redact(&mut table);
     if wants_json(req) {
-        return json_reply(StatusCode::OK, &*config);
+        return json_reply(StatusCode::OK, &table);
     }
-    match toml::to_string(&*config) {
+    match toml::to_string(&table) {
         Ok(text) => reply(StatusCode::OK, "application/toml; charset=utf-8", text),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn put_config(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+async fn put_config(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let who = caller(state);
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(super::BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the body: {e}"),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    super::BODY_TIMEOUT.as_secs()
+                ),
             )
         }
     };
@@ -162,20 +234,29 @@ async fn put_config(state: &ApiState, req: Request<Incoming>) -> Response<Body> 
     };
     let merged = match merge_partial(&state.running.get(), text) {
         Ok(l) => l,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            warn!(client = %peer, who = %who, error = %e, "audit: API config change rejected");
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
     };
     match crate::reload::apply(&state.running, merged.config) {
-        Ok(report) => json_reply(
-            StatusCode::OK,
-            &json!({
-                "changed": report.changed,
-                "applied": report.applied,
-                "restart_required": report.restart_required,
-                "config_checksum": report.config_checksum,
-                "warnings": merged.warnings,
-            }),
-        ),
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Ok(report) => {
+            info!(client = %peer, who = %who, changed = ?report.changed, "audit: API changed the config");
+            json_reply(
+                StatusCode::OK,
+                &json!({
+                    "changed": report.changed,
+                    "applied": report.applied,
+                    "restart_required": report.restart_required,
+                    "config_checksum": report.config_checksum,
+                    "warnings": merged.warnings,
+                }),
+            )
+        }
+        Err(e) => {
+            warn!(client = %peer, who = %who, error = %e, "audit: API config change rejected");
+            error(StatusCode::BAD_REQUEST, e)
+        }
     }
 }
 
@@ -203,7 +284,7 @@ fn backends(state: &ApiState) -> serde_json::Value {
             let healthy = b.is_healthy();
             BackendView {
                 addr: b.addr.clone(),
-                source: "static",
+                source: b.source().as_str(),
                 healthy,
                 status: if healthy { "up" } else { "down" },
                 last_error: if healthy {

@@ -13,6 +13,9 @@ pub enum ConfigError {
     },
     #[error("config syntax error at line {line}: {message}")]
     Syntax { line: usize, message: String },
+    /// A misspelt key under `[security]` or `[api]` would silently leave TLS or auth off.
+    #[error("unknown config key `{key}` at line {line}: keys under [security] and [api] must be spelt exactly, as a typo there would leave TLS or authentication off")]
+    UnknownSecurityKey { key: String, line: usize },
     #[error("invalid value for `{key}` = {value}: {reason}{}", LineSuffix(*line))]
     Invalid {
         key: String,

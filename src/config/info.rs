@@ -32,6 +32,14 @@ const KEYS: &[(&str, &str)] = &[
         "PROXY protocol on the SQL port: \"\" (off) or \"v2\"",
     ),
     (
+        "proxy.proxy-protocol-networks",
+        "sources trusted to send a PROXY header (CIDR, IP or \"*\"); empty = loopback only",
+    ),
+    (
+        "proxy.max-handshakes-per-source",
+        "connections from one IP address still in the handshake at once, 0 = unlimited",
+    ),
+    (
         "proxy.graceful-wait-before-shutdown",
         "seconds to keep serving (reporting unhealthy) before closing on shutdown",
     ),
@@ -66,9 +74,13 @@ const KEYS: &[(&str, &str)] = &[
     ("api.addr", "HTTP status/admin listen address host:port"),
     (
         "api.user",
-        "basic-auth user for the admin API, empty = no auth",
+        "basic-auth user for the admin API; empty = admin paths answer loopback callers only",
     ),
     ("api.password", "basic-auth password for the admin API"),
+    (
+        "api.allowed-hosts",
+        "Host names accepted on state-changing API requests besides IPs, localhost and this machine's names",
+    ),
     ("log.level", "trace, debug, info, warn or error"),
     ("log.encoder", "line format: tidb, json or console"),
     ("log.log-file.filename", "log file path; empty = stdout"),
@@ -250,6 +262,9 @@ pub fn is_hot_reloadable(key: &str) -> bool {
         "proxy.backend-connect-timeout",
         "proxy.client-handshake-timeout",
         "proxy.client-read-timeout",
+        "proxy.proxy-protocol-networks",
+        "proxy.max-handshakes-per-source",
+        "api.allowed-hosts",
         "proxy.service-account.user",
         "proxy.service-account.password",
         "log.level",

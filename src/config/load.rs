@@ -19,7 +19,7 @@ const BACKEND_TLS: [&str; 2] = ["security", "require-backend-tls"];
 /// Parse a whole configuration file's text; absent keys take their defaults.
 pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
     let doc = parse_doc(text)?;
-    let mut warnings = unknown_key_warnings(&doc, text);
+    let mut warnings = unknown_key_warnings(&doc, text)?;
     let mut config: Config = toml::from_str(text).map_err(|e| type_error(&doc, text, &e))?;
     config.proxy.pd_addrs_explicit = find(&doc, &["proxy", "pd-addrs"]).is_some();
     apply_legacy(&doc, text, &mut config, &mut warnings)?;
@@ -40,7 +40,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 /// warnings refer to the partial document.
 pub fn merge_partial(base: &Config, partial_toml: &str) -> Result<Loaded, ConfigError> {
     let doc = parse_doc(partial_toml)?;
-    let mut warnings = unknown_key_warnings(&doc, partial_toml);
+    let mut warnings = unknown_key_warnings(&doc, partial_toml)?;
     // Type-check the partial on its own first: the merged value has no spans to report.
     let _: Config = toml::from_str(partial_toml).map_err(|e| type_error(&doc, partial_toml, &e))?;
     let overlay: toml::Table =
@@ -52,8 +52,20 @@ pub fn merge_partial(base: &Config, partial_toml: &str) -> Result<Loaded, Config
         .map_err(|e: toml::de::Error| internal(e.to_string()))?;
     config.proxy.pd_addrs_explicit =
         base.proxy.pd_addrs_explicit || find(&doc, &["proxy", "pd-addrs"]).is_some();
+    keep_redacted_secrets(base, &mut config);
     apply_legacy(&doc, partial_toml, &mut config, &mut warnings)?;
     finish(config, &doc, partial_toml, warnings)
+}
+
+/// A secret sent back as the API showed it (`<set>`) means "unchanged", not that text.
+fn keep_redacted_secrets(base: &Config, config: &mut Config) {
+    use super::secret::REDACTED;
+    if &*config.api.password == REDACTED {
+        config.api.password = base.api.password.clone();
+    }
+    if &*config.proxy.service_account.password == REDACTED {
+        config.proxy.service_account.password = base.proxy.service_account.password.clone();
+    }
 }
 
 fn internal(message: String) -> ConfigError {
@@ -123,10 +135,24 @@ fn schema() -> toml::Table {
     toml::Table::try_from(Config::default()).expect("the default config serializes")
 }
 
-fn unknown_key_warnings(doc: &ImDocument<&str>, text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    walk_unknown(doc.as_table(), &schema(), "", text, &mut out);
-    out
+/// Unknown keys are warnings, as in TiProxy, except under `[security]` and `[api]`: there a
+/// typo (`pasword`, `auto-cert`) would leave authentication or TLS off while looking set.
+fn unknown_key_warnings(doc: &ImDocument<&str>, text: &str) -> Result<Vec<String>, ConfigError> {
+    let mut found = Vec::new();
+    walk_unknown(doc.as_table(), &schema(), "", text, &mut found);
+    if let Some((key, line)) = found
+        .iter()
+        .find(|(k, _)| k.starts_with("security.") || k.starts_with("api."))
+    {
+        return Err(ConfigError::UnknownSecurityKey {
+            key: key.clone(),
+            line: *line,
+        });
+    }
+    Ok(found
+        .into_iter()
+        .map(|(dotted, line)| format!("unknown config key \"{dotted}\" at line {line} is ignored"))
+        .collect())
 }
 
 fn walk_unknown(
@@ -134,7 +160,7 @@ fn walk_unknown(
     known: &toml::Table,
     prefix: &str,
     text: &str,
-    out: &mut Vec<String>,
+    out: &mut Vec<(String, usize)>,
 ) {
     for (name, item) in table.iter() {
         let dotted = if prefix.is_empty() {
@@ -156,9 +182,7 @@ fn walk_unknown(
                     .get_key_value(name)
                     .and_then(|(k, _)| k.span())
                     .map_or(0, |s| line_of(text, s.start));
-                out.push(format!(
-                    "unknown config key \"{dotted}\" at line {line} is ignored"
-                ));
+                out.push((dotted, line));
             }
         }
     }
@@ -304,15 +328,30 @@ mod tests {
     #[test]
     fn unknown_keys_warn_with_line() {
         let text = "[proxy]\naddr = \"0.0.0.0:6000\"\n\n\nmax-conections = 5\n[nope]\na = 1\n\
-                    [labels]\nanything = \"ok\"\n[security.sql-tls]\ncaa = \"x\"\n";
+                    [labels]\nanything = \"ok\"\n";
         let l = parse_str(text).unwrap();
         assert_eq!(
             l.warnings,
             vec![
                 "unknown config key \"proxy.max-conections\" at line 5 is ignored",
                 "unknown config key \"nope\" at line 6 is ignored",
-                "unknown config key \"security.sql-tls.caa\" at line 11 is ignored",
             ]
+        );
+        let e = parse_str("[proxy]\n[security.sql-tls]\ncaa = \"x\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("`security.sql-tls.caa` at line 3"),
+            "{e}"
+        );
+        let e = parse_str("[api]\nuser = \"a\"\npasword = \"b\"\n").unwrap_err();
+        assert!(e.to_string().contains("`api.pasword` at line 3"), "{e}");
+        let e = merge_partial(
+            &Config::default(),
+            "[security.server-tls]\nauto-cert = true\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("security.server-tls.auto-cert"),
+            "{e}"
         );
         let l = parse_str("labels = { zone = \"a\", rack = \"b\" }\nzzz = 1\n").unwrap();
         assert_eq!(
@@ -407,6 +446,16 @@ mod tests {
         assert!(e.to_string().contains("health.interval-ms"), "{e}");
         let l = merge_partial(&base, "[proxy]\nbogus = 1\n").unwrap();
         assert_eq!(l.warnings.len(), 1);
+        let mut secret = base.clone();
+        secret.api.password = "pw".into();
+        let l = merge_partial(&secret, "[api]\npassword = \"<set>\"\n").unwrap();
+        assert_eq!(
+            l.config.api.password.expose(),
+            "pw",
+            "the marker keeps the secret"
+        );
+        let l = merge_partial(&secret, "[api]\npassword = \"new\"\n").unwrap();
+        assert_eq!(l.config.api.password.expose(), "new");
     }
 }
 

@@ -5,6 +5,8 @@ pub mod cli;
 mod error;
 mod info;
 mod load;
+pub mod networks;
+pub mod secret;
 mod types;
 mod validate;
 pub mod watch;
@@ -13,6 +15,7 @@ pub use cli::{parse_args, Cli};
 pub use error::ConfigError;
 pub use info::{config_info_json, is_hot_reloadable};
 pub use load::{load_file, merge_partial, parse_str, Loaded};
+pub use secret::Secret;
 pub use types::{
     normalize_log_level, normalize_tls_version, ApiConfig, BalanceConfig, Config, HealthConfig,
     LogConfig, LogFileConfig, ProxyConfig, QueryErrorFileConfig, SecurityConfig, ServiceAccount,

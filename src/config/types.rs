@@ -1,5 +1,6 @@
 //! The configuration data model: every section, its defaults, and small accessors.
 
+use super::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -61,6 +62,12 @@ pub struct ProxyConfig {
     pub max_connections: u64,
     pub conn_buffer_size: usize,
     pub proxy_protocol: String,
+    /// Sources allowed to send a PROXY protocol header (CIDR or IP; "*" = any). Empty: loopback
+    /// only, so nobody who reaches the port directly can pose as another address.
+    pub proxy_protocol_networks: Vec<String>,
+    /// Connections from one IP address that may be in the handshake (not yet logged in) at
+    /// once; 0 = no limit. Bounds what one host's silent connects cost everyone else.
+    pub max_handshakes_per_source: u64,
     pub graceful_wait_before_shutdown: u64,
     pub graceful_close_conn_timeout: u64,
     pub fail_backend_list: Vec<String>,
@@ -88,6 +95,8 @@ impl Default for ProxyConfig {
             max_connections: 0,
             conn_buffer_size: 32 * 1024,
             proxy_protocol: String::new(),
+            proxy_protocol_networks: Vec::new(),
+            max_handshakes_per_source: 100,
             graceful_wait_before_shutdown: 0,
             graceful_close_conn_timeout: 15,
             fail_backend_list: Vec::new(),
@@ -106,7 +115,7 @@ impl Default for ProxyConfig {
 #[serde(default, rename_all = "kebab-case")]
 pub struct ServiceAccount {
     pub user: String,
-    pub password: String,
+    pub password: Secret,
 }
 
 impl ProxyConfig {
@@ -123,7 +132,11 @@ impl ProxyConfig {
 pub struct ApiConfig {
     pub addr: String,
     pub user: String,
-    pub password: String,
+    pub password: Secret,
+    /// Host names (the HTTP `Host` header, without port) accepted on requests that change
+    /// state, besides IP addresses, `localhost` and this machine's names: DNS rebinding
+    /// arrives under a name of the attacker's.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -131,7 +144,8 @@ impl Default for ApiConfig {
         ApiConfig {
             addr: "0.0.0.0:3080".into(),
             user: String::new(),
-            password: String::new(),
+            password: Secret::default(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -50,6 +50,22 @@ impl Config {
                 "expected \"\" (off) or \"v2\"",
             ));
         }
+        if let Err(reason) = super::networks::TrustedNetworks::parse(&p.proxy_protocol_networks) {
+            return Err(ConfigError::invalid(
+                "proxy.proxy-protocol-networks",
+                format!("{:?}", p.proxy_protocol_networks),
+                reason,
+            ));
+        }
+        for h in &self.api.allowed_hosts {
+            if h.trim().is_empty() || h.contains(['/', ' ']) {
+                return Err(ConfigError::invalid(
+                    "api.allowed-hosts",
+                    quoted(h),
+                    "expected a host name such as \"tiproxy.example.com\"",
+                ));
+            }
+        }
         positive("proxy.backend-connect-timeout", p.backend_connect_timeout)?;
         positive("proxy.client-handshake-timeout", p.client_handshake_timeout)?;
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Reads `path` every `interval` and compares contents. Polling (not inotify) also follows
 /// editors that replace the file and tools that rewrite it through a symlink, and comparing
@@ -25,7 +25,16 @@ pub fn start(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let text = std::fs::read(&path).ok();
+            // A failed read (the file mid-replace, a permission slip) is not a change: treating
+            // it as one would re-apply the file once it reads again and revert what the API
+            // changed since.
+            let text = match std::fs::read(&path) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    debug!(file = %path.display(), error = %e, "config file unreadable; the running config stays");
+                    continue;
+                }
+            };
             if text == last_text {
                 continue;
             }
@@ -83,6 +92,17 @@ mod tests {
         std::fs::write(&path, "[proxy]\nmax-connections = 7\n").unwrap();
         assert!(wait_for(1).await, "valid change not seen");
         assert_eq!(seen.lock().unwrap()[0], 7);
+        // The file vanishes for a while and comes back unchanged: nothing is re-applied.
+        let aside = dir.path().join("aside.toml");
+        std::fs::rename(&path, &aside).unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::fs::rename(&aside, &path).unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "an unreadable spell is not a change"
+        );
         stop.cancel();
         task.await.unwrap();
     }

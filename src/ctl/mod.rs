@@ -44,9 +44,13 @@ pub struct Cli {
     /// [api] user, when the status port requires basic auth.
     #[arg(long, global = true)]
     pub user: Option<String>,
-    /// [api] password.
+    /// [api] password. Visible to other users in `ps`: prefer --password-file or the
+    /// TIPROXYCTL_PASSWORD environment variable.
     #[arg(long, global = true)]
     pub password: Option<String>,
+    /// Read the [api] password from this file (its first line).
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
     /// Print the proxy's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -99,6 +103,29 @@ pub enum ConfigCommand {
     },
 }
 
+/// The environment variable tiproxyctl reads the [api] password from.
+pub const PASSWORD_ENV: &str = "TIPROXYCTL_PASSWORD";
+
+/// The password from --password, --password-file or the environment, in that order.
+fn password(
+    given: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<crate::config::Secret>, String> {
+    if let Some(p) = given {
+        return Ok(Some(p.into()));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --password-file {}: {e}", path.display()))?;
+        let secret = crate::config::Secret::from(text.lines().next().unwrap_or(""));
+        zeroize::Zeroize::zeroize(&mut text.into_bytes());
+        return Ok(Some(secret));
+    }
+    Ok(std::env::var(PASSWORD_ENV)
+        .ok()
+        .map(crate::config::Secret::from))
+}
+
 /// Runs one invocation; returns the process exit code.
 pub async fn run(cli: Cli, argv0: &str) -> u8 {
     if cli.version {
@@ -116,10 +143,20 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
         skip_ca: cli.insecure,
         ..Default::default()
     };
+    let password = match password(cli.password.as_deref(), cli.password_file.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{argv0}: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let creds = cli
         .user
         .as_deref()
-        .map(|u| (u, cli.password.as_deref().unwrap_or("")));
+        .map(|u| (u, password.as_ref().map_or("", |p| p.expose())));
+    if creds.is_some() && !tls.enabled_for_client() {
+        eprintln!("{argv0}: warning: sending the password over plain HTTP; use --ca (or -k) when the status port serves HTTPS");
+    }
     let target = match Target::new(&cli.host, cli.port, &tls, creds) {
         Ok(t) => t,
         Err(e) => {

@@ -30,12 +30,28 @@ pub(crate) struct RotatingFile {
     last_stamp: Option<NaiveDateTime>,
 }
 
+/// Opens a log file for appending, readable by its owner only (0600): logs name users,
+/// client addresses and statement digests. A file made earlier with wider modes is narrowed.
+fn open_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 impl RotatingFile {
     pub(crate) fn open(path: &Path, opts: RotateOpts) -> io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_private(path)?;
         let size = file.metadata()?.len();
         Ok(RotatingFile {
             path: path.to_path_buf(),
@@ -73,10 +89,7 @@ impl RotatingFile {
         }
         fs::rename(&self.path, &target)?;
         self.last_stamp = Some(now);
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_private(&self.path)?;
         self.size = 0;
         self.prune(Local::now().naive_local());
         Ok(())
@@ -212,6 +225,11 @@ mod tests {
         let nested = tmp.path().join("x/y/z.log");
         RotatingFile::open(&nested, opts(0, 0, 0)).unwrap();
         assert!(nested.exists());
+        use std::os::unix::fs::PermissionsExt;
+        for p in [&path, &nested] {
+            let mode = fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+        }
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl AsyncWrite for Stream {
 pub struct TlsContext {
     pub server: Option<TlsAcceptor>,
     pub client: Option<TlsConnector>,
+    /// `[security.server-tls] ca` is set (without skip-ca): a client must come over TLS with
+    /// a certificate that CA signed, so a plaintext login is refused too.
+    pub require_client_cert: bool,
 }
 
 impl TlsContext {
@@ -120,6 +123,7 @@ impl TlsContext {
         Self {
             server: server.map(TlsAcceptor::from),
             client: client.map(TlsConnector::from),
+            require_client_cert: false,
         }
     }
 }

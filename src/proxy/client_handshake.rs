@@ -95,6 +95,12 @@ pub async fn accept_client(
         };
         client.stream_mut().upgrade_server(&acceptor).await?;
         (seq, payload) = read_response(client, seq).await?;
+    } else if ctx.tls.require_client_cert {
+        return Err(ClientHandshakeError::Malformed {
+            reason: "this proxy requires TLS with a client certificate ([security.server-tls] ca)"
+                .into(),
+            seq,
+        });
     }
     let response =
         HandshakeResponse::parse(&payload).map_err(|e| ClientHandshakeError::Malformed {

@@ -29,6 +29,10 @@ pub struct SessionSettings {
     pub max_migrations_per_second: u32,
     /// Every client connection starts with a PROXY protocol v2 header.
     pub proxy_protocol_v2: bool,
+    /// Who may send that header (`[proxy] proxy-protocol-networks`).
+    pub proxy_protocol_networks: crate::config::networks::TrustedNetworks,
+    /// Connections from one IP still in their handshake; 0 = no limit.
+    pub max_handshakes_per_source: u64,
 }
 
 impl SessionSettings {
@@ -47,6 +51,12 @@ impl SessionSettings {
             conn_count_ratio: c.balance.conn_count_ratio,
             max_migrations_per_second: c.balance.max_migrations_per_second,
             proxy_protocol_v2: c.proxy.proxy_protocol == "v2",
+            // Validated with the config; an invalid list here trusts only loopback.
+            proxy_protocol_networks: crate::config::networks::TrustedNetworks::parse(
+                &c.proxy.proxy_protocol_networks,
+            )
+            .unwrap_or_default(),
+            max_handshakes_per_source: c.proxy.max_handshakes_per_source,
         }
     }
 }
@@ -57,6 +67,8 @@ pub struct ProxyContext {
     pub backends: Arc<BackendSet>,
     pub registry: Arc<Registry>,
     pub query_errors: QueryErrorLog,
+    /// Connections per client IP still in their handshake (`max-handshakes-per-source`).
+    pub handshakes: Arc<super::per_source::Handshakes>,
     next_conn_id: AtomicU64,
     active: AtomicU64,
     /// New connections get "shutting down" instead of a session.
@@ -84,6 +96,7 @@ impl ProxyContext {
             backends,
             registry: Arc::new(Registry::default()),
             query_errors,
+            handshakes: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             active: AtomicU64::new(0),
             reject_new: CancellationToken::new(),
@@ -139,7 +152,7 @@ impl ProxyContext {
             self.active.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(ActiveGuard(self.clone()))
+        Some(ActiveGuard(self.clone(), None))
     }
 
     /// The server version and capabilities to greet clients with: what the backends announce,
@@ -170,7 +183,30 @@ impl ProxyContext {
     }
 }
 
-pub struct ActiveGuard(Arc<ProxyContext>);
+/// A connection counted against max-connections; until it logs in, also against its IP's
+/// handshakes.
+pub struct ActiveGuard(
+    Arc<ProxyContext>,
+    Option<super::per_source::HandshakeTicket>,
+);
+
+impl ActiveGuard {
+    /// Counts the connection against its source's handshakes; false when that is full.
+    pub fn enter_handshake(&mut self, ip: std::net::IpAddr, limit: u64) -> bool {
+        match self.0.handshakes.enter(ip, limit) {
+            Some(t) => {
+                self.1 = Some(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The client logged in: it no longer counts as a handshake in progress.
+    pub fn logged_in(&mut self) {
+        self.1 = None;
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {

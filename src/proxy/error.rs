@@ -14,6 +14,10 @@ pub enum ClientError {
     TooManyConnections {
         limit: u64,
     },
+    /// More connections from the client's IP are in their handshake than max-handshakes-per-source.
+    TooManyHandshakes {
+        limit: u64,
+    },
     HandshakeMalformed {
         reason: String,
     },
@@ -55,7 +59,7 @@ pub enum ClientError {
 impl ClientError {
     pub fn code(&self) -> u16 {
         match self {
-            ClientError::TooManyConnections { .. } => 1040,
+            ClientError::TooManyConnections { .. } | ClientError::TooManyHandshakes { .. } => 1040,
             ClientError::HandshakeMalformed { .. } => 1043,
             ClientError::UnsupportedCommand { .. } => 1047,
             ClientError::ShuttingDown => 1053,
@@ -72,7 +76,9 @@ impl ClientError {
 
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            ClientError::TooManyConnections { .. } => "08004",
+            ClientError::TooManyConnections { .. } | ClientError::TooManyHandshakes { .. } => {
+                "08004"
+            }
             _ => "08S01",
         }
     }
@@ -81,6 +87,7 @@ impl ClientError {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientError::TooManyConnections { .. } => "too_many_connections",
+            ClientError::TooManyHandshakes { .. } => "too_many_handshakes",
             ClientError::HandshakeMalformed { .. } => "handshake_malformed",
             ClientError::UnsupportedCommand { .. } => "unsupported_command",
             ClientError::ShuttingDown => "shutting_down",
@@ -103,6 +110,11 @@ impl ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ClientError::TooManyHandshakes { limit } => write!(
+                f,
+                "Too many connections from your address are still logging in \
+                 ([proxy] max-handshakes-per-source = {limit}). Retry in a moment."
+            ),
             ClientError::TooManyConnections { limit } => write!(
                 f,
                 "Too many connections: the proxy already serves max-connections = {limit} \
@@ -217,7 +229,10 @@ mod tests {
         for e in &all {
             assert!(e.sqlstate().starts_with("08"), "{e:?}");
             assert_ne!(e.code(), 1105);
-            assert!(!(2000..3000).contains(&e.code()), "{e:?} uses a client-range code");
+            assert!(
+                !(2000..3000).contains(&e.code()),
+                "{e:?} uses a client-range code"
+            );
             let p = e.to_packet();
             assert_eq!(ErrPacket::parse(&p.encode()).unwrap(), p);
         }

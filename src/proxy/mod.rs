@@ -8,6 +8,7 @@ pub mod context;
 pub mod digest;
 pub mod error;
 pub mod migrate;
+pub mod per_source;
 pub mod query_log;
 pub mod rebalance;
 pub mod registry;

@@ -1,5 +1,6 @@
-//! The SQL listener: accepts clients, enforces max-connections with a 1040 error, answers
-//! "shutting down" once draining, and hands each admitted client to a session worker.
+//! The SQL listener: accepts clients, enforces max-connections and max-handshakes-per-source
+//! with a 1040 error, answers "shutting down" once draining, takes PROXY headers only from
+//! trusted networks, and hands each admitted client to a session worker.
 
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
@@ -46,9 +47,24 @@ pub fn start(
                 tokio::spawn(session::reject(tcp, ClientError::ShuttingDown));
                 continue;
             }
-            let max = ctx.settings().max_connections;
+            let settings = ctx.settings();
+            let max = settings.max_connections;
             match ctx.admit(max) {
-                Some(guard) => hand_over(&workers, tcp, peer, ctx.clone(), guard),
+                Some(mut guard) => {
+                    // Behind a balancer every peer is the balancer: the client's own address,
+                    // from its PROXY header, is counted instead.
+                    let per_source = settings.max_handshakes_per_source;
+                    if !settings.proxy_protocol_v2 && !guard.enter_handshake(peer.ip(), per_source)
+                    {
+                        refuse_source(&rejections, peer, per_source);
+                        tokio::spawn(session::reject(
+                            tcp,
+                            ClientError::TooManyHandshakes { limit: per_source },
+                        ));
+                        continue;
+                    }
+                    hand_over(&workers, tcp, peer, ctx.clone(), guard)
+                }
                 None => {
                     m.reject_too_many.inc();
                     // A flood must not flood the log too: a few lines a second, then a count.
@@ -63,6 +79,14 @@ pub fn start(
             }
         }
     })
+}
+
+/// Logs a per-source refusal, a few lines a second at most.
+fn refuse_source(rejections: &RateLimiter, client: std::net::SocketAddr, limit: u64) {
+    crate::metrics::get().reject_too_many.inc();
+    if let Admit::Yes { dropped } = rejections.admit(std::time::Instant::now()) {
+        warn!(%client, max_handshakes_per_source = limit, suppressed = dropped, "connection rejected: too many connections from this address are still logging in");
+    }
 }
 
 /// Moves the socket from this runtime's reactor to a worker's, where the session lives.
@@ -110,21 +134,38 @@ async fn session_on_worker(
 }
 
 /// With `proxy-protocol = "v2"` the session's client is the one the balancer names. A
-/// connection without a valid header is closed unanswered: greeting it would let anyone who
-/// reaches the port directly pose as any address.
+/// connection without a valid header, or from a source outside proxy-protocol-networks, is
+/// closed unanswered: greeting it would let anyone who reaches the port directly pose as any
+/// address.
 async fn behind_balancer(
     socket: std::net::TcpStream,
     peer: std::net::SocketAddr,
     ctx: Arc<ProxyContext>,
-    guard: ActiveGuard,
+    mut guard: ActiveGuard,
 ) {
     let Some(mut tcp) = adopt(socket, peer) else {
         return;
     };
-    let limit = ctx.settings().client_handshake_timeout;
+    let settings = ctx.settings();
+    if !settings.proxy_protocol_networks.trusts(peer.ip()) {
+        static UNTRUSTED: std::sync::OnceLock<RateLimiter> = std::sync::OnceLock::new();
+        let limiter = UNTRUSTED.get_or_init(|| RateLimiter::new(5, Duration::from_secs(1)));
+        if let Admit::Yes { dropped } = limiter.admit(std::time::Instant::now()) {
+            warn!(peer = %peer, suppressed = dropped, "connection closed: proxy-protocol is v2 and this source is not in [proxy] proxy-protocol-networks (empty = loopback only), so its PROXY header cannot be trusted");
+        }
+        return;
+    }
+    let limit = settings.client_handshake_timeout;
     match proxy_protocol::read_header(&mut tcp, limit).await {
         Ok(h) => {
             let client = h.source.unwrap_or(peer);
+            let per_source = settings.max_handshakes_per_source;
+            if !guard.enter_handshake(client.ip(), per_source) {
+                crate::metrics::get().reject_too_many.inc();
+                warn!(%client, max_handshakes_per_source = per_source, "connection rejected: too many connections from this address are still logging in");
+                session::reject(tcp, ClientError::TooManyHandshakes { limit: per_source }).await;
+                return;
+            }
             session::run(tcp, client, ctx, guard).await;
         }
         Err(e) => {

@@ -7,6 +7,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, Error as TlsError, SignatureScheme};
 use std::sync::Arc;
 
@@ -75,7 +76,22 @@ fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
     })
 }
 
-/// The server side for clients; `None` when TLS to clients is off.
+/// Whether clients must present a certificate: a CA is configured and skip-ca is not set (as
+/// TiProxy reads these keys; TiUP writes skip-ca = true beside the CA of the status port).
+pub fn requires_client_cert(cfg: &TlsConfig) -> bool {
+    cfg.enabled_for_server() && !cfg.ca.is_empty() && !cfg.skip_ca
+}
+
+/// `[security.sql-tls]` with a client certificate but neither a CA nor skip-ca encrypts to the
+/// backends without checking who they are; say so once at start.
+pub fn warn_unverified_backends(cfg: &TlsConfig) {
+    if cfg.has_cert() && cfg.ca.is_empty() && !cfg.skip_ca {
+        tracing::warn!("[security.sql-tls] has a cert but no ca: backend certificates are NOT verified (connections are encrypted only); set ca to verify them, or skip-ca = true to say this is intended");
+    }
+}
+
+/// The server side for clients; `None` when TLS to clients is off. With a CA (and no
+/// skip-ca), clients without a certificate that CA signed fail the handshake.
 pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSetupError> {
     if !cfg.enabled_for_server() {
         return Ok(None);
@@ -89,10 +105,22 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
             .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
         (vec![ck.cert.der().clone()], key)
     };
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions(&cfg.min_tls_version)?)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions(&cfg.min_tls_version)?)?;
+    let builder = if requires_client_cert(cfg) {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs(&cfg.ca)? {
+            roots.add(c)?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| TlsError::General(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key)?;
     Ok(Some(Arc::new(config)))
 }
 

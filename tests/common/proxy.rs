@@ -44,6 +44,10 @@ pub struct ProxyConfig {
     /// `[proxy] proxy-protocol`, left out of the file when empty.
     pub proxy_protocol: String,
     pub failover_timeout: u64,
+    /// Raw TOML lines added to `[proxy]`, `[api]`, and after everything (new tables only).
+    pub extra_proxy: String,
+    pub extra_api: String,
+    pub extra_tables: String,
 }
 
 impl ProxyConfig {
@@ -67,6 +71,9 @@ impl ProxyConfig {
             fail_backend_list: Vec::new(),
             proxy_protocol: String::new(),
             failover_timeout: 60,
+            extra_proxy: String::new(),
+            extra_api: String::new(),
+            extra_tables: String::new(),
         }
     }
 
@@ -108,6 +115,7 @@ impl ProxyConfig {
             let _ = writeln!(s, "proxy-protocol = {:?}", self.proxy_protocol);
         }
         let _ = writeln!(s, "failover-timeout = {}", self.failover_timeout);
+        s.push_str(&self.extra_proxy);
         if let Some((user, password)) = &self.service_account {
             let _ = writeln!(
                 s,
@@ -115,6 +123,7 @@ impl ProxyConfig {
             );
         }
         let _ = writeln!(s, "\n[api]\naddr = \"127.0.0.1:{api_port}\"");
+        s.push_str(&self.extra_api);
         let _ = writeln!(s, "\n[log]\nlevel = \"info\"");
         let _ = writeln!(s, "\n[log.log-file]\nfilename = {log_file:?}");
         let _ = writeln!(s, "\n[health]");
@@ -151,6 +160,7 @@ impl ProxyConfig {
             }
             None => {}
         }
+        s.push_str(&self.extra_tables);
         s
     }
 }
@@ -262,6 +272,10 @@ impl Proxy {
     }
 
     /// The log file alone, for counting lines.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn log_file(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tiproxy.log")).unwrap_or_default()
     }

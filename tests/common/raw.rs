@@ -86,6 +86,23 @@ impl RawConn {
         }
     }
 
+    /// Over a stream the test connected itself (from a chosen source address, or after
+    /// writing a PROXY header); reads and writes give up after 20 s.
+    pub fn from_stream(stream: TcpStream) -> RawConn {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("write timeout");
+        RawConn {
+            stream,
+            seq: 0,
+            col_types: Vec::new(),
+            auth_switches: 0,
+        }
+    }
+
     /// Like `connect`, but a refused connection is returned instead of failing the test.
     pub fn try_connect(addr: &str) -> std::io::Result<RawConn> {
         let stream = TcpStream::connect(addr)?;

@@ -65,7 +65,8 @@ pub async fn login_for(
             user: account.user.as_bytes().to_vec(),
             ..Default::default()
         };
-        let stage1 = stage1_from_password(account.password.as_bytes());
+        // Wiped when this login is done, on every path out.
+        let stage1 = zeroize::Zeroizing::new(stage1_from_password(account.password.as_bytes()));
         let answer = if account.password.is_empty() {
             AuthAnswer::EmptyPassword
         } else {

@@ -1,6 +1,11 @@
 //! A backend connected and greeted before the client is: the proxy greets the client with that
 //! backend's scramble and auth plugin, so the client's login answers the backend directly and
 //! costs no auth switch (one round trip fewer with the client and with the backend).
+//!
+//! A connect that never says anything would cost a backend connection this way, so at most
+//! [`MAX_EARLY`] are open at once; past that a client is greeted with the proxy's own scramble
+//! and its backend is dialed after its login, so a flood of bare connects costs backends a
+//! small, fixed number of connections.
 
 use super::super::backend_conn::{answer_greeting, greet, AuthAnswer, DialError, Dialed};
 use super::super::client_handshake::ClientHello;
@@ -12,10 +17,17 @@ use crate::protocol::handshake::Greeting;
 use crate::protocol::PacketConn;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::timeout;
 use tracing::debug;
 
+/// Backend connections opened before a client's login, at once, per process.
+pub const MAX_EARLY: usize = 16;
+static EARLY_SLOTS: Semaphore = Semaphore::const_new(MAX_EARLY);
+
 pub(super) struct Early {
+    /// Held until the connection is handed to the login or signed off.
+    slot: Option<SemaphorePermit<'static>>,
     /// Taken when the client's login goes to it; otherwise the drop signs the backend off.
     conn: Option<PacketConn>,
     greeting: Greeting,
@@ -42,6 +54,7 @@ impl Early {
         ctx: &ProxyContext,
         settings: &SessionSettings,
     ) -> Option<Result<Early, Failed>> {
+        let slot = EARLY_SLOTS.try_acquire().ok()?;
         let backend = ctx
             .backends
             .select(&super::not_for_new_sessions(ctx, settings))?;
@@ -50,6 +63,7 @@ impl Early {
         let reason = match timeout(limit, greet(&backend, settings.conn_buffer_size)).await {
             Ok(Ok((conn, greeting))) => {
                 return Some(Ok(Early {
+                    slot: Some(slot),
                     conn: Some(conn),
                     greeting,
                     backend,
@@ -91,6 +105,7 @@ impl Early {
         let (Some(conn), Some(lease)) = (self.conn.take(), self.lease.take()) else {
             return Ok(None);
         };
+        self.slot = None;
         let forwarded = answer_greeting(
             conn,
             &self.greeting,
@@ -137,8 +152,10 @@ impl Drop for Early {
         if let Some(mut conn) = self.conn.take() {
             let greeting = self.greeting.clone();
             let limit = self.sign_off_limit;
+            let slot = self.slot.take();
             runtime.spawn(async move {
                 let _ = timeout(limit, crate::health::sign_off(&mut conn, &greeting)).await;
+                drop(slot);
             });
         }
     }

@@ -79,7 +79,7 @@ pub(crate) struct Session {
 pub(crate) const STATEMENT_PREFIX: usize = 1024;
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
-    let _guard = guard;
+    let mut guard = guard;
     let born = std::time::Instant::now();
     let m = crate::metrics::get();
     m.connections.inc();
@@ -91,6 +91,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
     debug!(conn = id, client = %peer, "session opened");
     let end = match Box::pin(establish(&mut client, id, peer, &ctx)).await {
         Ok(est) => {
+            guard.logged_in();
             client.set_stall_limit(settings.client_read_timeout);
             let handshake = born.elapsed().as_secs_f64();
             est.lease.backend().metrics.handshake.observe(handshake);
@@ -277,7 +278,7 @@ async fn establish(
     let (status, proof) = match auth {
         Ok(AuthOutcome::Ok(s, proof)) => (s, proof),
         Ok(AuthOutcome::Denied(err)) => {
-            debug!(conn = id, client = %peer, backend = %backend_addr, code = err.code, "authentication denied by backend");
+            info!(conn = id, client = %peer, user = %String::from_utf8_lossy(&hello.response.user), backend = %backend_addr, code = err.code, "audit: login failed: authentication denied by backend");
             return Err(End::AuthDenied);
         }
         Err(AuthRelayError::Client(e)) => return Err(End::ClientGone(e.to_string())),
