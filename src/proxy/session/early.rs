@@ -7,7 +7,7 @@ use super::super::client_handshake::ClientHello;
 use super::super::context::{ProxyContext, SessionSettings};
 use super::super::error::ClientError;
 use super::super::migrate::credential::ProofCapture;
-use crate::balance::{Backend, BackendLease, BackendSelector};
+use crate::balance::{Backend, BackendLease};
 use crate::protocol::handshake::Greeting;
 use crate::protocol::PacketConn;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ impl Early {
         settings: &SessionSettings,
     ) -> Option<Result<Early, Failed>> {
         let backend = ctx
-            .backends
+            .selector
             .select(&super::not_for_new_sessions(ctx, settings))?;
         let lease = BackendLease::new(backend.clone());
         let limit = settings.backend_connect_timeout;
