@@ -50,6 +50,8 @@ pub trait SourceStatus: Send + Sync {
 pub struct RouteView {
     pub policy: Policy,
     pub loads: HashMap<String, Load>,
+    /// Each available backend's score per factor that counted last round, for reports.
+    pub scores: HashMap<String, BTreeMap<&'static str, u32>>,
 }
 
 /// The backends the proxy knows: the union of what each source (static config, PD) last said.

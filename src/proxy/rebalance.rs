@@ -9,7 +9,7 @@ use super::registry::{Redirect, SessionEntry};
 use crate::balance::factors::{fetch::fetch_sample, Load, LoadTracker};
 use crate::balance::policy::{self, Action, BackendInput, Mode, Planner, SessionInput};
 use crate::balance::{backend_input, Backend, RouteView, SessionHandle};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::{JoinHandle, JoinSet};
@@ -143,15 +143,21 @@ impl Driver {
             .collect();
         let actions = self.planner.plan(&inputs, &sessions, policy, now);
         apply(&handles, actions);
-        self.publish_scores(&inputs, policy);
+        let scores = self.publish_scores(&inputs, policy);
         self.count_cross_location(&list, policy);
         ctx.backends.set_route_view(RouteView {
             policy: policy.clone(),
             loads,
+            scores,
         });
     }
 
-    fn publish_scores(&mut self, inputs: &[BackendInput], policy: &policy::Policy) {
+    /// Sets the score gauges and returns the scores for reports.
+    fn publish_scores(
+        &mut self,
+        inputs: &[BackendInput],
+        policy: &policy::Policy,
+    ) -> HashMap<String, BTreeMap<&'static str, u32>> {
         let eligible: Vec<&BackendInput> = inputs
             .iter()
             .filter(|b| b.healthy && !b.fail_listed)
@@ -159,8 +165,11 @@ impl Driver {
         let s = policy::scores(&eligible, policy);
         let gauge = &crate::metrics::get().b_score;
         let mut now_published = HashSet::new();
+        let mut report = HashMap::with_capacity(eligible.len());
         for (b, row) in eligible.iter().zip(&s.per_backend) {
+            let mine: &mut BTreeMap<&'static str, u32> = report.entry(b.addr.clone()).or_default();
             for (f, v) in s.active.iter().zip(row) {
+                mine.insert(f.as_str(), *v);
                 gauge
                     .with_label_values(&[&b.addr, f.as_str()])
                     .set(i64::from(*v));
@@ -171,6 +180,7 @@ impl Driver {
             let _ = gauge.remove_label_values(&[addr.as_str(), factor]);
         }
         self.published = now_published;
+        report
     }
 
     /// Adds the traffic of backends in another zone since the last round.
