@@ -334,6 +334,30 @@ mod tests {
     }
 
     #[test]
+    fn routing_keeps_sessions_in_the_proxy_label_until_none_is_healthy() {
+        let set = BackendSet::default();
+        let spec = |addr: &str, zone: &str| BackendSpec {
+            labels: [("zone".to_string(), zone.to_string())].into(),
+            ..pd_spec(addr, "s:1")
+        };
+        set.set_specs(&[spec("far:1", "z2"), spec("near:1", "z1")]);
+        set.set_route_view(RouteView {
+            policy: Policy {
+                label_name: "zone".into(),
+                own_labels: [("zone".to_string(), "z1".to_string())].into(),
+                ..Policy::default()
+            },
+            ..RouteView::default()
+        });
+        let list = set.snapshot();
+        let _busy: Vec<_> = (0..5).map(|_| BackendLease::new(list[1].clone())).collect();
+        assert_eq!(set.select(&[]).unwrap().addr, "near:1");
+        list[1].mark_unhealthy("down");
+        assert_eq!(set.select(&[]).unwrap().addr, "far:1");
+        assert!(set.select(&[list[0].clone()]).is_none());
+    }
+
+    #[test]
     fn pd_outage_is_named_when_nothing_is_available() {
         let set = BackendSet::default();
         let pd = Arc::new(FakeSource::default());

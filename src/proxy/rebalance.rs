@@ -278,6 +278,35 @@ mod tests {
     }
 
     #[test]
+    fn traffic_to_another_zone_is_counted_and_scores_are_reported() {
+        let ctx = ctx(&[]);
+        let spec = |addr: &str, zone: &str| crate::balance::BackendSpec {
+            addr: addr.into(),
+            source: crate::balance::BackendSource::Pd,
+            status_addr: None,
+            labels: [("zone".to_string(), zone.to_string())].into(),
+        };
+        ctx.backends
+            .set_specs(&[spec("near-x:1", "z1"), spec("far-x:1", "z2")]);
+        let mut settings = ctx.settings().as_ref().clone();
+        settings.policy.own_labels = [("zone".to_string(), "z1".to_string())].into();
+        ctx.set_settings(settings);
+        let mut d = Driver::default();
+        d.tick(&ctx, Instant::now());
+        let counter = &crate::metrics::get().cross_location_bytes;
+        let before = counter.get();
+        let list = ctx.backends.snapshot();
+        list[0].metrics.inbound_bytes.inc_by(1000);
+        list[1].metrics.outbound_bytes.inc_by(7);
+        d.tick(&ctx, Instant::now());
+        // Other tests in this process may count too; ours adds at least the far backend's 7.
+        assert!(counter.get() - before >= 7);
+        let view = ctx.backends.route_view();
+        assert_eq!(view.scores["far-x:1"].get("location"), Some(&1));
+        assert_eq!(view.scores["near-x:1"].get("location"), Some(&0));
+    }
+
+    #[test]
     fn sessions_on_a_down_backend_are_drained() {
         let ctx = ctx(&["a:1", "b:1"]);
         ctx.backends.snapshot()[0].mark_unhealthy("refused");
