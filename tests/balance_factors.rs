@@ -253,6 +253,12 @@ async fn busy_tidbs_shed_idle_ones_gain_zones_hold_and_nothing_ping_pongs() {
         "cpu moves are counted:\n{m}"
     );
 
+    // The busy TiDB gets no new sessions either, though it now has the fewest.
+    for _ in 0..3 {
+        let fresh = proxy.landing_port().await.expect("a new session");
+        assert_eq!(fresh, b.port(), "a new session avoids the busy TiDB");
+    }
+
     // Flip the load back and forth: no session goes back to the TiDB it left, and new
     // sessions go to whichever same-zone TiDB is idle by the last reading, never to z2.
     let mut history: HashMap<usize, Vec<u16>> =
