@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 const TICK: Duration = Duration::from_secs(1);
 /// How often each TiDB's `/metrics` is read.
@@ -88,6 +88,8 @@ struct Driver {
     published: HashSet<(String, &'static str)>,
     /// Each backend's traffic byte total at the last round, for the cross-zone count.
     traffic_seen: HashMap<String, u64>,
+    /// Backends whose `/metrics` failed at the last reading, so the outage is logged once.
+    unreadable: HashSet<String>,
 }
 
 impl Driver {
@@ -103,12 +105,26 @@ impl Driver {
         }
         while let Some(done) = reads.join_next().await {
             match done {
-                Ok((addr, Ok(sample))) => self.loads.observe(&addr, Instant::now(), sample),
-                Ok((addr, Err(e))) => debug!(backend = %addr, error = %e, "no load figures"),
+                Ok((addr, Ok(sample))) => {
+                    if self.unreadable.remove(&addr) {
+                        info!(backend = %addr, "load figures readable again");
+                    }
+                    self.loads.observe(&addr, Instant::now(), sample);
+                }
+                Ok((addr, Err(e))) => {
+                    // Once per outage: the factors quietly dropping out would hide why.
+                    if self.unreadable.insert(addr.clone()) {
+                        warn!(backend = %addr, error = %e, "cannot read load figures; balancing on the other factors until they are back");
+                    } else {
+                        debug!(backend = %addr, error = %e, "no load figures");
+                    }
+                }
                 Err(_) => {}
             }
         }
         self.loads.retain(|a| list.iter().any(|b| b.addr == a));
+        self.unreadable
+            .retain(|a| list.iter().any(|b| &b.addr == a));
     }
 
     fn tick(&mut self, ctx: &ProxyContext, now: Instant) {
@@ -304,6 +320,39 @@ mod tests {
         let view = ctx.backends.route_view();
         assert_eq!(view.scores["far-x:1"].get("location"), Some(&1));
         assert_eq!(view.scores["near-x:1"].get("location"), Some(&0));
+    }
+
+    #[tokio::test]
+    async fn unreadable_metrics_are_remembered_and_readable_ones_give_figures() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\n\r\nprocess_resident_memory_bytes 50\ntidb_server_memory_quota_bytes 100\n")
+                    .await;
+            }
+        });
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bad = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let spec = |addr: &str, status: &str| crate::balance::BackendSpec {
+            addr: addr.into(),
+            source: crate::balance::BackendSource::Pd,
+            status_addr: Some(status.into()),
+            labels: Default::default(),
+        };
+        let set = BackendSet::default();
+        set.set_specs(&[spec("ok:1", &good), spec("down:1", &bad)]);
+        let mut d = Driver::default();
+        d.read_metrics(&set.snapshot()).await;
+        let now = Instant::now();
+        assert_eq!(d.loads.load("ok:1", now, METRICS_STALE).memory, Some(0.5));
+        assert_eq!(d.loads.load("down:1", now, METRICS_STALE), Load::default());
+        assert!(d.unreadable.contains("down:1") && !d.unreadable.contains("ok:1"));
     }
 
     #[test]
