@@ -269,11 +269,14 @@ struct BackendView {
     last_error: String,
     server_version: String,
     sessions: u64,
+    /// The balancer's score per factor (docs/balance.md); empty while unavailable.
+    scores: std::collections::BTreeMap<&'static str, u32>,
     #[serde(flatten)]
     rates: super::stats::Rates,
 }
 
 fn backends(state: &ApiState) -> serde_json::Value {
+    let route = state.ctx.backends.route_view();
     let list: Vec<BackendView> = state
         .ctx
         .backends
@@ -294,6 +297,7 @@ fn backends(state: &ApiState) -> serde_json::Value {
                 },
                 server_version: info.server_version,
                 sessions: b.sessions(),
+                scores: route.scores.get(&b.addr).cloned().unwrap_or_default(),
                 rates: state.stats.rates(&b.addr),
             }
         })

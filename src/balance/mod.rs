@@ -1,20 +1,57 @@
-//! Pure routing decisions: the set of known backends with their health and session counts,
-//! and which one a new session goes to. Testable without a network.
+//! Routing: the set of known backends with their health and session counts, which one a new
+//! session goes to, and the seams between the control plane and the rest: the balancing
+//! policy ([`policy`], pure), the load figures it scores ([`factors`]), the handle through
+//! which sessions are asked to move ([`SessionHandle`]) and what a discovery source reports
+//! ([`SourceStatus`]). Testable without a network; writes no metrics of its own choosing.
 
 pub mod backend;
+pub mod factors;
+pub mod policy;
 
 pub use backend::{Backend, BackendLease, BackendSource, BackendSpec};
 
-use crate::discovery::PdStatus;
-use std::collections::BTreeMap;
+use factors::Load;
+use policy::{BackendInput, Policy};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// What the data plane asks of the control plane when a session needs a backend.
 pub trait BackendSelector: Send + Sync {
-    /// The healthy backend with the fewest sessions, skipping `exclude` (already tried).
+    /// The best healthy backend by the policy's scores, skipping `exclude` (already tried).
     fn select(&self, exclude: &[Arc<Backend>]) -> Option<Arc<Backend>>;
     /// Why `select` found nothing, for the client's error and the logs.
     fn unavailable_reason(&self) -> String;
+}
+
+/// What the control plane asks of a live session; the data plane implements it.
+pub trait SessionHandle: Send + Sync {
+    fn id(&self) -> u64;
+    /// The backend address the session is on ("" during the handshake).
+    fn backend(&self) -> String;
+    fn in_txn(&self) -> bool;
+    /// A move was asked for and the session has not acted on it yet.
+    fn redirect_pending(&self) -> bool;
+    /// Move at the next transaction boundary; `to: None` picks the best backend then.
+    fn redirect(&self, to: Option<String>, reason: &'static str);
+    /// End the session.
+    fn close(&self);
+}
+
+/// A discovery source's own state, so routing can say when it is why nothing is available.
+pub trait SourceStatus: Send + Sync {
+    fn is_reachable(&self) -> bool;
+    /// Why the source is unreachable, when it is.
+    fn unreachable_summary(&self) -> Option<String>;
+}
+
+/// What new-session routing scores with: the policy and each backend's last load figures,
+/// replaced as a whole by the balancing driver.
+#[derive(Debug, Clone, Default)]
+pub struct RouteView {
+    pub policy: Policy,
+    pub loads: HashMap<String, Load>,
+    /// Each available backend's score per factor that counted last round, for reports.
+    pub scores: HashMap<String, BTreeMap<&'static str, u32>>,
 }
 
 /// The backends the proxy knows: the union of what each source (static config, PD) last said.
@@ -24,7 +61,8 @@ pub trait BackendSelector: Send + Sync {
 pub struct BackendSet {
     list: RwLock<Arc<Vec<Arc<Backend>>>>,
     parts: Mutex<BTreeMap<BackendSource, Vec<BackendSpec>>>,
-    pd: OnceLock<Arc<PdStatus>>,
+    pd: OnceLock<Arc<dyn SourceStatus>>,
+    route: RwLock<Arc<RouteView>>,
 }
 
 impl BackendSet {
@@ -80,12 +118,21 @@ impl BackendSet {
     }
 
     /// Lets `unavailable_reason` say when PD being unreachable is why nothing is available.
-    pub fn attach_pd_status(&self, status: Arc<PdStatus>) {
+    pub fn attach_pd_status(&self, status: Arc<dyn SourceStatus>) {
         let _ = self.pd.set(status);
     }
 
-    pub fn pd_status(&self) -> Option<&Arc<PdStatus>> {
+    pub fn pd_status(&self) -> Option<&Arc<dyn SourceStatus>> {
         self.pd.get()
+    }
+
+    /// Replaces what new-session routing scores with.
+    pub fn set_route_view(&self, view: RouteView) {
+        *self.route.write().expect("route view lock") = Arc::new(view);
+    }
+
+    pub fn route_view(&self) -> Arc<RouteView> {
+        self.route.read().expect("route view lock").clone()
     }
 
     pub fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {
@@ -93,17 +140,51 @@ impl BackendSet {
     }
 }
 
-/// The healthy backend with the fewest sessions; ties go to the earliest in the list.
-pub fn least_sessions(list: &[Arc<Backend>], exclude: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-    list.iter()
+/// A backend as the policy sees it, with its last load figures.
+pub fn backend_input(b: &Backend, load: Load, fail_listed: bool) -> BackendInput {
+    BackendInput {
+        addr: b.addr.clone(),
+        healthy: b.is_healthy(),
+        fail_listed,
+        sessions: b.sessions(),
+        labels: b.labels(),
+        load,
+    }
+}
+
+/// The backend the policy picks among the healthy ones not in `exclude`; with no labels and no
+/// load figures that is the one with the fewest sessions, ties to the earliest in the list.
+pub fn pick(
+    list: &[Arc<Backend>],
+    exclude: &[Arc<Backend>],
+    view: &RouteView,
+) -> Option<Arc<Backend>> {
+    let cands: Vec<&Arc<Backend>> = list
+        .iter()
         .filter(|b| b.is_healthy() && !exclude.iter().any(|e| Arc::ptr_eq(e, b)))
-        .min_by_key(|b| b.sessions())
-        .cloned()
+        .collect();
+    let inputs: Vec<BackendInput> = cands
+        .iter()
+        .map(|b| {
+            backend_input(
+                b,
+                view.loads.get(&b.addr).copied().unwrap_or_default(),
+                false,
+            )
+        })
+        .collect();
+    let refs: Vec<&BackendInput> = inputs.iter().collect();
+    let roll = if view.policy.routing == policy::Routing::Random {
+        rand::random::<u64>()
+    } else {
+        0
+    };
+    policy::choose(&refs, &view.policy, roll).map(|i| cands[i].clone())
 }
 
 impl BackendSelector for BackendSet {
     fn select(&self, exclude: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-        least_sessions(&self.snapshot(), exclude)
+        pick(&self.snapshot(), exclude, &self.route_view())
     }
 
     fn unavailable_reason(&self) -> String {
@@ -134,6 +215,18 @@ impl BackendSelector for BackendSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Default)]
+    struct FakeSource(Mutex<Option<String>>);
+
+    impl SourceStatus for FakeSource {
+        fn is_reachable(&self) -> bool {
+            self.0.lock().unwrap().is_none()
+        }
+        fn unreachable_summary(&self) -> Option<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
 
     fn addrs(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -241,18 +334,42 @@ mod tests {
     }
 
     #[test]
+    fn routing_keeps_sessions_in_the_proxy_label_until_none_is_healthy() {
+        let set = BackendSet::default();
+        let spec = |addr: &str, zone: &str| BackendSpec {
+            labels: [("zone".to_string(), zone.to_string())].into(),
+            ..pd_spec(addr, "s:1")
+        };
+        set.set_specs(&[spec("far:1", "z2"), spec("near:1", "z1")]);
+        set.set_route_view(RouteView {
+            policy: Policy {
+                label_name: "zone".into(),
+                own_labels: [("zone".to_string(), "z1".to_string())].into(),
+                ..Policy::default()
+            },
+            ..RouteView::default()
+        });
+        let list = set.snapshot();
+        let _busy: Vec<_> = (0..5).map(|_| BackendLease::new(list[1].clone())).collect();
+        assert_eq!(set.select(&[]).unwrap().addr, "near:1");
+        list[1].mark_unhealthy("down");
+        assert_eq!(set.select(&[]).unwrap().addr, "far:1");
+        assert!(set.select(&[list[0].clone()]).is_none());
+    }
+
+    #[test]
     fn pd_outage_is_named_when_nothing_is_available() {
         let set = BackendSet::default();
-        let pd = Arc::new(PdStatus::new(vec!["127.0.0.1:1".into()]));
+        let pd = Arc::new(FakeSource::default());
         set.attach_pd_status(pd.clone());
         assert!(set.unavailable_reason().contains("no backend"));
-        pd.record_failure("connection refused");
+        *pd.0.lock().unwrap() = Some("PD at 127.0.0.1:1: connection refused".into());
         let r = set.unavailable_reason();
         assert!(r.contains("PD") && r.contains("connection refused"), "{r}");
         set.set_addrs(&addrs(&["a:1"]));
         set.snapshot()[0].mark_unhealthy("refused");
         assert!(set.unavailable_reason().contains("PD"));
-        pd.record_success();
+        *pd.0.lock().unwrap() = None;
         assert!(!set.unavailable_reason().contains("PD"));
     }
 }

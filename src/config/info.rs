@@ -200,11 +200,11 @@ const KEYS: &[(&str, &str)] = &[
     ),
     (
         "balance.label-name",
-        "label used by location-aware balancing",
+        "label whose value this proxy shares with the TiDBs its sessions prefer (see labels)",
     ),
     (
         "balance.routing-policy",
-        "how new connections pick a backend; empty = policy default",
+        "how new sessions pick among equally scored backends: prefer-idle (default) or random",
     ),
     (
         "balance.conn-count-ratio",

@@ -66,6 +66,7 @@ impl Config {
                 ));
             }
         }
+        check_balance(&self.balance)?;
         positive("proxy.backend-connect-timeout", p.backend_connect_timeout)?;
         positive("proxy.client-handshake-timeout", p.client_handshake_timeout)?;
 
@@ -110,6 +111,25 @@ impl Config {
         positive("health.recovery-threshold", u64::from(h.recovery_threshold))?;
         Ok(())
     }
+}
+
+/// A misspelt policy would otherwise fall back to the default without a word.
+fn check_balance(b: &super::types::BalanceConfig) -> Result<(), ConfigError> {
+    if !matches!(b.policy.as_str(), "resource" | "location" | "connection") {
+        return Err(ConfigError::invalid(
+            "balance.policy",
+            quoted(&b.policy),
+            "expected resource, location or connection",
+        ));
+    }
+    if !matches!(b.routing_policy.as_str(), "" | "prefer-idle" | "random") {
+        return Err(ConfigError::invalid(
+            "balance.routing-policy",
+            quoted(&b.routing_policy),
+            "expected \"\" (prefer-idle), prefer-idle or random",
+        ));
+    }
+    Ok(())
 }
 
 fn quoted(s: &str) -> String {
@@ -233,6 +253,10 @@ mod tests {
         c.validate().unwrap();
         assert!(err_of(|c| c.log.encoder = "xml".into()).contains("log.encoder"));
         assert!(err_of(|c| c.proxy.proxy_protocol = "v1".into()).contains("proxy.proxy-protocol"));
+        assert!(err_of(|c| c.balance.policy = "cpu".into()).contains("balance.policy"));
+        assert!(
+            err_of(|c| c.balance.routing_policy = "idle".into()).contains("balance.routing-policy")
+        );
         assert!(err_of(|c| c.proxy.conn_buffer_size = 10).contains("proxy.conn-buffer-size"));
         assert!(err_of(|c| c.proxy.conn_buffer_size = 32 << 20).contains("conn-buffer-size"));
         assert!(err_of(|c| c.health.failure_threshold = 0).contains("health.failure-threshold"));

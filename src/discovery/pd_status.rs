@@ -180,6 +180,17 @@ impl PdStatus {
     }
 }
 
+/// Routing sees PD through this trait, so `balance` does not import `discovery`.
+impl crate::balance::SourceStatus for PdStatus {
+    fn is_reachable(&self) -> bool {
+        PdStatus::is_reachable(self)
+    }
+
+    fn unreachable_summary(&self) -> Option<String> {
+        PdStatus::unreachable_summary(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub migrate_duration: HistogramVec,
     pub inbound_bytes: IntCounterVec,
     pub outbound_bytes: IntCounterVec,
+    /// Each backend's score per balancing factor, as the balancer last saw it.
+    pub b_score: IntGaugeVec,
+    pub cross_location_bytes: IntCounter,
     pub inbound_packets: IntCounter,
     pub outbound_packets: IntCounter,
 }
@@ -256,6 +259,21 @@ impl Metrics {
                 opts("traffic", "outbound_bytes", "Bytes sent to backends."),
                 &["backend"]
             )
+            .unwrap()),
+            b_score: reg!(IntGaugeVec::new(
+                opts(
+                    "balance",
+                    "b_score",
+                    "Each backend's score on each balancing factor that counts (lower is better)."
+                ),
+                &["backend", "factor"]
+            )
+            .unwrap()),
+            cross_location_bytes: reg!(IntCounter::with_opts(opts(
+                "traffic",
+                "cross_location_bytes",
+                "Bytes to and from backends in another zone than the proxy's."
+            ))
             .unwrap()),
             inbound_packets: reg!(IntCounter::with_opts(opts(
                 "traffic",

@@ -1,9 +1,10 @@
-//! What every session shares: settings read at session start, TLS, the backend selector,
-//! the live session count, and the shutdown tokens.
+//! What every session shares: settings read at session start, TLS, the backend selector
+//! (through its trait), the live session count, and the shutdown tokens.
 
 use super::query_log::QueryErrorLog;
 use super::registry::Registry;
-use crate::balance::BackendSet;
+use crate::balance::policy::{Mode, Policy, Routing};
+use crate::balance::{BackendSelector, BackendSet};
 use crate::config::Config;
 use crate::protocol::constants::cap;
 use crate::protocol::stream::TlsContext;
@@ -11,6 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// A session moved for balance is left alone this long, and no session moves back along the
+/// same pair of backends within it, so sessions never ping-pong.
+pub const MOVE_HOLD: Duration = Duration::from_secs(30);
 
 /// Session settings derived from the config; replaced as a whole on reload.
 #[derive(Debug, Clone)]
@@ -25,8 +30,8 @@ pub struct SessionSettings {
     pub service_account: crate::config::ServiceAccount,
     pub fail_backend_list: Vec<String>,
     pub failover_timeout: Duration,
-    pub conn_count_ratio: f64,
-    pub max_migrations_per_second: u32,
+    /// The balancing policy, from `[balance]`, `labels` and the failover keys.
+    pub policy: Policy,
     /// Every client connection starts with a PROXY protocol v2 header.
     pub proxy_protocol_v2: bool,
     /// Who may send that header (`[proxy] proxy-protocol-networks`).
@@ -48,8 +53,16 @@ impl SessionSettings {
             service_account: c.proxy.service_account.clone(),
             fail_backend_list: c.proxy.fail_backend_list.clone(),
             failover_timeout: Duration::from_secs(c.proxy.failover_timeout),
-            conn_count_ratio: c.balance.conn_count_ratio,
-            max_migrations_per_second: c.balance.max_migrations_per_second,
+            policy: Policy {
+                mode: Mode::parse(&c.balance.policy),
+                routing: Routing::parse(&c.balance.routing_policy),
+                label_name: c.balance.label_name.clone(),
+                own_labels: c.labels.clone(),
+                conn_count_ratio: c.balance.conn_count_ratio,
+                max_migrations_per_second: c.balance.max_migrations_per_second,
+                failover_timeout: Duration::from_secs(c.proxy.failover_timeout),
+                hold: MOVE_HOLD,
+            },
             proxy_protocol_v2: c.proxy.proxy_protocol == "v2",
             // Validated with the config; an invalid list here trusts only loopback.
             proxy_protocol_networks: crate::config::networks::TrustedNetworks::parse(
@@ -64,7 +77,10 @@ impl SessionSettings {
 pub struct ProxyContext {
     settings: RwLock<Arc<SessionSettings>>,
     pub tls: TlsContext,
+    /// The backend list, for reports and for the balancer that feeds it.
     pub backends: Arc<BackendSet>,
+    /// How sessions get a backend: the data plane goes through this, never the set itself.
+    pub selector: Arc<dyn BackendSelector>,
     pub registry: Arc<Registry>,
     pub query_errors: QueryErrorLog,
     /// Connections per client IP still in their handshake (`max-handshakes-per-source`).
@@ -93,6 +109,7 @@ impl ProxyContext {
         Self {
             settings: RwLock::new(Arc::new(settings)),
             tls,
+            selector: backends.clone(),
             backends,
             registry: Arc::new(Registry::default()),
             query_errors,

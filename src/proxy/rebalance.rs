@@ -1,25 +1,32 @@
-//! The rebalancer: once a second it asks sessions to move off backends that are unhealthy,
-//! gone from the list or in fail-backend-list (all of them, at their next transaction
-//! boundary), and moves a bounded number per second from the busiest to the least busy
-//! healthy backend. Sessions left on a failed backend after failover-timeout are closed.
+//! The balancing driver: once a second it gathers the backends, their load figures (read from
+//! each TiDB's status-port `/metrics` every few seconds) and the live sessions, asks the pure
+//! policy in `balance::policy` what to do, and signals sessions through their handles. It
+//! also hands new-session routing the policy and figures, and publishes the factor scores and
+//! cross-zone traffic: the policy itself observes nothing and writes no metrics.
 
 use super::context::ProxyContext;
 use super::registry::{Redirect, SessionEntry};
-use crate::balance::Backend;
-use std::collections::HashMap;
+use crate::balance::factors::{fetch::fetch_sample, Load, LoadTracker};
+use crate::balance::policy::{self, Action, BackendInput, Mode, Planner, SessionInput};
+use crate::balance::{backend_input, Backend, RouteView, SessionHandle};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 const TICK: Duration = Duration::from_secs(1);
-/// A session moved for balance is left alone this long, so sessions never ping-pong.
-const SETTLE: Duration = Duration::from_secs(30);
+/// How often each TiDB's `/metrics` is read.
+pub const METRICS_EVERY: Duration = Duration::from_secs(3);
+/// One reading may take this long; a TiDB slower than that is left without fresh figures.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Figures older than this are dropped, and the factor with them.
+pub const METRICS_STALE: Duration = Duration::from_secs(15);
 
 pub fn start(ctx: Arc<ProxyContext>, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut state = Rebalancer::default();
+        let mut driver = Driver::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -28,121 +35,210 @@ pub fn start(ctx: Arc<ProxyContext>, shutdown: CancellationToken) -> JoinHandle<
             if ctx.closing.is_cancelled() {
                 continue;
             }
-            state.tick(&ctx, Instant::now());
+            let now = Instant::now();
+            if ctx.settings().policy.mode == Mode::Resource
+                && driver
+                    .read_at
+                    .is_none_or(|t| now.duration_since(t) >= METRICS_EVERY)
+            {
+                driver.read_at = Some(now);
+                let list = ctx.backends.snapshot();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = driver.read_metrics(&list) => {}
+                }
+            }
+            driver.tick(&ctx, Instant::now());
         }
     })
 }
 
+impl SessionHandle for SessionEntry {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn backend(&self) -> String {
+        SessionEntry::backend(self)
+    }
+
+    fn in_txn(&self) -> bool {
+        self.in_transaction()
+    }
+
+    fn redirect_pending(&self) -> bool {
+        self.has_redirect()
+    }
+
+    fn redirect(&self, to: Option<String>, reason: &'static str) {
+        self.request_redirect(Redirect { target: to, reason });
+    }
+
+    fn close(&self) {
+        self.request_close();
+    }
+}
+
 #[derive(Default)]
-struct Rebalancer {
-    /// When each session was first seen on a failed backend.
-    stranded_since: HashMap<u64, Instant>,
-    /// When each session was last asked to move for balance.
-    balanced_at: HashMap<u64, Instant>,
+struct Driver {
+    planner: Planner,
+    loads: LoadTracker,
+    read_at: Option<Instant>,
+    /// The score series published last round, so a backend or factor that left loses its own.
+    published: HashSet<(String, &'static str)>,
+    /// Each backend's traffic byte total at the last round, for the cross-zone count.
+    traffic_seen: HashMap<String, u64>,
+    /// Backends whose `/metrics` failed at the last reading, so the outage is logged once.
+    unreadable: HashSet<String>,
 }
 
-/// Why a session on `addr` must leave it, if it must.
-pub fn drain_reason(
-    addr: &str,
-    list: &[Arc<Backend>],
-    fail_list: &[String],
-) -> Option<&'static str> {
-    if fail_list.iter().any(|f| f == addr) {
-        return Some("fail-backend-list");
-    }
-    match list.iter().find(|b| b.addr == addr) {
-        None => Some("backend-removed"),
-        Some(b) if !b.is_healthy() => Some("backend-unhealthy"),
-        Some(_) => None,
-    }
-}
-
-/// The busiest and least busy eligible backends when they are out of balance, and how many
-/// sessions to move now.
-pub fn imbalance(
-    list: &[Arc<Backend>],
-    fail_list: &[String],
-    ratio: f64,
-    per_second: u32,
-) -> Option<(Arc<Backend>, Arc<Backend>, usize)> {
-    let eligible: Vec<&Arc<Backend>> = list
-        .iter()
-        .filter(|b| b.is_healthy() && !fail_list.contains(&b.addr))
-        .collect();
-    let max = eligible.iter().max_by_key(|b| b.sessions())?;
-    let min = eligible.iter().min_by_key(|b| b.sessions())?;
-    let (hi, lo) = (max.sessions(), min.sessions());
-    if hi < lo + 2 || (hi as f64) <= (lo as f64) * ratio.max(1.0) {
-        return None;
-    }
-    let n = ((hi - lo) / 2).min(u64::from(per_second)) as usize;
-    (n > 0).then(|| ((*max).clone(), (*min).clone(), n))
-}
-
-impl Rebalancer {
-    fn tick(&mut self, ctx: &ProxyContext, now: Instant) {
-        let settings = ctx.settings();
-        let list = ctx.backends.snapshot();
-        let entries = ctx.registry.entries();
-        let has_target = |from: &str| {
-            list.iter().any(|b| {
-                b.is_healthy() && b.addr != from && !settings.fail_backend_list.contains(&b.addr)
-            })
-        };
-        let mut live = std::collections::HashSet::new();
-        for e in &entries {
-            live.insert(e.id);
-            let addr = e.backend();
-            if addr.is_empty() {
-                continue;
-            }
-            match drain_reason(&addr, &list, &settings.fail_backend_list) {
-                Some(reason) => {
-                    let since = *self.stranded_since.entry(e.id).or_insert(now);
-                    if reason == "fail-backend-list"
-                        && now.duration_since(since) >= settings.failover_timeout
-                    {
-                        warn!(conn = e.id, backend = %addr, "closing session still on a fail-backend-list backend after failover-timeout");
-                        e.request_close();
-                        continue;
-                    }
-                    if has_target(&addr) && !e.has_redirect() {
-                        e.request_redirect(Redirect {
-                            target: None,
-                            reason,
-                        });
-                    }
-                }
-                None => {
-                    self.stranded_since.remove(&e.id);
-                }
+impl Driver {
+    /// Reads every TiDB with a status port at once; a failure leaves that TiDB's figures to
+    /// go stale.
+    async fn read_metrics(&mut self, list: &[Arc<Backend>]) {
+        let mut reads = JoinSet::new();
+        for b in list {
+            if let Some(status) = b.status_addr() {
+                let addr = b.addr.clone();
+                reads.spawn(async move { (addr, fetch_sample(&status, METRICS_TIMEOUT).await) });
             }
         }
-        self.stranded_since.retain(|id, _| live.contains(id));
-        self.balanced_at
-            .retain(|id, at| live.contains(id) && now.duration_since(*at) < SETTLE);
-        if let Some((from, to, n)) = imbalance(
-            &list,
-            &settings.fail_backend_list,
-            settings.conn_count_ratio,
-            settings.max_migrations_per_second,
-        ) {
-            let movable: Vec<&Arc<SessionEntry>> = entries
-                .iter()
-                .filter(|e| {
-                    e.backend() == from.addr
-                        && !e.in_transaction()
-                        && !e.has_redirect()
-                        && !self.balanced_at.contains_key(&e.id)
-                })
-                .take(n)
-                .collect();
-            for e in movable {
-                self.balanced_at.insert(e.id, now);
-                e.request_redirect(Redirect {
-                    target: Some(to.addr.clone()),
-                    reason: "conn-count",
-                });
+        while let Some(done) = reads.join_next().await {
+            match done {
+                Ok((addr, Ok(sample))) => {
+                    if self.unreadable.remove(&addr) {
+                        info!(backend = %addr, "load figures readable again");
+                    }
+                    self.loads.observe(&addr, Instant::now(), sample);
+                }
+                Ok((addr, Err(e))) => {
+                    // Once per outage: the factors quietly dropping out would hide why.
+                    if self.unreadable.insert(addr.clone()) {
+                        warn!(backend = %addr, error = %e, "cannot read load figures; balancing on the other factors until they are back");
+                    } else {
+                        debug!(backend = %addr, error = %e, "no load figures");
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        self.loads.retain(|a| list.iter().any(|b| b.addr == a));
+        self.unreadable
+            .retain(|a| list.iter().any(|b| &b.addr == a));
+    }
+
+    fn tick(&mut self, ctx: &ProxyContext, now: Instant) {
+        let settings = ctx.settings();
+        let policy = &settings.policy;
+        let list = ctx.backends.snapshot();
+        let loads: HashMap<String, Load> = list
+            .iter()
+            .map(|b| (b.addr.clone(), self.loads.load(&b.addr, now, METRICS_STALE)))
+            .collect();
+        let inputs: Vec<BackendInput> = list
+            .iter()
+            .map(|b| {
+                let fail_listed = settings.fail_backend_list.contains(&b.addr);
+                backend_input(b, loads[&b.addr], fail_listed)
+            })
+            .collect();
+        let handles: Vec<Arc<dyn SessionHandle>> = ctx
+            .registry
+            .entries()
+            .into_iter()
+            .map(|e| e as Arc<dyn SessionHandle>)
+            .collect();
+        let sessions: Vec<SessionInput> = handles
+            .iter()
+            .map(|h| SessionInput {
+                id: h.id(),
+                backend: h.backend(),
+                in_txn: h.in_txn(),
+                redirect_pending: h.redirect_pending(),
+            })
+            .collect();
+        let actions = self.planner.plan(&inputs, &sessions, policy, now);
+        apply(&handles, actions);
+        let scores = self.publish_scores(&inputs, policy);
+        self.count_cross_location(&list, policy);
+        ctx.backends.set_route_view(RouteView {
+            policy: policy.clone(),
+            loads,
+            scores,
+        });
+    }
+
+    /// Sets the score gauges and returns the scores for reports.
+    fn publish_scores(
+        &mut self,
+        inputs: &[BackendInput],
+        policy: &policy::Policy,
+    ) -> HashMap<String, BTreeMap<&'static str, u32>> {
+        let eligible: Vec<&BackendInput> = inputs
+            .iter()
+            .filter(|b| b.healthy && !b.fail_listed)
+            .collect();
+        let s = policy::scores(&eligible, policy);
+        let gauge = &crate::metrics::get().b_score;
+        let mut now_published = HashSet::new();
+        let mut report = HashMap::with_capacity(eligible.len());
+        for (b, row) in eligible.iter().zip(&s.per_backend) {
+            let mine: &mut BTreeMap<&'static str, u32> = report.entry(b.addr.clone()).or_default();
+            for (f, v) in s.active.iter().zip(row) {
+                mine.insert(f.as_str(), *v);
+                gauge
+                    .with_label_values(&[&b.addr, f.as_str()])
+                    .set(i64::from(*v));
+                now_published.insert((b.addr.clone(), f.as_str()));
+            }
+        }
+        for (addr, factor) in self.published.difference(&now_published) {
+            let _ = gauge.remove_label_values(&[addr.as_str(), factor]);
+        }
+        self.published = now_published;
+        report
+    }
+
+    /// Adds the traffic of backends in another zone since the last round.
+    fn count_cross_location(&mut self, list: &[Arc<Backend>], policy: &policy::Policy) {
+        let counter = &crate::metrics::get().cross_location_bytes;
+        let mut seen = HashMap::with_capacity(list.len());
+        for b in list {
+            let total = b.metrics.inbound_bytes.get() + b.metrics.outbound_bytes.get();
+            let before = self.traffic_seen.get(&b.addr).copied().unwrap_or(total);
+            if policy.is_cross_location(&b.labels()) {
+                counter.inc_by(total.saturating_sub(before));
+            }
+            seen.insert(b.addr.clone(), total);
+        }
+        self.traffic_seen = seen;
+    }
+}
+
+/// Signals what the policy decided to the sessions it concerns.
+fn apply(handles: &[Arc<dyn SessionHandle>], actions: Vec<Action>) {
+    if actions.is_empty() {
+        return;
+    }
+    let by_id: HashMap<u64, &Arc<dyn SessionHandle>> =
+        handles.iter().map(|h| (h.id(), h)).collect();
+    for a in actions {
+        match a {
+            Action::Move {
+                session,
+                to,
+                reason,
+                ..
+            } => {
+                if let Some(h) = by_id.get(&session) {
+                    h.redirect(to, reason.as_str());
+                }
+            }
+            Action::Close { session, from } => {
+                if let Some(h) = by_id.get(&session) {
+                    warn!(conn = session, backend = %from, "closing session still on a fail-backend-list backend after failover-timeout");
+                    h.close();
+                }
             }
         }
     }
@@ -152,48 +248,121 @@ impl Rebalancer {
 mod tests {
     use super::*;
     use crate::balance::BackendLease;
+    use crate::balance::BackendSet;
+    use crate::config::Config;
+    use crate::proxy::context::SessionSettings;
+    use crate::proxy::query_log::QueryErrorLog;
 
-    fn backends(n: usize) -> Vec<Arc<Backend>> {
-        (0..n)
-            .map(|i| Arc::new(Backend::new(format!("b{i}:1"))))
-            .collect()
+    fn ctx(addrs: &[&str]) -> ProxyContext {
+        let set = Arc::new(BackendSet::new(
+            &addrs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ));
+        ProxyContext::new(
+            SessionSettings::from_config(&Config::default()),
+            crate::protocol::stream::TlsContext::default(),
+            set,
+            QueryErrorLog::new(false),
+        )
     }
 
+    /// The driver turns the policy's moves into redirect requests on the sessions themselves.
     #[test]
-    fn drain_reasons() {
-        let list = backends(2);
-        list[1].mark_unhealthy("down");
-        assert_eq!(drain_reason("b0:1", &list, &[]), None);
-        assert_eq!(drain_reason("b1:1", &list, &[]), Some("backend-unhealthy"));
-        assert_eq!(drain_reason("gone:1", &list, &[]), Some("backend-removed"));
-        assert_eq!(
-            drain_reason("b0:1", &list, &["b0:1".into()]),
-            Some("fail-backend-list")
-        );
-    }
-
-    #[test]
-    fn imbalance_is_bounded_and_needs_a_real_gap() {
-        let list = backends(2);
-        let leases: Vec<_> = (0..10)
-            .map(|_| BackendLease::new(list[0].clone()))
+    fn imbalance_reaches_the_sessions_through_their_handles() {
+        let ctx = ctx(&["a:1", "b:1"]);
+        let list = ctx.backends.snapshot();
+        let mut regs = Vec::new();
+        let mut leases = Vec::new();
+        for id in 0..6 {
+            let r = ctx.registry.register(id, "127.0.0.1:9".parse().unwrap());
+            r.entry.set_identity("app", "a:1");
+            leases.push(BackendLease::new(list[0].clone()));
+            regs.push(r);
+        }
+        regs[0].entry.set_in_transaction(true);
+        let mut d = Driver::default();
+        d.tick(&ctx, Instant::now());
+        let asked: Vec<(u64, Option<Redirect>)> = regs
+            .iter()
+            .map(|r| (r.entry.id, r.entry.take_redirect()))
+            .filter(|(_, r)| r.is_some())
             .collect();
-        let (from, to, n) = imbalance(&list, &[], 1.5, 3).unwrap();
-        assert_eq!(
-            (from.addr.as_str(), to.addr.as_str(), n),
-            ("b0:1", "b1:1", 3)
-        );
-        let _more: Vec<_> = (0..9).map(|_| BackendLease::new(list[1].clone())).collect();
-        assert!(
-            imbalance(&list, &[], 1.5, 3).is_none(),
-            "10 vs 9 is balanced"
-        );
-        drop(leases);
-        let list = backends(2);
-        let _one = BackendLease::new(list[0].clone());
-        assert!(
-            imbalance(&list, &[], 1.5, 3).is_none(),
-            "1 vs 0 is not worth a move"
-        );
+        assert_eq!(asked.len(), 3, "half the gap of 6: {asked:?}");
+        assert!(asked.iter().all(|(id, r)| *id != 0
+            && r.as_ref().unwrap().target.as_deref() == Some("b:1")
+            && r.as_ref().unwrap().reason == "conn"));
+        assert_eq!(ctx.backends.route_view().policy, ctx.settings().policy);
+    }
+
+    #[test]
+    fn traffic_to_another_zone_is_counted_and_scores_are_reported() {
+        let ctx = ctx(&[]);
+        let spec = |addr: &str, zone: &str| crate::balance::BackendSpec {
+            addr: addr.into(),
+            source: crate::balance::BackendSource::Pd,
+            status_addr: None,
+            labels: [("zone".to_string(), zone.to_string())].into(),
+        };
+        ctx.backends
+            .set_specs(&[spec("near-x:1", "z1"), spec("far-x:1", "z2")]);
+        let mut settings = ctx.settings().as_ref().clone();
+        settings.policy.own_labels = [("zone".to_string(), "z1".to_string())].into();
+        ctx.set_settings(settings);
+        let mut d = Driver::default();
+        d.tick(&ctx, Instant::now());
+        let counter = &crate::metrics::get().cross_location_bytes;
+        let before = counter.get();
+        let list = ctx.backends.snapshot();
+        list[0].metrics.inbound_bytes.inc_by(1000);
+        list[1].metrics.outbound_bytes.inc_by(7);
+        d.tick(&ctx, Instant::now());
+        // Other tests in this process may count too; ours adds at least the far backend's 7.
+        assert!(counter.get() - before >= 7);
+        let view = ctx.backends.route_view();
+        assert_eq!(view.scores["far-x:1"].get("location"), Some(&1));
+        assert_eq!(view.scores["near-x:1"].get("location"), Some(&0));
+    }
+
+    #[tokio::test]
+    async fn unreadable_metrics_are_remembered_and_readable_ones_give_figures() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\n\r\nprocess_resident_memory_bytes 50\ntidb_server_memory_quota_bytes 100\n")
+                    .await;
+            }
+        });
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bad = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let spec = |addr: &str, status: &str| crate::balance::BackendSpec {
+            addr: addr.into(),
+            source: crate::balance::BackendSource::Pd,
+            status_addr: Some(status.into()),
+            labels: Default::default(),
+        };
+        let set = BackendSet::default();
+        set.set_specs(&[spec("ok:1", &good), spec("down:1", &bad)]);
+        let mut d = Driver::default();
+        d.read_metrics(&set.snapshot()).await;
+        let now = Instant::now();
+        assert_eq!(d.loads.load("ok:1", now, METRICS_STALE).memory, Some(0.5));
+        assert_eq!(d.loads.load("down:1", now, METRICS_STALE), Load::default());
+        assert!(d.unreadable.contains("down:1") && !d.unreadable.contains("ok:1"));
+    }
+
+    #[test]
+    fn sessions_on_a_down_backend_are_drained() {
+        let ctx = ctx(&["a:1", "b:1"]);
+        ctx.backends.snapshot()[0].mark_unhealthy("refused");
+        let r = ctx.registry.register(1, "127.0.0.1:9".parse().unwrap());
+        r.entry.set_identity("app", "a:1");
+        Driver::default().tick(&ctx, Instant::now());
+        let req = r.entry.take_redirect().expect("a drain");
+        assert_eq!((req.target, req.reason), (None, "backend-unhealthy"));
     }
 }

@@ -12,7 +12,7 @@ use super::super::client_handshake::ClientHello;
 use super::super::context::{ProxyContext, SessionSettings};
 use super::super::error::ClientError;
 use super::super::migrate::credential::ProofCapture;
-use crate::balance::{Backend, BackendLease, BackendSelector};
+use crate::balance::{Backend, BackendLease};
 use crate::protocol::handshake::Greeting;
 use crate::protocol::PacketConn;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ impl Early {
     ) -> Option<Result<Early, Failed>> {
         let slot = EARLY_SLOTS.try_acquire().ok()?;
         let backend = ctx
-            .backends
+            .selector
             .select(&super::not_for_new_sessions(ctx, settings))?;
         let lease = BackendLease::new(backend.clone());
         let limit = settings.backend_connect_timeout;

@@ -16,7 +16,7 @@ use super::migrate::service::Login;
 use super::migrate::state::Tracked;
 use super::registry::SessionEntry;
 use super::txn::TxnState;
-use crate::balance::{BackendLease, BackendSelector};
+use crate::balance::BackendLease;
 use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::cap;
 use crate::protocol::handshake::HandshakeResponse;
@@ -358,7 +358,7 @@ async fn connect_backend(
         failures.push(format!("{} ({reason})", backend.addr));
         tried.push(backend);
     }
-    while let Some(backend) = ctx.backends.select(&tried) {
+    while let Some(backend) = ctx.selector.select(&tried) {
         tried.push(backend.clone());
         let lease = BackendLease::new(backend.clone());
         let attempt = timeout(
@@ -391,7 +391,7 @@ async fn connect_backend(
     crate::metrics::get().get_backend_fail.inc();
     if failures.is_empty() {
         Err(ClientError::NoBackendAvailable {
-            detail: ctx.backends.unavailable_reason(),
+            detail: ctx.selector.unavailable_reason(),
         })
     } else {
         Err(ClientError::BackendConnectFailed {

@@ -3,7 +3,7 @@
 //! backend failed, from the state the proxy tracked.
 
 use super::{tell, End, Flow, Session};
-use crate::balance::{Backend, BackendLease, BackendSelector};
+use crate::balance::{Backend, BackendLease};
 use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::{cap, cmd};
 use crate::protocol::handshake::HandshakeResponse;
@@ -96,7 +96,7 @@ impl Session {
                 .iter()
                 .find(|b| &b.addr == addr && b.is_healthy() && !Arc::ptr_eq(b, &current))
                 .cloned(),
-            None => ctx.backends.select(&[current]),
+            None => ctx.selector.select(&[current]),
         }
     }
 

@@ -1,0 +1,488 @@
+//! Table tests of the policy: routing of new sessions and the moves of each round.
+
+use super::*;
+
+fn zone(z: &str) -> BTreeMap<String, String> {
+    [("zone".to_string(), z.to_string())].into()
+}
+
+fn b(addr: &str, sessions: u64) -> BackendInput {
+    BackendInput {
+        addr: addr.into(),
+        healthy: true,
+        sessions,
+        ..BackendInput::default()
+    }
+}
+
+fn with_load(
+    mut x: BackendInput,
+    cpu: Option<f64>,
+    memory: Option<f64>,
+    err: Option<f64>,
+) -> BackendInput {
+    x.load = Load {
+        cpu,
+        memory,
+        error_rate: err,
+    };
+    x
+}
+
+fn in_zone(mut x: BackendInput, z: &str) -> BackendInput {
+    x.labels = zone(z);
+    x
+}
+
+fn sessions_on(addr: &str, ids: std::ops::Range<u64>) -> Vec<SessionInput> {
+    ids.map(|id| SessionInput {
+        id,
+        backend: addr.into(),
+        in_txn: false,
+        redirect_pending: false,
+    })
+    .collect()
+}
+
+fn zoned_policy(label_name: &str, own: &str) -> Policy {
+    Policy {
+        label_name: label_name.into(),
+        own_labels: zone(own),
+        ..Policy::default()
+    }
+}
+
+fn pick(list: &[BackendInput], policy: &Policy) -> Option<String> {
+    let refs: Vec<&BackendInput> = list.iter().collect();
+    choose(&refs, policy, 0).map(|i| list[i].addr.clone())
+}
+
+/// (from, to, reason, count) of the balancing moves in a round's actions.
+fn moves(actions: &[Action]) -> Vec<(String, String, &'static str)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Move {
+                from,
+                to: Some(to),
+                reason,
+                ..
+            } => Some((from.clone(), to.clone(), reason.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn new_sessions_follow_the_factors_in_order() {
+    let p = Policy::default();
+    let cases: Vec<(&str, Vec<BackendInput>, Policy, Option<&str>)> = vec![
+        (
+            "fewest sessions, no figures",
+            vec![b("a", 3), b("b", 1), b("c", 1)],
+            p.clone(),
+            Some("b"),
+        ),
+        ("nothing to choose", vec![], p.clone(), None),
+        (
+            "same label first, even when busier",
+            vec![in_zone(b("a", 0), "z2"), in_zone(b("b", 9), "z1")],
+            zoned_policy("zone", "z1"),
+            Some("b"),
+        ),
+        (
+            "no same-label backend: any other",
+            vec![in_zone(b("a", 4), "z2"), in_zone(b("c", 2), "z3")],
+            zoned_policy("zone", "z1"),
+            Some("c"),
+        ),
+        (
+            "location without label-name still prefers the own zone",
+            vec![in_zone(b("a", 0), "z2"), in_zone(b("b", 5), "z1")],
+            zoned_policy("", "z1"),
+            Some("b"),
+        ),
+        (
+            "an idle CPU beats fewer sessions",
+            vec![
+                with_load(b("a", 1), Some(0.9), None, None),
+                with_load(b("b", 8), Some(0.1), None, None),
+            ],
+            p.clone(),
+            Some("b"),
+        ),
+        (
+            "a missing CPU figure takes the factor out: counts decide",
+            vec![with_load(b("a", 1), Some(0.9), None, None), b("b", 8)],
+            p.clone(),
+            Some("a"),
+        ),
+        (
+            "health before memory before CPU",
+            vec![
+                with_load(b("a", 0), Some(0.0), Some(0.1), Some(0.9)),
+                with_load(b("b", 0), Some(0.0), Some(0.9), Some(0.0)),
+                with_load(b("c", 0), Some(0.9), Some(0.1), Some(0.0)),
+            ],
+            p.clone(),
+            Some("c"),
+        ),
+        (
+            "connection mode ignores figures and labels",
+            vec![
+                with_load(in_zone(b("a", 1), "z1"), Some(0.9), None, None),
+                in_zone(b("b", 0), "z2"),
+            ],
+            Policy {
+                mode: Mode::Connection,
+                ..zoned_policy("zone", "z1")
+            },
+            Some("b"),
+        ),
+        (
+            "location mode ignores load figures",
+            vec![
+                with_load(b("a", 1), Some(0.9), None, None),
+                with_load(b("b", 3), Some(0.0), None, None),
+            ],
+            Policy {
+                mode: Mode::Location,
+                ..Policy::default()
+            },
+            Some("a"),
+        ),
+    ];
+    for (name, list, policy, want) in cases {
+        assert_eq!(pick(&list, &policy).as_deref(), want, "{name}");
+    }
+}
+
+#[test]
+fn random_routing_stays_in_the_best_group() {
+    let p = Policy {
+        routing: Routing::Random,
+        ..zoned_policy("zone", "z1")
+    };
+    let list = [
+        in_zone(b("a", 9), "z1"),
+        in_zone(b("x", 0), "z2"),
+        in_zone(b("b", 0), "z1"),
+    ];
+    let refs: Vec<&BackendInput> = list.iter().collect();
+    let picked: std::collections::BTreeSet<usize> =
+        (0..8).map(|r| choose(&refs, &p, r).unwrap()).collect();
+    assert_eq!(
+        picked,
+        [0, 2].into(),
+        "both same-zone backends, never the other zone"
+    );
+}
+
+/// A name, the backends (each holding as many idle sessions as it counts), the policy, and the
+/// moves wanted as (from, to, reason).
+type MoveCase = (
+    &'static str,
+    Vec<BackendInput>,
+    Policy,
+    Vec<(&'static str, &'static str, &'static str)>,
+);
+
+#[test]
+fn each_round_moves_for_the_first_factor_that_wants_it() {
+    let p = Policy::default();
+    let cases: Vec<MoveCase> = vec![
+        (
+            "a busy CPU sheds to an idle one at the CPU rate",
+            vec![
+                with_load(b("a", 10), Some(0.9), None, None),
+                with_load(b("b", 10), Some(0.1), None, None),
+            ],
+            p.clone(),
+            vec![("a", "b", "cpu"); 2],
+        ),
+        (
+            "two busy CPUs do not trade",
+            vec![
+                with_load(b("a", 10), Some(0.9), None, None),
+                with_load(b("b", 10), Some(0.75), None, None),
+            ],
+            p.clone(),
+            vec![],
+        ),
+        (
+            "missing figures: counts decide",
+            vec![with_load(b("a", 10), Some(0.9), None, None), b("b", 0)],
+            Policy {
+                max_migrations_per_second: 3,
+                ..p.clone()
+            },
+            vec![("a", "b", "conn"); 3],
+        ),
+        (
+            "memory at OOM risk moves to one under 60 %",
+            vec![
+                with_load(b("a", 4), None, Some(0.85), None),
+                with_load(b("b", 4), None, Some(0.3), None),
+            ],
+            p.clone(),
+            vec![("a", "b", "memory"); 4],
+        ),
+        (
+            "memory at 85 % and 70 %: no target",
+            vec![
+                with_load(b("a", 4), None, Some(0.85), None),
+                with_load(b("b", 4), None, Some(0.7), None),
+            ],
+            p.clone(),
+            vec![],
+        ),
+        (
+            "health comes before CPU",
+            vec![
+                with_load(b("a", 3), Some(0.0), None, Some(0.9)),
+                with_load(b("b", 3), Some(0.9), None, Some(0.0)),
+            ],
+            p.clone(),
+            vec![("a", "b", "health"); 3],
+        ),
+        (
+            "a busy CPU never sheds into another label",
+            vec![
+                with_load(in_zone(b("a", 10), "z1"), Some(0.9), None, None),
+                with_load(in_zone(b("b", 0), "z2"), Some(0.0), None, None),
+            ],
+            zoned_policy("zone", "z1"),
+            vec![],
+        ),
+        (
+            "sessions on another label come home",
+            vec![in_zone(b("a", 0), "z1"), in_zone(b("b", 2), "z2")],
+            zoned_policy("zone", "z1"),
+            vec![("b", "a", "label"); 2],
+        ),
+        (
+            "counts balance only between backends ranked alike",
+            vec![in_zone(b("a", 10), "z1"), in_zone(b("b", 0), "z2")],
+            zoned_policy("zone", "z1"),
+            vec![],
+        ),
+        (
+            "10 against 9 is balanced",
+            vec![b("a", 10), b("b", 9)],
+            p.clone(),
+            vec![],
+        ),
+        (
+            "1 against 0 is not worth a move",
+            vec![b("a", 1), b("b", 0)],
+            p.clone(),
+            vec![],
+        ),
+    ];
+    for (name, list, policy, want) in cases {
+        let mut sessions = Vec::new();
+        let mut next = 0;
+        for x in &list {
+            sessions.extend(sessions_on(&x.addr, next..next + x.sessions));
+            next += x.sessions;
+        }
+        let got = moves(&Planner::default().plan(&list, &sessions, &policy, Instant::now()));
+        let want: Vec<(String, String, &str)> = want
+            .into_iter()
+            .map(|(f, t, r)| (f.to_string(), t.to_string(), r))
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn sessions_in_transactions_or_already_asked_stay() {
+    let list = [b("a", 6), b("b", 0)];
+    let mut sessions = sessions_on("a", 0..6);
+    for s in sessions.iter_mut().take(4) {
+        s.in_txn = s.id % 2 == 0;
+        s.redirect_pending = s.id % 2 == 1;
+    }
+    let got = Planner::default().plan(&list, &sessions, &Policy::default(), Instant::now());
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|a| match a {
+            Action::Move { session, .. } => *session,
+            Action::Close { session, .. } => *session,
+        })
+        .collect();
+    assert_eq!(ids, [4, 5]);
+}
+
+#[test]
+fn drains_need_a_target_and_fail_listed_sessions_close_after_the_timeout() {
+    let mut list = vec![b("a", 1), b("b", 1), b("c", 1)];
+    list[1].healthy = false;
+    list[2].fail_listed = true;
+    let mut sessions = sessions_on("a", 0..1);
+    sessions.extend(sessions_on("b", 1..2));
+    sessions.extend(sessions_on("c", 2..3));
+    sessions.extend(sessions_on("gone", 3..4));
+    sessions.extend(sessions_on("", 4..5));
+    let p = Policy {
+        failover_timeout: Duration::from_secs(60),
+        ..Policy::default()
+    };
+    let t0 = Instant::now();
+    let mut planner = Planner::default();
+    let drains = |acts: &[Action]| -> Vec<(u64, &'static str)> {
+        acts.iter()
+            .map(|a| match a {
+                Action::Move {
+                    session,
+                    to: None,
+                    reason,
+                    ..
+                } => (*session, reason.as_str()),
+                Action::Move { session, .. } => (*session, "balance"),
+                Action::Close { session, .. } => (*session, "close"),
+            })
+            .collect()
+    };
+    let first = planner.plan(&list, &sessions, &p, t0);
+    assert_eq!(
+        drains(&first),
+        [
+            (1, "backend-unhealthy"),
+            (2, "fail-backend-list"),
+            (3, "backend-removed")
+        ]
+    );
+    let later = planner.plan(&list, &sessions, &p, t0 + Duration::from_secs(61));
+    assert!(drains(&later).contains(&(2, "close")), "{later:?}");
+    // With nowhere to go, nobody is asked to move.
+    list[0].healthy = false;
+    let stuck = Planner::default().plan(&list, &sessions, &p, t0);
+    assert!(
+        drains(&stuck).iter().all(|(_, r)| *r == "close"),
+        "{stuck:?}"
+    );
+    assert_eq!(drain_reason("a", &[]), Some(Reason::BackendRemoved));
+}
+
+/// Load that flips between two backends every round must not make sessions trade places.
+#[test]
+fn oscillating_load_does_not_ping_pong() {
+    let p = Policy {
+        hold: Duration::from_secs(30),
+        ..Policy::default()
+    };
+    let t0 = Instant::now();
+    let mut planner = Planner::default();
+    let mut on: HashMap<u64, String> = (0..20)
+        .map(|id| (id, if id < 10 { "a" } else { "b" }.to_string()))
+        .collect();
+    let mut moved_at: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut pairs: Vec<(u64, String, String)> = Vec::new();
+    for round in 0..25u64 {
+        let (busy, idle) = if round % 2 == 0 {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        };
+        let count = |addr: &str| on.values().filter(|v| *v == addr).count() as u64;
+        let list = [
+            with_load(b(busy, count(busy)), Some(0.95), None, None),
+            with_load(b(idle, count(idle)), Some(0.05), None, None),
+        ];
+        let mut sessions: Vec<SessionInput> = on
+            .iter()
+            .map(|(id, addr)| SessionInput {
+                id: *id,
+                backend: addr.clone(),
+                in_txn: false,
+                redirect_pending: false,
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.id);
+        let now = t0 + Duration::from_secs(round);
+        for a in planner.plan(&list, &sessions, &p, now) {
+            if let Action::Move {
+                session,
+                from,
+                to: Some(to),
+                ..
+            } = a
+            {
+                moved_at.entry(session).or_default().push(round);
+                pairs.push((round, from, to.clone()));
+                on.insert(session, to);
+            }
+        }
+    }
+    for (id, rounds) in &moved_at {
+        for w in rounds.windows(2) {
+            assert!(w[1] - w[0] >= 30, "session {id} moved in rounds {rounds:?}");
+        }
+    }
+    for (r, from, to) in &pairs {
+        let back = pairs
+            .iter()
+            .find(|(r2, f2, t2)| r2 > r && r2 - r < 30 && f2 == to && t2 == from);
+        assert!(
+            back.is_none(),
+            "{from}->{to} in round {r} reversed: {back:?}"
+        );
+    }
+    assert!(!pairs.is_empty(), "the first busy backend sheds");
+}
+
+#[test]
+fn a_held_session_is_not_moved_again_but_others_are() {
+    let list = [
+        with_load(b("a", 4), Some(0.9), None, None),
+        with_load(b("b", 0), Some(0.0), None, None),
+    ];
+    let sessions = sessions_on("a", 0..4);
+    let p = Policy::default();
+    let mut planner = Planner::default();
+    let t0 = Instant::now();
+    let ids = |acts: Vec<Action>| -> Vec<u64> {
+        acts.into_iter()
+            .filter_map(|a| match a {
+                Action::Move { session, .. } => Some(session),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(ids(planner.plan(&list, &sessions, &p, t0)), [0, 1]);
+    // Say the moves did not happen yet (the sessions were busy): the next round picks others.
+    assert_eq!(
+        ids(planner.plan(&list, &sessions, &p, t0 + Duration::from_secs(1))),
+        [2, 3]
+    );
+    assert_eq!(
+        ids(planner.plan(&list, &sessions, &p, t0 + Duration::from_secs(2))),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        ids(planner.plan(&list, &sessions, &p, t0 + Duration::from_secs(31))),
+        [0, 1]
+    );
+}
+
+#[test]
+fn scores_name_only_the_factors_that_count() {
+    let list = [
+        with_load(in_zone(b("a", 0), "z1"), Some(0.5), Some(0.7), None),
+        in_zone(b("b", 0), "z2"),
+    ];
+    let refs: Vec<&BackendInput> = list.iter().collect();
+    let s = scores(&refs, &zoned_policy("zone", "z1"));
+    assert_eq!(s.active, [Factor::Label, Factor::Location]);
+    assert_eq!(s.per_backend, [vec![0, 0], vec![1, 1]]);
+    let s = scores(&refs[..1], &Policy::default());
+    assert_eq!(s.active, [Factor::Memory, Factor::Cpu]);
+    assert_eq!(s.per_backend, [vec![1, 2]]);
+    assert!(!Policy::default().is_cross_location(&zone("z1")));
+    assert!(zoned_policy("", "z1").is_cross_location(&zone("z2")));
+    assert_eq!(
+        (Mode::parse("location"), Routing::parse("random")),
+        (Mode::Location, Routing::Random)
+    );
+}

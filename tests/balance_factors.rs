@@ -1,0 +1,298 @@
+//! Balancing on TiDB load end to end: real MariaDB servers hold the sessions, each paired with
+//! a scripted TiDB status port whose `/metrics` CPU figure the test changes, all discovered
+//! through PD's topology in a real etcd with zone labels. A busy backend sheds sessions, an
+//! idle one gains them, sessions stay in the proxy's zone, and flipping the load back and forth
+//! makes no session return to a backend it left.
+
+mod common;
+mod support_disc;
+
+use common::mariadb::MariaDb;
+use etcd_client::PutOptions;
+use mysql_async::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support_disc::{wait_for, Etcd, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const MAXPROCS: f64 = 4.0;
+
+/// What a scripted TiDB reports: its CPU counter advances at `usage` of its procs.
+struct Figures {
+    usage: f64,
+    cpu_seconds: f64,
+    at: Instant,
+}
+
+/// A TiDB status port: `/status` answers 200, `/metrics` the figures the test sets.
+struct TidbStatus {
+    port: u16,
+    figures: Arc<Mutex<Figures>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TidbStatus {
+    async fn start(usage: f64) -> TidbStatus {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let figures = Arc::new(Mutex::new(Figures {
+            usage,
+            cpu_seconds: 100.0,
+            at: Instant::now(),
+        }));
+        let f = figures.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let body = if head.starts_with("GET /metrics") {
+                        let cpu = {
+                            let mut g = f.lock().unwrap();
+                            let now = Instant::now();
+                            g.cpu_seconds +=
+                                g.usage * MAXPROCS * now.duration_since(g.at).as_secs_f64();
+                            g.at = now;
+                            g.cpu_seconds
+                        };
+                        format!(
+                            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n\
+                             tidb_server_maxprocs {MAXPROCS}\nprocess_resident_memory_bytes 3e8\n\
+                             tidb_server_memory_quota_bytes 1e9\n\
+                             tidb_server_query_total{{result=\"OK\",type=\"Query\"}} 10\n"
+                        )
+                    } else {
+                        r#"{"connections":0,"version":"8.0.11-TiDB","git_hash":"x"}"#.to_string()
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        TidbStatus {
+            port,
+            figures,
+            task,
+        }
+    }
+
+    fn set_usage(&self, usage: f64) {
+        let mut g = self.figures.lock().unwrap();
+        let now = Instant::now();
+        g.cpu_seconds += g.usage * MAXPROCS * now.duration_since(g.at).as_secs_f64();
+        g.at = now;
+        g.usage = usage;
+    }
+}
+
+impl Drop for TidbStatus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn register(etcd: &mut etcd_client::Client, sql_addr: &str, status_port: u16, zone: &str) {
+    let info = format!(
+        r#"{{"version":"8.0.11-TiDB-v7.5.0","git_hash":"abc","ip":"127.0.0.1","status_port":{status_port},"deploy_path":"/tmp","start_timestamp":1700000000,"labels":{{"zone":"{zone}"}}}}"#
+    );
+    etcd.put(format!("/topology/tidb/{sql_addr}/info"), info, None)
+        .await
+        .unwrap();
+    let lease = etcd.lease_grant(300, None).await.unwrap().id();
+    etcd.put(
+        format!("/topology/tidb/{sql_addr}/ttl"),
+        "1700000000000000000",
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+}
+
+async fn proxy_metrics(api_port: u16) -> String {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", api_port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        Some(String::from_utf8_lossy(&out).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// The backend port of each held session, read through the session itself.
+async fn ports(sessions: &mut [mysql_async::Conn]) -> Vec<u16> {
+    let mut out = Vec::with_capacity(sessions.len());
+    for c in sessions.iter_mut() {
+        let p: Option<u16> =
+            tokio::time::timeout(Duration::from_secs(10), c.query_first("SELECT @@port"))
+                .await
+                .expect("a held session answers")
+                .expect("a held session answers");
+        out.push(p.unwrap_or(0));
+    }
+    out
+}
+
+fn count(ports: &[u16], port: u16) -> usize {
+    ports.iter().filter(|p| **p == port).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_tidbs_shed_idle_ones_gain_zones_hold_and_nothing_ping_pongs() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let dbs = MariaDb::start_many(3);
+    // Moving a MariaDB session needs the service account to read its state.
+    for db in &dbs {
+        db.sql(
+            "CREATE USER 'svc'@'%' IDENTIFIED BY 'svcpass'; GRANT SELECT ON mysql.* TO 'svc'@'%'",
+        );
+    }
+    let (a, b, far) = (&dbs[0], &dbs[1], &dbs[2]);
+    let sa = TidbStatus::start(0.1).await;
+    let sb = TidbStatus::start(0.1).await;
+    let sfar = TidbStatus::start(0.0).await;
+    register(&mut kv, &a.addr(), sa.port, "z1").await;
+    register(&mut kv, &b.addr(), sb.port, "z1").await;
+    register(&mut kv, &far.addr(), sfar.port, "z2").await;
+    let proxy = Proxy::start(
+        &format!(
+            "pd-addrs = \"{}\"\n[proxy.service-account]\nuser = \"svc\"\npassword = \"svcpass\"",
+            etcd.endpoint()
+        ),
+        "[labels]\nzone = \"z1\"\n[balance]\nlabel-name = \"zone\"\n",
+    )
+    .await;
+
+    // Every TiDB is scored (the label factor counts from the start) before sessions open.
+    let all = [a.addr(), b.addr(), far.addr()];
+    wait_for(
+        "all three TiDBs to be scored",
+        Duration::from_secs(20),
+        || async {
+            let m = proxy_metrics(proxy.api_port).await;
+            all.iter()
+                .all(|addr| {
+                    m.contains(&format!(
+                        "tiproxy_balance_b_score{{backend=\"{addr}\",factor=\"label\"}}"
+                    ))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Zones: twelve sessions, none on the other zone's idle TiDB, split over the two in ours.
+    // No switch to the backend's Unix socket behind the proxy's back.
+    let opts =
+        mysql_async::Opts::from_url(&format!("{}?prefer_socket=false", proxy.url())).unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..12 {
+        sessions.push(
+            mysql_async::Conn::new(opts.clone())
+                .await
+                .expect("session through the proxy"),
+        );
+    }
+    let start = ports(&mut sessions).await;
+    assert_eq!(
+        count(&start, far.port()),
+        0,
+        "no session leaves the zone: {start:?}"
+    );
+    assert!(
+        count(&start, a.port()) >= 4 && count(&start, b.port()) >= 4,
+        "split in the zone: {start:?} (a {}, b {}, far {})\n{}",
+        a.port(),
+        b.port(),
+        far.port(),
+        proxy_metrics(proxy.api_port).await
+    );
+
+    // A busy TiDB sheds to the idle one in the same zone, never to the other zone.
+    sa.set_usage(0.95);
+    let shed_by = Instant::now() + Duration::from_secs(40);
+    let moved = loop {
+        let now = ports(&mut sessions).await;
+        if count(&now, a.port()) == 0 {
+            break now;
+        }
+        assert!(
+            Instant::now() < shed_by,
+            "the busy TiDB kept sessions: {now:?}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        count(&moved, b.port()),
+        12,
+        "the idle TiDB gained them: {moved:?}"
+    );
+    let m = proxy_metrics(proxy.api_port).await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("tiproxy_balance_migrate_total")
+                && l.contains("reason=\"cpu\"")
+                && l.contains("migrate_res=\"succeed\"")),
+        "cpu moves are counted:\n{m}"
+    );
+
+    // The busy TiDB gets no new sessions either, though it now has the fewest.
+    for _ in 0..3 {
+        let fresh = proxy.landing_port().await.expect("a new session");
+        assert_eq!(fresh, b.port(), "a new session avoids the busy TiDB");
+    }
+
+    // Flip the load back and forth: no session goes back to the TiDB it left, and new
+    // sessions go to whichever same-zone TiDB is idle by the last reading, never to z2.
+    let mut history: HashMap<usize, Vec<u16>> =
+        (0..sessions.len()).map(|i| (i, vec![moved[i]])).collect();
+    for round in 0..4 {
+        let (busy, idle) = if round % 2 == 0 {
+            (&sb, &sa)
+        } else {
+            (&sa, &sb)
+        };
+        busy.set_usage(0.95);
+        idle.set_usage(0.05);
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (i, p) in ports(&mut sessions).await.into_iter().enumerate() {
+                let h = history.get_mut(&i).unwrap();
+                if h.last() != Some(&p) {
+                    h.push(p);
+                }
+            }
+        }
+        let fresh = proxy.landing_port().await.expect("a new session");
+        assert_ne!(fresh, far.port(), "new sessions stay in the zone");
+    }
+    for (i, h) in &history {
+        let mut seen = std::collections::HashSet::new();
+        let returned = h.iter().any(|p| !seen.insert(*p));
+        assert!(
+            !returned,
+            "session {i} went back to a backend it left: {h:?}"
+        );
+        assert!(!h.contains(&far.port()), "session {i} left the zone: {h:?}");
+    }
+    for c in sessions {
+        let _ = c.disconnect().await;
+    }
+}
