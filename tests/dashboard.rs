@@ -1,20 +1,17 @@
 //! The web dashboard in headless Chromium: it renders the live backends and sessions, and
-//! says so plainly when the API cannot be reached. Skipped (with a notice) without Chromium.
+//! says so plainly when the API cannot be reached. Without Chromium it fails under `CI=true`
+//! and is skipped with a notice elsewhere (tests/common/tools.rs).
 
 mod support_ops;
+#[path = "common/tools.rs"]
+mod tools;
 
 use std::path::PathBuf;
 use support_ops::*;
 use tokio::process::Command;
 
 fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser"].iter().find_map(|name| {
-        std::env::var_os("PATH")?
-            .to_str()?
-            .split(':')
-            .map(|d| PathBuf::from(d).join(name))
-            .find(|p| p.is_file())
-    })
+    tools::require("chromium", &["chromium", "chromium-browser"])
 }
 
 /// Runs headless Chromium on `url` with `extra` flags; returns its stdout.
@@ -46,7 +43,6 @@ async fn run_chromium(bin: &PathBuf, url: &str, extra: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_live_backends_and_sessions() {
     let Some(bin) = chromium() else {
-        eprintln!("NOTICE: chromium is not installed; skipping the dashboard test (scripts/install-deps.sh installs it)");
         return;
     };
     let db = MariaDb::start();
@@ -83,7 +79,6 @@ async fn dashboard_shows_live_backends_and_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_says_when_the_api_is_unreachable() {
     let Some(bin) = chromium() else {
-        eprintln!("NOTICE: chromium is not installed; skipping the dashboard test");
         return;
     };
     // Serve the page from a proxy, then stop its status port: the page's polls fail.

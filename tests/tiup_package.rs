@@ -69,7 +69,7 @@ fn tiup_publishes_installs_and_runs_release_and_nightly() {
     let tiup = match support_tiup::tiup() {
         Ok(t) => t,
         Err(why) => {
-            eprintln!("SKIPPED: no tiup: {why}");
+            common::tools::missing("tiup", &why);
             return;
         }
     };

@@ -13,6 +13,7 @@ pub mod raw;
 pub mod scripted;
 pub mod tidb;
 pub mod tls;
+pub mod tools;
 pub mod wire;
 
 /// One MariaDB and a proxy in front of it: the setup most tests need.
