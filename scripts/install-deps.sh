@@ -3,7 +3,8 @@
 #   build    protoc and protobuf's .proto includes (etcd-client's build script needs both)
 #   runtime  build + MariaDB server and client (`make demo`)
 #   (none)   runtime + the test tools: sysbench, haproxy, etcd, curl, chromium, binutils (objdump
-#            for the glibc check), pip; then the packaging tools (cargo-zigbuild, ziglang, tiup)
+#            for the glibc check), pip and the Python drivers the client tests drive (PyMySQL,
+#            mysql-connector-python); then the packaging tools (cargo-zigbuild, ziglang, tiup)
 #            through packaging/tools.sh
 # When everything is present it only checks and exits (well under a second), so make targets
 # can call it every time. Safe to run again.
@@ -29,8 +30,8 @@ if [ "$mode" = all ]; then
   have objdump || need+=(binutils)
   have debootstrap || need+=(debootstrap)
 fi
-# One interpreter start answers both Python questions (each start costs ~0.1-0.3 s).
-py_missing=$(python3 -c 'import importlib.util as u; print(*[m for m in ("pip", "ziglang") if u.find_spec(m) is None])' 2>/dev/null || echo "pip ziglang")
+# One interpreter start answers every Python question (each start costs ~0.1-0.3 s).
+py_missing=$(python3 -c 'import importlib.util as u; print(*[m for m in ("pip", "ziglang", "pymysql", "mysql") if u.find_spec(m) is None])' 2>/dev/null || echo "pip ziglang pymysql mysql")
 if [ "$mode" = all ] && [[ " $py_missing " == *" pip "* ]]; then need+=(python3-pip); fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -47,6 +48,16 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 [ "$mode" = all ] || exit 0
+# The drivers tests/errors_cli.rs and tests/compression_drivers.rs run (Debian's Python wants
+# --break-system-packages for a user-wide install; a pyenv or venv Python does not).
+py_drivers=()
+[[ " $py_missing " != *" pymysql "* ]] || py_drivers+=(PyMySQL)
+[[ " $py_missing " != *" mysql "* ]] || py_drivers+=(mysql-connector-python)
+if [ ${#py_drivers[@]} -gt 0 ]; then
+  echo "installing Python drivers: ${py_drivers[*]}"
+  python3 -m pip install --quiet "${py_drivers[@]}" ||
+    python3 -m pip install --quiet --break-system-packages "${py_drivers[@]}"
+fi
 # The packaging tools live in user-level bin dirs; look there before calling the installer, so
 # a machine that has them pays nothing.
 gopath=$(go env GOPATH 2>/dev/null || echo "$HOME/go")
