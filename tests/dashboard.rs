@@ -91,3 +91,80 @@ async fn dashboard_says_when_the_api_is_unreachable() {
     assert!(dom.contains("data-api=\"down\""), "{dom}");
     assert!(dom.contains("class=\"stale\""), "the numbers are hidden");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_graphs_each_backend_and_offers_the_operator_actions() {
+    let Some(bin) = chromium() else {
+        return;
+    };
+    let dbs = [MariaDb::start(), MariaDb::start()];
+    let addrs: Vec<String> = dbs.iter().map(|d| d.addr()).collect();
+    let app = start(test_config(&addrs)).await;
+    use mysql_async::prelude::Queryable;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(connect(&app).await);
+    }
+    // Traffic over a few stats samples (one every 2 s), some of it failing.
+    for round in 0..30 {
+        for c in conns.iter_mut() {
+            c.query_drop("SELECT 1").await.unwrap();
+            if round % 10 == 0 {
+                let _ = c.query_drop("SELECT * FROM no_such_table").await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let history = json(&get(&plain(&app), "/api/stats/history").await);
+    for a in &addrs {
+        let points = history["backends"][a]
+            .as_array()
+            .expect("a series per backend");
+        assert!(points.len() >= 2, "{history}");
+        assert!(
+            points.iter().any(|p| p["qps"].as_f64() > Some(0.0)),
+            "{history}"
+        );
+    }
+    assert!(!history["sessions"].as_array().unwrap().is_empty());
+
+    let url = format!("http://127.0.0.1:{}/", app.api_addr.port());
+    let dom = run_chromium(&bin, &url, &["--dump-dom"]).await;
+    for chart in ["c-qps", "c-p99", "c-err", "c-sessions"] {
+        assert!(
+            dom.contains(&format!("id=\"{chart}\"><svg")),
+            "{chart} not drawn:\n{dom}"
+        );
+    }
+    for a in &addrs {
+        assert!(
+            dom.contains(&format!("data-series=\"{a}\"")),
+            "no line for {a}:\n{dom}"
+        );
+        assert!(
+            dom.contains(&format!("data-from=\"{a}\"")),
+            "no move-sessions action for {a}"
+        );
+    }
+    assert!(dom.contains("data-session=\""), "no per-session action");
+    let shot = std::env::var("TIPROXY_DASHBOARD_SCREENSHOT").unwrap_or_else(|_| {
+        std::env::temp_dir()
+            .join("tiproxy-dashboard.png")
+            .display()
+            .to_string()
+    });
+    run_chromium(
+        &bin,
+        &url,
+        &[
+            &format!("--screenshot={shot}"),
+            "--window-size=1280,1100",
+            "--hide-scrollbars",
+        ],
+    )
+    .await;
+    eprintln!("screenshot: {shot}");
+    for c in conns {
+        c.disconnect().await.unwrap();
+    }
+}

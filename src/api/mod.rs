@@ -4,6 +4,7 @@
 
 mod auth;
 mod dashboard;
+pub mod history;
 pub mod migrate;
 mod routes;
 pub mod stats;
