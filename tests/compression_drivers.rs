@@ -120,24 +120,6 @@ func main() {
 }
 "#;
 
-/// Builds the Go client once (the driver module comes through the Go module proxy); None
-/// (after tools::missing) without Go.
-fn go_client(dir: &Path) -> Option<std::path::PathBuf> {
-    common::tools::require("go", &["go"])?;
-    std::fs::write(dir.join("main.go"), GO_CLIENT).unwrap();
-    std::fs::write(dir.join("go.mod"), "module compressclient\n\ngo 1.22\n").unwrap();
-    let go = |args: &[&str]| {
-        let out = run(
-            Command::new("go").args(args).current_dir(dir),
-            Duration::from_secs(600),
-        );
-        assert!(out.ok(), "go {args:?}: {out:?}");
-    };
-    go(&["get", "github.com/go-sql-driver/mysql@v1.10.1"]);
-    go(&["build", "-o", "client", "."]);
-    Some(dir.join("client"))
-}
-
 fn sequence_warnings(out: &CmdOut) -> usize {
     (out.stdout.clone() + &out.stderr)
         .matches("unexpected sequence nr")
@@ -149,7 +131,7 @@ fn go_sql_driver_reads_many_rows_compressed_without_sequence_warnings() {
     let db = MariaDb::start();
     let proxy = Proxy::start(&ProxyConfig::new(vec![db.addr()]));
     let dir = tempfile::tempdir().unwrap();
-    let Some(client) = go_client(dir.path()) else {
+    let Some(client) = common::go::build(dir.path(), GO_CLIENT) else {
         return;
     };
     for (label, port) in [("MariaDB", db.port()), ("proxy", proxy.port())] {

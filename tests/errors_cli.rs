@@ -1,7 +1,7 @@
 //! Every proxy-made error as a user sees it in the stock `mariadb` CLI (libmariadb), which turns
 //! a server-sent code in the client range into "malformed packet": each case asserts the CLI
 //! prints our code and sentence. The no-backend error is also read through PyMySQL and
-//! mysql-connector-python, the drivers most Python users have.
+//! mysql-connector-python, the drivers most Python users have, and through go-sql-driver/mysql.
 
 mod common;
 mod support_disc;
@@ -338,4 +338,39 @@ fn no_backend_sentence_reaches_python_drivers() {
         );
         assert!(!out.stdout.contains("malformed"), "{module}: {out:?}");
     }
+}
+
+const GO_PING: &str = r#"package main
+
+import (
+	"database/sql"
+	"fmt"
+	"os"
+
+	_ "github.com/go-sql-driver/mysql"
+)
+
+func main() {
+	db, err := sql.Open("mysql", os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(db.Ping())
+}
+"#;
+
+#[test]
+fn no_backend_sentence_reaches_go_sql_driver() {
+    let proxy = Proxy::start(&ProxyConfig::new(vec![]));
+    let dir = tempfile::tempdir().unwrap();
+    let Some(client) = common::go::build(dir.path(), GO_PING) else {
+        return;
+    };
+    let dsn = format!("{APP_USER}:{APP_PASS}@tcp(127.0.0.1:{})/test", proxy.port());
+    let out = common::cli::run(Command::new(&client).arg(dsn), Duration::from_secs(60));
+    assert!(
+        out.stdout
+            .contains("Error 9001 (08S01): No backend available"),
+        "{out:?}"
+    );
 }

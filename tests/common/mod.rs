@@ -5,6 +5,7 @@
 pub mod bystander;
 pub mod cli;
 pub mod client;
+pub mod go;
 pub mod mariadb;
 pub mod net;
 pub mod procfs;
