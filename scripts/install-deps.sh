@@ -3,7 +3,7 @@
 #   build    protoc and protobuf's .proto includes (etcd-client's build script needs both)
 #   runtime  build + MariaDB server and client (`make demo`)
 #   (none)   runtime + the test tools: sysbench, haproxy, etcd, curl, chromium, binutils (objdump
-#            for the glibc check), pip and the Python drivers the client tests drive (PyMySQL,
+#            for the glibc check), a JDK and Maven (Connector/J), pip and the Python drivers the client tests drive (PyMySQL,
 #            mysql-connector-python); then the packaging tools (cargo-zigbuild, ziglang, tiup)
 #            through packaging/tools.sh
 # When everything is present it only checks and exits (well under a second), so make targets
@@ -29,6 +29,10 @@ if [ "$mode" = all ]; then
   have chromium || need+=(chromium)
   have objdump || need+=(binutils)
   have debootstrap || need+=(debootstrap)
+  # Connector/J's view of proxy errors (tests/errors_cli.rs): a JDK runs the one-file client,
+  # Maven fetches the driver.
+  have javac || need+=(default-jdk-headless)
+  have mvn || need+=(maven)
 fi
 # One interpreter start answers every Python question (each start costs ~0.1-0.3 s).
 py_missing=$(python3 -c 'import importlib.util as u; print(*[m for m in ("pip", "ziglang", "pymysql", "mysql") if u.find_spec(m) is None])' 2>/dev/null || echo "pip ziglang pymysql mysql")

@@ -1,7 +1,8 @@
 //! Every proxy-made error as a user sees it in the stock `mariadb` CLI (libmariadb), which turns
 //! a server-sent code in the client range into "malformed packet": each case asserts the CLI
 //! prints our code and sentence. The no-backend error is also read through PyMySQL and
-//! mysql-connector-python, the drivers most Python users have, and through go-sql-driver/mysql.
+//! mysql-connector-python, the drivers most Python users have, and through go-sql-driver/mysql
+//! and Connector/J.
 
 mod common;
 mod support_disc;
@@ -371,6 +372,67 @@ fn no_backend_sentence_reaches_go_sql_driver() {
     assert!(
         out.stdout
             .contains("Error 9001 (08S01): No backend available"),
+        "{out:?}"
+    );
+}
+
+const JAVA_PING: &str = r#"import java.sql.*;
+
+public class Ping {
+    public static void main(String[] args) {
+        try (Connection c = DriverManager.getConnection(args[0], "app", "secret")) {
+            System.out.println("connected");
+        } catch (SQLException e) {
+            System.out.println(e.getErrorCode() + " " + e.getSQLState() + " " + e.getMessage());
+        }
+    }
+}
+"#;
+
+/// Connector/J from Maven Central (through `mvn dependency:get`); None (after tools::missing)
+/// without Java or Maven.
+fn connector_j() -> Option<std::path::PathBuf> {
+    common::tools::require("java", &["java"])?;
+    common::tools::require("maven", &["mvn"])?;
+    let (group, name, version) = ("com/mysql", "mysql-connector-j", "9.1.0");
+    let out = common::cli::run(
+        Command::new("mvn").args([
+            "-q",
+            "-B",
+            "dependency:get",
+            &format!("-Dartifact=com.mysql:{name}:{version}"),
+            "-Dtransitive=false",
+        ]),
+        Duration::from_secs(600),
+    );
+    assert!(out.ok(), "mvn dependency:get: {out:?}");
+    let home = std::env::var("HOME").unwrap_or_default();
+    let jar = Path::new(&home).join(format!(
+        ".m2/repository/{group}/{name}/{version}/{name}-{version}.jar"
+    ));
+    assert!(jar.is_file(), "no {}", jar.display());
+    Some(jar)
+}
+
+#[test]
+fn no_backend_sentence_reaches_connector_j() {
+    let proxy = Proxy::start(&ProxyConfig::new(vec![]));
+    let Some(jar) = connector_j() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("Ping.java");
+    std::fs::write(&src, JAVA_PING).unwrap();
+    let url = format!(
+        "jdbc:mysql://127.0.0.1:{}/test?sslMode=DISABLED&connectTimeout=20000",
+        proxy.port()
+    );
+    let out = common::cli::run(
+        Command::new("java").arg("-cp").arg(&jar).arg(&src).arg(url),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.stdout.contains("9001 08S01 No backend available"),
         "{out:?}"
     );
 }
