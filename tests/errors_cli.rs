@@ -108,6 +108,7 @@ impl Drop for Cli {
 /// client library's "malformed packet" stand-in.
 #[track_caller]
 fn assert_printed(out: &CmdOut, code: u16, state: &str, sentence: &str) {
+    eprintln!("the CLI printed: {}", out.stderr.trim());
     assert!(!out.timed_out, "the CLI hung: {out:?}");
     assert!(!out.ok(), "the CLI succeeded: {out:?}");
     assert!(
