@@ -2,7 +2,7 @@
 # Installs what the project needs when it is missing (Debian/Ubuntu, via apt), by purpose:
 #   build    protoc and protobuf's .proto includes (etcd-client's build script needs both)
 #   runtime  build + MariaDB server and client (`make demo`)
-#   (none)   runtime + the test tools: sysbench, haproxy, etcd, curl, chromium, binutils (objdump
+#   (none)   runtime + the test tools: sysbench, haproxy, etcd, curl, chromium and its driver, binutils (objdump
 #            for the glibc check), a JDK and Maven (Connector/J), pip and the Python drivers the client tests drive (PyMySQL,
 #            mysql-connector-python); then the packaging tools (cargo-zigbuild, ziglang, tiup)
 #            through packaging/tools.sh
@@ -27,6 +27,7 @@ if [ "$mode" = all ]; then
   have etcd || need+=(etcd-server)
   have curl || need+=(curl)
   have chromium || need+=(chromium)
+  have chromedriver || need+=(chromium-driver)
   have objdump || need+=(binutils)
   have debootstrap || need+=(debootstrap)
   # Connector/J's view of proxy errors (tests/errors_cli.rs): a JDK runs the one-file client,
@@ -35,7 +36,7 @@ if [ "$mode" = all ]; then
   have mvn || need+=(maven)
 fi
 # One interpreter start answers every Python question (each start costs ~0.1-0.3 s).
-py_missing=$(python3 -c 'import importlib.util as u; print(*[m for m in ("pip", "ziglang", "pymysql", "mysql") if u.find_spec(m) is None])' 2>/dev/null || echo "pip ziglang pymysql mysql")
+py_missing=$(python3 -c 'import importlib.util as u; print(*[m for m in ("pip", "ziglang", "pymysql", "mysql", "selenium") if u.find_spec(m) is None])' 2>/dev/null || echo "pip ziglang pymysql mysql selenium")
 if [ "$mode" = all ] && [[ " $py_missing " == *" pip "* ]]; then need+=(python3-pip); fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -52,11 +53,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 [ "$mode" = all ] || exit 0
-# The drivers tests/errors_cli.rs and tests/compression_drivers.rs run (Debian's Python wants
+# The drivers tests/errors_cli.rs and tests/compression_drivers.rs run, and Selenium, which
+# clicks the dashboard's buttons in tests/dashboard.rs (Debian's Python wants
 # --break-system-packages for a user-wide install; a pyenv or venv Python does not).
 py_drivers=()
 [[ " $py_missing " != *" pymysql "* ]] || py_drivers+=(PyMySQL)
 [[ " $py_missing " != *" mysql "* ]] || py_drivers+=(mysql-connector-python)
+[[ " $py_missing " != *" selenium "* ]] || py_drivers+=(selenium)
 if [ ${#py_drivers[@]} -gt 0 ]; then
   echo "installing Python drivers: ${py_drivers[*]}"
   python3 -m pip install --quiet "${py_drivers[@]}" ||

@@ -168,3 +168,137 @@ async fn dashboard_graphs_each_backend_and_offers_the_operator_actions() {
         c.disconnect().await.unwrap();
     }
 }
+
+/// Clicks the dashboard's operator buttons in a real Chromium (through Selenium and the
+/// distribution's chromedriver) and prints the page's answer line after each click.
+const CLICKER: &str = r#"
+import sys
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from selenium.common.exceptions import StaleElementReferenceException
+
+chromium, chromedriver, profile, url, addr = sys.argv[1:]
+opts = webdriver.ChromeOptions()
+opts.binary_location = chromium
+for a in ["--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + profile]:
+    opts.add_argument(a)
+d = webdriver.Chrome(service=Service(chromedriver), options=opts)
+try:
+    d.set_page_load_timeout(30)
+    d.get(url)
+    wait = WebDriverWait(d, 20)
+    def click(css, done):
+        # The page redraws its tables every 2 s; a button found just before a redraw is stale.
+        for attempt in range(10):
+            try:
+                wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, css))
+                d.find_element(By.CSS_SELECTOR, css).click()
+                break
+            except StaleElementReferenceException:
+                if attempt == 9:
+                    raise
+        wait.until(lambda d: any(w in d.find_element(By.ID, "action-result").text for w in done))
+        print(d.find_element(By.ID, "action-result").text, flush=True)
+    click('button[data-from="%s"]' % addr, ["asked to move", "failed"])
+    click('button[data-drain="%s"]' % addr, ["Drain " + addr + ": done", "failed"])
+    click('button[data-undrain="%s"]' % addr, ["Undrain " + addr + ": done", "failed"])
+finally:
+    d.quit()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_buttons_move_drain_and_undrain_through_the_api() {
+    let Some(bin) = chromium() else {
+        return;
+    };
+    let Some(driver) = tools::require("chromedriver", &["chromedriver"]) else {
+        return;
+    };
+    let probe = tokio::process::Command::new("python3")
+        .args(["-c", "import selenium"])
+        .output()
+        .await;
+    if !probe.is_ok_and(|o| o.status.success()) {
+        tools::missing("Python module selenium", "import selenium failed");
+        return;
+    }
+    let dbs = [MariaDb::start(), MariaDb::start()];
+    let addrs: Vec<String> = dbs.iter().map(|d| d.addr()).collect();
+    let app = start(test_config(&addrs)).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(connect(&app).await);
+    }
+    let backends = json(&get(&plain(&app), "/api/backends").await);
+    let busy = backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["sessions"].as_u64() > Some(0))
+        .expect("a backend with sessions")["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("click.py");
+    std::fs::write(&script, CLICKER).unwrap();
+    let url = format!("http://127.0.0.1:{}/", app.api_addr.port());
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        Command::new("python3")
+            .arg(&script)
+            .arg(&bin)
+            .arg(&driver)
+            .arg(dir.path().join("profile"))
+            .arg(&url)
+            .arg(&busy)
+            .env("SE_OFFLINE", "true")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the clicks finish within 180 s")
+    .expect("python3 runs");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("the page said:\n{said}");
+    assert!(out.status.success(), "{said}\n{err}");
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 3, "{said}\n{err}");
+    assert!(
+        lines[0].starts_with(&format!("Move sessions off {busy}: "))
+            && lines[0].contains("asked to move")
+            && !lines[0].contains(": 0 session"),
+        "{said}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("Drain {busy}: done; fail-backend-list is now [{busy}].")
+    );
+    assert_eq!(
+        lines[2],
+        format!("Undrain {busy}: done; fail-backend-list is now [].")
+    );
+    // The config really went through both changes: the events list them.
+    let events = json(&get(&plain(&app), "/api/events").await);
+    let config_events = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("fail-backend-list")
+        })
+        .count();
+    assert!(config_events >= 2, "{events}");
+    let cfg = json(&get(&plain(&app), "/api/admin/config?format=json").await);
+    assert_eq!(cfg["proxy"]["fail-backend-list"], serde_json::json!([]));
+    for c in conns {
+        let _ = c.disconnect().await;
+    }
+}
