@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds dist/tiproxy-<version>-linux-amd64.tar.gz: `tiproxy` (the TiUP entry) and `tiproxyctl`
-# at the archive root, linked against glibc 2.17 so they run on CentOS 7 and newer.
+# at the archive root, linked against glibc 2.17 so they run on CentOS 7 and newer, stripped.
 # VERSION comes from the environment, else `git describe`, made a SemVer as tiup needs. Prints the tarball path last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,15 @@ tarball="dist/tiproxy-$VERSION-linux-amd64.tar.gz"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 install -m 0755 "$out/tiproxy" "$out/tiproxyctl" "$stage/"
+# The release profile keeps line tables (backtraces with file:line for local builds); the
+# package drops them and the symbol table: about a fifth of the size. Host binutils strips
+# these x86_64 ELF files (scripts/install-deps.sh installs binutils).
+command -v strip >/dev/null || { echo "build.sh: strip (binutils) is needed" >&2; exit 1; }
+for bin in tiproxy tiproxyctl; do
+  echo "$bin: $(stat -c %s "$stage/$bin") bytes before strip" >&2
+  strip "$stage/$bin"
+  echo "$bin: $(stat -c %s "$stage/$bin") bytes after strip" >&2
+done
 # Fixed owner, order and times so the same binaries always give the same archive.
 tar -C "$stage" --owner=0 --group=0 --numeric-owner --sort=name --mtime=@0 \
   -cf - tiproxy tiproxyctl | gzip -n -9 >"$tarball.tmp"

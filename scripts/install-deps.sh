@@ -2,8 +2,9 @@
 # Installs what the project needs when it is missing (Debian/Ubuntu, via apt), by purpose:
 #   build    protoc and protobuf's .proto includes (etcd-client's build script needs both)
 #   runtime  build + MariaDB server and client (`make demo`)
-#   (none)   runtime + the test tools: sysbench, haproxy, etcd, curl, chromium, binutils (objdump
-#            for the glibc check), pip; then the packaging tools (cargo-zigbuild, ziglang, tiup)
+#   (none)   runtime + the test tools: sysbench, haproxy, etcd, curl, chromium and its driver, binutils (objdump
+#            for the glibc check), a JDK and Maven (Connector/J), pip and the Python drivers the client tests drive (PyMySQL,
+#            mysql-connector-python); then the packaging tools (cargo-zigbuild, ziglang, tiup)
 #            through packaging/tools.sh
 # When everything is present it only checks and exits (well under a second), so make targets
 # can call it every time. Safe to run again.
@@ -26,11 +27,16 @@ if [ "$mode" = all ]; then
   have etcd || need+=(etcd-server)
   have curl || need+=(curl)
   have chromium || need+=(chromium)
+  have chromedriver || need+=(chromium-driver)
   have objdump || need+=(binutils)
   have debootstrap || need+=(debootstrap)
+  # Connector/J's view of proxy errors (tests/errors_cli.rs): a JDK runs the one-file client,
+  # Maven fetches the driver.
+  have javac || need+=(default-jdk-headless)
+  have mvn || need+=(maven)
 fi
-# One interpreter start answers both Python questions (each start costs ~0.1-0.3 s).
-py_missing=$(python3 -c 'import importlib.util as u; print(*[m for m in ("pip", "ziglang") if u.find_spec(m) is None])' 2>/dev/null || echo "pip ziglang")
+# One interpreter start answers every Python question (each start costs ~0.1-0.3 s).
+py_missing=$(python3 -c 'import importlib.util as u; print(*[m for m in ("pip", "ziglang", "pymysql", "mysql", "selenium") if u.find_spec(m) is None])' 2>/dev/null || echo "pip ziglang pymysql mysql selenium")
 if [ "$mode" = all ] && [[ " $py_missing " == *" pip "* ]]; then need+=(python3-pip); fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -47,6 +53,18 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 [ "$mode" = all ] || exit 0
+# The drivers tests/errors_cli.rs and tests/compression_drivers.rs run, and Selenium, which
+# clicks the dashboard's buttons in tests/dashboard.rs (Debian's Python wants
+# --break-system-packages for a user-wide install; a pyenv or venv Python does not).
+py_drivers=()
+[[ " $py_missing " != *" pymysql "* ]] || py_drivers+=(PyMySQL)
+[[ " $py_missing " != *" mysql "* ]] || py_drivers+=(mysql-connector-python)
+[[ " $py_missing " != *" selenium "* ]] || py_drivers+=(selenium)
+if [ ${#py_drivers[@]} -gt 0 ]; then
+  echo "installing Python drivers: ${py_drivers[*]}"
+  python3 -m pip install --quiet "${py_drivers[@]}" ||
+    python3 -m pip install --quiet --break-system-packages "${py_drivers[@]}"
+fi
 # The packaging tools live in user-level bin dirs; look there before calling the installer, so
 # a machine that has them pays nothing.
 gopath=$(go env GOPATH 2>/dev/null || echo "$HOME/go")

@@ -31,12 +31,7 @@ fn number_after(text: &str, label: &str) -> Option<u64> {
 
 #[test]
 fn oltp_point_select_runs_without_errors() {
-    let probe = run(
-        Command::new("sysbench").arg("--version"),
-        Duration::from_secs(10),
-    );
-    if !probe.ok() {
-        println!("sysbench is not installed; skipping the sysbench test");
+    if common::tools::require("sysbench", &["sysbench"]).is_none() {
         return;
     }
     let (_db, proxy) = common::db_and_proxy();

@@ -1,4 +1,4 @@
-//! The release tarball end to end: its layout, the glibc it needs, and a real tiup publishing it
+//! The release tarball end to end: its layout, the glibc it needs, stripped binaries, and a real tiup publishing it
 //! to a local mirror (release and nightly), installing both and running them against MariaDB.
 
 mod common;
@@ -36,6 +36,16 @@ fn max_glibc(bin: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The section headers of `bin` (`objdump -h`).
+fn sections(bin: &Path) -> String {
+    let (ok, out) = run(
+        Command::new("objdump").arg("-h").arg(bin),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "objdump -h {}: {out}", bin.display());
+    out
+}
+
 #[test]
 fn tarball_has_the_binaries_at_its_root_and_needs_glibc_2_17_at_most() {
     let tarball = package();
@@ -55,6 +65,15 @@ fn tarball_has_the_binaries_at_its_root_and_needs_glibc_2_17_at_most() {
         let max = max_glibc(&path);
         eprintln!("{bin}: highest GLIBC symbol version {max:?}");
         assert!(!max.is_empty(), "{bin} links no glibc symbols at all?");
+        // Stripped: no debug line tables (they made the package five times larger).
+        let sections = sections(&path);
+        // (.debug_gdb_scripts, a loaded section naming Rust's gdb helpers, stays.)
+        for table in [".debug_info", ".debug_line"] {
+            assert!(
+                !sections.contains(table),
+                "{bin} keeps {table}:\n{sections}"
+            );
+        }
         assert!(
             max <= vec![2, 17],
             "{bin} needs GLIBC {max:?}, more than 2.17"
@@ -69,7 +88,7 @@ fn tiup_publishes_installs_and_runs_release_and_nightly() {
     let tiup = match support_tiup::tiup() {
         Ok(t) => t,
         Err(why) => {
-            eprintln!("SKIPPED: no tiup: {why}");
+            common::tools::missing("tiup", &why);
             return;
         }
     };

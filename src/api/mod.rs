@@ -7,6 +7,7 @@
 mod access;
 mod auth;
 mod dashboard;
+pub mod history;
 pub mod migrate;
 mod routes;
 mod slots;

@@ -64,6 +64,10 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
             &json!({ "events": crate::events::global().recent() }),
         ),
         (Method::GET, "/api/info") => json_reply(StatusCode::OK, &info(state)),
+        (Method::GET, "/api/stats/history") => {
+            let ms = super::stats::INTERVAL.as_millis() as u64;
+            json_reply(StatusCode::OK, &state.stats.history.snapshot(ms))
+        }
         (Method::POST, "/api/admin/migrate") => {
             let params = super::migrate::parse_query(req.uri().query().unwrap_or_default());
             match super::migrate::request(&state.ctx, &params) {

@@ -23,6 +23,8 @@ pub struct Rates {
 #[derive(Default)]
 pub struct Stats {
     inner: Mutex<HashMap<String, (Instant, BackendTotals, Rates)>>,
+    /// Each sample's rates over the last minutes, for the dashboard's graphs.
+    pub history: super::history::History,
 }
 
 impl Stats {
@@ -36,13 +38,14 @@ impl Stats {
     }
 
     /// Takes a sample of one backend and updates its rates against the previous one.
-    pub fn sample(&self, addr: &str, now: Instant, totals: BackendTotals) {
+    pub fn sample(&self, addr: &str, now: Instant, totals: BackendTotals) -> Rates {
         let mut map = self.inner.lock().expect("stats");
         let rates = match map.get(addr) {
             Some((then, prev, _)) => rates_between(prev, &totals, now.duration_since(*then)),
             None => Rates::default(),
         };
         map.insert(addr.to_owned(), (now, totals, rates));
+        rates
     }
 
     fn retain(&self, keep: impl Fn(&str) -> bool) {
@@ -80,10 +83,18 @@ pub fn start(stats: Arc<Stats>, ctx: Arc<ProxyContext>, shutdown: CancellationTo
         loop {
             let list = ctx.backends.snapshot();
             let now = Instant::now();
+            let t_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
             for b in list.iter() {
-                stats.sample(&b.addr, now, b.metrics.totals());
+                let rates = stats.sample(&b.addr, now, b.metrics.totals());
+                stats
+                    .history
+                    .record_backend(&b.addr, t_ms, rates, b.sessions());
             }
+            stats.history.record_sessions(t_ms, ctx.active_sessions());
             stats.retain(|a| list.iter().any(|b| b.addr == a));
+            stats.history.retain(|a| list.iter().any(|b| b.addr == a));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(INTERVAL) => {}

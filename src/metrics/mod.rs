@@ -298,6 +298,8 @@ impl Metrics {
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         m.maxprocs.set(cpus as i64);
+        // Served at zero from the start: the Grafana panel then shows 0, not "no data".
+        m.server_err.with_label_values(&[panics::PANIC]);
         m
     }
 

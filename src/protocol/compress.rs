@@ -1,5 +1,8 @@
 //! The compressed protocol (CLIENT_COMPRESS): zlib frames around the packet stream, one
-//! 7-byte header each, with their own sequence numbers.
+//! 7-byte header each, with their own sequence numbers. Frames are cut where a server cuts
+//! them: between packets, and a packet too large to hold goes out in one stored (uncompressed)
+//! frame announced up front, so no client has to reassemble a packet from many frames
+//! (mysql-connector-python reads at most two per packet).
 
 use bytes::{Buf, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -21,6 +24,10 @@ pub struct CompressState {
     /// The frame whose header has been read and whose body is not yet fully decoded.
     frame: Option<Frame>,
     next_seq: u8,
+    /// Bytes still owed to the announced stored frame.
+    stored_left: usize,
+    /// The announced stored frame's header, until the first bytes written carry it out.
+    stored_header: Option<[u8; HEADER_LEN]>,
     deflate: Compress,
     inflate: Decompress,
 }
@@ -61,6 +68,8 @@ impl CompressState {
             raw: BytesMut::with_capacity(4096),
             frame: None,
             next_seq: 0,
+            stored_left: 0,
+            stored_header: None,
             deflate: Compress::new(Compression::fast(), true),
             inflate: Decompress::new(true),
         }
@@ -162,8 +171,36 @@ impl CompressState {
         Ok(produced)
     }
 
-    /// Encodes `data` as one or more frames appended to `out`.
-    pub fn encode(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    /// Announces a stored frame for the next `len` bytes written (at most a frame's worth):
+    /// a packet that arrives in pieces can then pass piece by piece yet sit in one frame, as
+    /// a server sends it, without the proxy holding it whole. Returns the bytes it will carry.
+    pub fn start_stored_frame(&mut self, len: usize) -> usize {
+        debug_assert_eq!(self.stored_left, 0, "a stored frame is still open");
+        let len = len.min(MAX_FRAME);
+        if len == 0 {
+            return 0;
+        }
+        let mut h = [0u8; HEADER_LEN];
+        h[..3].copy_from_slice(&(len as u32).to_le_bytes()[..3]);
+        h[3] = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.stored_header = Some(h);
+        self.stored_left = len;
+        len
+    }
+
+    /// Encodes `data` as one or more frames appended to `out`; what an open stored frame is
+    /// still owed goes into it as is.
+    pub fn encode(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        if self.stored_left > 0 && !data.is_empty() {
+            if let Some(h) = self.stored_header.take() {
+                out.extend_from_slice(&h);
+            }
+            let n = self.stored_left.min(data.len());
+            out.extend_from_slice(&data[..n]);
+            self.stored_left -= n;
+            data = &data[n..];
+        }
         for chunk in data.chunks(MAX_FRAME) {
             let start = out.len();
             out.extend_from_slice(&[0; HEADER_LEN]);
@@ -327,6 +364,30 @@ mod tests {
         rx.raw.extend_from_slice(&[3, 0, 0, 0, 10, 0, 0, 1, 2, 3]);
         let mut out = BytesMut::new();
         assert!(rx.decode_frames(&mut out).is_err());
+    }
+
+    #[test]
+    fn a_stored_frame_carries_a_packet_written_in_pieces() {
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let mut tx = CompressState::new();
+        let mut wire = Vec::new();
+        tx.encode(b"before, compressed or not", &mut wire).unwrap();
+        let frames_before = 1;
+        assert_eq!(tx.start_stored_frame(big.len()), big.len());
+        for piece in big.chunks(16 * 1024) {
+            tx.encode(piece, &mut wire).unwrap();
+        }
+        tx.encode(b"after", &mut wire).unwrap();
+        // Three frames: the one before, the stored one holding all pieces, the one after.
+        assert_eq!(tx.next_seq(), frames_before + 2);
+        let mut rx = CompressState::new();
+        rx.raw.extend_from_slice(&wire);
+        let mut out = BytesMut::new();
+        drain(&mut rx, &mut out).unwrap();
+        let mut expected = b"before, compressed or not".to_vec();
+        expected.extend_from_slice(&big);
+        expected.extend_from_slice(b"after");
+        assert!(out[..] == expected[..]);
     }
 
     #[test]

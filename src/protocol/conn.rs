@@ -128,6 +128,14 @@ impl PacketConn {
         self.compress.as_ref().map(|c| c.next_seq())
     }
 
+    /// On a compressed connection, makes the next `len` bytes written travel in one stored
+    /// frame (see `CompressState::start_stored_frame`); a no-op otherwise.
+    pub fn start_stored_frame(&mut self, len: usize) {
+        if let Some(c) = &mut self.compress {
+            c.start_stored_frame(len);
+        }
+    }
+
     /// The buffered bytes, for rewriting packet headers in place before they are relayed.
     #[inline]
     pub fn buffered_mut(&mut self) -> &mut [u8] {

@@ -16,6 +16,8 @@ pub struct SessionEntry {
     pub started: SystemTime,
     details: Mutex<Details>,
     in_transaction: AtomicBool,
+    /// A command is running (set around each command, so the API can tell busy from idle).
+    executing: AtomicBool,
     /// A move the control plane asked for; the session acts on it at its next boundary.
     redirect: Mutex<Option<Redirect>>,
     /// Mirrors `redirect.is_some()` so the per-command check takes no lock.
@@ -51,7 +53,7 @@ pub struct SessionView {
     pub client: String,
     pub user: String,
     pub backend: String,
-    /// "handshake", "idle" or "in-transaction".
+    /// "handshake", "executing", "idle" or "in-transaction" (idle inside a transaction).
     pub state: &'static str,
     pub age_seconds: f64,
 }
@@ -125,6 +127,10 @@ impl SessionEntry {
         self.in_transaction.load(Ordering::Relaxed)
     }
 
+    pub fn set_executing(&self, v: bool) {
+        self.executing.store(v, Ordering::Relaxed);
+    }
+
     pub fn set_in_transaction(&self, v: bool) {
         self.in_transaction.store(v, Ordering::Relaxed);
     }
@@ -133,6 +139,8 @@ impl SessionEntry {
         let d = self.details.lock().expect("session details").clone();
         let state = if d.backend.is_empty() {
             "handshake"
+        } else if self.executing.load(Ordering::Relaxed) {
+            "executing"
         } else if self.in_transaction.load(Ordering::Relaxed) {
             "in-transaction"
         } else {
@@ -167,6 +175,7 @@ impl Registry {
             started: SystemTime::now(),
             details: Mutex::new(Details::default()),
             in_transaction: AtomicBool::new(false),
+            executing: AtomicBool::new(false),
             redirect: Mutex::new(None),
             redirect_pending: AtomicBool::new(false),
             close: AtomicBool::new(false),

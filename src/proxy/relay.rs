@@ -23,6 +23,12 @@ pub trait Observer {
     fn in_rows(&self) -> bool {
         false
     }
+
+    /// True (once) when the packet just shown ends one result of several: a server flushes
+    /// there, so towards a compressed client the frame ends and the numbering restarts.
+    fn take_flush_point(&mut self) -> bool {
+        false
+    }
 }
 
 /// Skips the whole row packets at the start of `buf` (all but 0xFE/0xFF-led, empty or 16 MiB
@@ -88,15 +94,14 @@ pub async fn relay(
     seq: &mut u8,
 ) -> Result<(), RelayError> {
     let whole_limit = src.buf_size().saturating_sub(HEADER_LEN).max(64);
-    // With the compressed protocol the client numbers packets its own way: a server restarts
-    // the packet sequence at the frame's sequence id whenever a frame starts on a packet
-    // boundary, and clients (libmysql, mysql_common) expect exactly that. So packets towards a
-    // compressed client are renumbered like a server would, and packets from one are
+    // With the compressed protocol a server numbers the packets of one response on from the
+    // sequence id of its first frame (net_flush syncs the two) and keeps counting across frames
+    // until the response ends; go-sql-driver/mysql and mysql_common check exactly that. So
+    // packets towards a compressed client are renumbered that way, and packets from one are
     // renumbered into the backend's plain sequence.
     let (src_comp, dst_comp) = (src.is_compressed(), dst.is_compressed());
-    let mut out_seq = 0u8;
-    // The chunk being scanned began in the middle of a packet (after a pass-through).
-    let mut chunk_mid_packet = false;
+    let mut out_seq = dst.next_frame_seq().unwrap_or(0);
+    let mut flush_after = false;
     let mut scan = 0usize;
     // Bytes of the current physical packet that were not in the buffer yet.
     let mut skip = 0usize;
@@ -110,7 +115,6 @@ pub async fn relay(
             skip -= take;
             if skip > 0 {
                 forward_scanned(src, dst, &mut scan).await?;
-                chunk_mid_packet = true;
                 read_more(src).await?;
                 continue;
             }
@@ -122,7 +126,6 @@ pub async fn relay(
                     return forward_scanned(src, dst, &mut scan).await;
                 }
                 forward_scanned(src, dst, &mut scan).await?;
-                chunk_mid_packet = false;
                 read_more(src).await?;
                 continue;
             }
@@ -148,7 +151,6 @@ pub async fn relay(
                 let verdict = if len <= whole_limit {
                     if body < len {
                         forward_scanned(src, dst, &mut scan).await?;
-                        chunk_mid_packet = false;
                         read_more(src).await?;
                         continue;
                     }
@@ -157,7 +159,6 @@ pub async fn relay(
                 } else {
                     if body == 0 {
                         forward_scanned(src, dst, &mut scan).await?;
-                        chunk_mid_packet = false;
                         read_more(src).await?;
                         continue;
                     }
@@ -167,20 +168,17 @@ pub async fn relay(
                 if verdict.map_err(RelayError::Protocol)? == Verdict::Done {
                     done = true;
                 }
+                flush_after = obs.take_flush_point() && dst_comp;
+            }
+            if dst_comp && have < HEADER_LEN + len {
+                // Larger than the buffer, so it passes in pieces: one stored frame, announced
+                // before the first piece, keeps the packet in one frame as a server sends it.
+                forward_scanned(src, dst, &mut scan).await?;
+                dst.start_stored_frame(HEADER_LEN + len);
             }
             if src_comp || dst_comp {
-                let out = match dst.next_frame_seq() {
-                    Some(frame) => {
-                        let s = if scan == 0 && !chunk_mid_packet {
-                            frame
-                        } else {
-                            out_seq
-                        };
-                        out_seq = s.wrapping_add(1);
-                        s
-                    }
-                    None => *seq,
-                };
+                let out = if dst_comp { out_seq } else { *seq };
+                out_seq = out_seq.wrapping_add(1);
                 src.buffered_mut()[scan + 3] = out;
             }
             continuing = len == MAX_PAYLOAD;
@@ -188,6 +186,10 @@ pub async fn relay(
             let total = HEADER_LEN + len;
             if have >= total {
                 scan += total;
+                if std::mem::take(&mut flush_after) {
+                    forward_scanned(src, dst, &mut scan).await?;
+                    out_seq = dst.next_frame_seq().unwrap_or(0);
+                }
             } else {
                 scan += have;
                 skip = total - have;

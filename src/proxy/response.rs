@@ -57,6 +57,8 @@ pub struct ResponseObserver {
     pub prepared_id: Option<u32>,
     /// The server asked for a LOAD DATA LOCAL INFILE upload.
     pub local_infile: bool,
+    /// The last packet ended one of several results: a server flushes there.
+    result_ended: bool,
 }
 
 impl ResponseObserver {
@@ -74,6 +76,7 @@ impl ResponseObserver {
             error_message: String::new(),
             prepared_id: None,
             local_infile: false,
+            result_ended: false,
         }
     }
 
@@ -88,6 +91,7 @@ impl ResponseObserver {
         match st {
             Some(s) if s & status::MORE_RESULTS_EXISTS != 0 => {
                 self.state = State::First;
+                self.result_ended = true;
                 Verdict::More
             }
             _ => Verdict::Done,
@@ -186,6 +190,10 @@ impl ResponseObserver {
 impl Observer for ResponseObserver {
     fn in_rows(&self) -> bool {
         self.state == State::Rows
+    }
+
+    fn take_flush_point(&mut self) -> bool {
+        std::mem::take(&mut self.result_ended)
     }
 
     fn on_packet(&mut self, len: usize, p: &[u8], complete: bool) -> Result<Verdict, String> {

@@ -5,6 +5,7 @@
 pub mod bystander;
 pub mod cli;
 pub mod client;
+pub mod go;
 pub mod mariadb;
 pub mod net;
 pub mod procfs;
@@ -13,6 +14,7 @@ pub mod raw;
 pub mod scripted;
 pub mod tidb;
 pub mod tls;
+pub mod tools;
 pub mod wire;
 
 /// One MariaDB and a proxy in front of it: the setup most tests need.

@@ -75,7 +75,7 @@ pub fn package() -> &'static Path {
 }
 
 /// The tiup executable: on PATH or in Go's bin dir, else built by `packaging/tools.sh tiup`.
-/// Err says why there is none (no Go on this machine), for the caller to print and skip.
+/// Err says why there is none (no Go on this machine), for common::tools::missing.
 pub fn tiup() -> Result<PathBuf, String> {
     static TIUP: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     TIUP.get_or_init(find_or_build_tiup).clone()

@@ -103,11 +103,13 @@ impl Session {
                     entry.attention().await;
                 }
             };
+            entry.set_executing(true);
             let step = tokio::select! {
                 biased;
                 _ = forced => return End::Shutdown,
                 r = self.execute_cmd(ctx) => r,
             };
+            entry.set_executing(false);
             match step {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Quit) => return End::ClientQuit,
