@@ -27,6 +27,8 @@ pub struct SessionEntry {
     /// and the session enters that wait between every two commands.
     signalled: AtomicBool,
     wake: AtomicWaker,
+    /// Why the last attempt to move the session failed; cleared when a move succeeds.
+    move_blocked: Mutex<Option<String>>,
 }
 
 /// A request to move a session to another backend.
@@ -54,6 +56,10 @@ pub struct SessionView {
     /// "handshake", "idle" or "in-transaction".
     pub state: &'static str,
     pub age_seconds: f64,
+    /// Why the session could not be moved the last time it was asked to (a temporary table,
+    /// a lock, state that cannot be restored, no healthy backend...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub move_blocked: Option<String>,
 }
 
 impl SessionEntry {
@@ -121,6 +127,14 @@ impl SessionEntry {
             .clone()
     }
 
+    pub fn set_move_blocked(&self, why: Option<&str>) {
+        *self.move_blocked.lock().expect("move blocked") = why.map(str::to_owned);
+    }
+
+    pub fn move_blocked(&self) -> Option<String> {
+        self.move_blocked.lock().expect("move blocked").clone()
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.in_transaction.load(Ordering::Relaxed)
     }
@@ -149,6 +163,7 @@ impl SessionEntry {
                 .elapsed()
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
+            move_blocked: self.move_blocked(),
         }
     }
 }
@@ -172,6 +187,7 @@ impl Registry {
             close: AtomicBool::new(false),
             signalled: AtomicBool::new(false),
             wake: AtomicWaker::new(),
+            move_blocked: Mutex::new(None),
         });
         self.sessions
             .lock()

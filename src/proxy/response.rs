@@ -2,6 +2,7 @@
 //! an observer for the relay that walks result sets, prepare replies and simple answers.
 
 use super::relay::{Observer, Verdict};
+use super::session::stmt_ids::StmtIds;
 use crate::protocol::constants::{
     cmd, status, EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER,
 };
@@ -57,6 +58,11 @@ pub struct ResponseObserver {
     pub prepared_id: Option<u32>,
     /// The server asked for a LOAD DATA LOCAL INFILE upload.
     pub local_infile: bool,
+    /// Set when the client's statement ids differ from the backend's: the id in a prepare's
+    /// answer is then rewritten to the one the client gets, and `prepared_id` is that one.
+    pub(crate) ids: Option<StmtIds>,
+    /// The prepare's OK packet was just seen and its id not yet rewritten.
+    id_to_patch: bool,
 }
 
 impl ResponseObserver {
@@ -74,6 +80,8 @@ impl ResponseObserver {
             error_message: String::new(),
             prepared_id: None,
             local_infile: false,
+            ids: None,
+            id_to_patch: false,
         }
     }
 
@@ -122,6 +130,7 @@ impl ResponseObserver {
                 }
                 OK_HEADER if complete && p.len() >= 9 => {
                     self.prepared_id = Some(u32::from_le_bytes([p[1], p[2], p[3], p[4]]));
+                    self.id_to_patch = self.ids.is_some();
                     let cols = u32::from(u16::from_le_bytes([p[5], p[6]]));
                     let params = u32::from(u16::from_le_bytes([p[7], p[8]]));
                     let mut n = cols + params;
@@ -186,6 +195,17 @@ impl ResponseObserver {
 impl Observer for ResponseObserver {
     fn in_rows(&self) -> bool {
         self.state == State::Rows
+    }
+
+    fn patch(&mut self, payload: &mut [u8]) {
+        if !std::mem::take(&mut self.id_to_patch) {
+            return;
+        }
+        if let (Some(ids), Some(backend)) = (self.ids.as_mut(), self.prepared_id) {
+            let client = ids.on_prepared(backend);
+            payload[1..5].copy_from_slice(&client.to_le_bytes());
+            self.prepared_id = Some(client);
+        }
     }
 
     fn on_packet(&mut self, len: usize, p: &[u8], complete: bool) -> Result<Verdict, String> {
@@ -308,6 +328,22 @@ mod tests {
         let mut o = ResponseObserver::new(Shape::ResultSets, true);
         assert_eq!(feed(&mut o, &[&[0xfb, b'f']]), vec![Verdict::Done]);
         assert!(o.local_infile);
+    }
+
+    #[test]
+    fn a_prepare_answer_gets_the_clients_id_once_ids_differ() {
+        let mut o = ResponseObserver::new(Shape::Prepare, true);
+        o.ids = Some(StmtIds::rebuilt([(3, 1)]));
+        // the backend answers id 3, which the client already holds (as the backend's 1)
+        let mut ok = [0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(o.on_packet(ok.len(), &ok, true).unwrap(), Verdict::Done);
+        o.patch(&mut ok);
+        assert_eq!(u32::from_le_bytes([ok[1], ok[2], ok[3], ok[4]]), 4);
+        assert_eq!(o.prepared_id, Some(4));
+        assert_eq!(o.ids.as_ref().unwrap().backend_id(4), 3);
+        let mut row = [1, b'x'];
+        o.patch(&mut row);
+        assert_eq!(row, [1, b'x'], "only the OK packet carries the id");
     }
 
     #[test]
