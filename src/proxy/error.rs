@@ -217,7 +217,7 @@ impl fmt::Display for ClientError {
                 write!(
                     f,
                     "Backend {backend} failed ({detail}) inside your transaction before it was \
-                     committed, so the server rolled the transaction back: nothing in it was \
+                     committed, so the transaction was rolled back: nothing in it was \
                      committed. {next}. "
                 )?;
                 match next {

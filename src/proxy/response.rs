@@ -63,6 +63,11 @@ pub struct ResponseObserver {
     pub(crate) ids: Option<StmtIds>,
     /// The prepare's OK packet was just seen and its id not yet rewritten.
     id_to_patch: bool,
+    /// A COM_STMT_EXECUTE that asked for a cursor: only then does CURSOR_EXISTS after the
+    /// column definitions end the response. A text query never opens a protocol cursor, but
+    /// MariaDB flags CURSOR_EXISTS while a stored-program cursor is open (`BEGIN NOT ATOMIC
+    /// ... OPEN c; ... SELECT v; END`), and its rows follow as usual.
+    pub cursor_requested: bool,
 }
 
 impl ResponseObserver {
@@ -82,6 +87,7 @@ impl ResponseObserver {
             local_infile: false,
             ids: None,
             id_to_patch: false,
+            cursor_requested: false,
         }
     }
 
@@ -235,7 +241,7 @@ impl Observer for ResponseObserver {
                     let st = eof_status(p);
                     self.status = st.or(self.status);
                     // With a cursor open only the definitions come now; rows come by fetch.
-                    if st.is_some_and(|s| s & status::CURSOR_EXISTS != 0) {
+                    if self.cursor_requested && st.is_some_and(|s| s & status::CURSOR_EXISTS != 0) {
                         return Ok(Verdict::Done);
                     }
                     self.state = State::Rows;
@@ -298,10 +304,26 @@ mod tests {
     #[test]
     fn cursor_ends_after_definitions() {
         let mut o = ResponseObserver::new(Shape::ResultSets, false);
+        o.cursor_requested = true;
         let eof_cursor = [0xfe, 0, 0, 0x42, 0];
         let v = feed(&mut o, &[&[1], COLDEF, &eof_cursor]);
         assert_eq!(v, vec![Verdict::More, Verdict::More, Verdict::Done]);
         assert!(o.status.unwrap() & status::CURSOR_EXISTS != 0);
+    }
+
+    #[test]
+    fn a_stored_program_cursor_flag_does_not_end_a_text_result() {
+        // BEGIN NOT ATOMIC ... OPEN c; FETCH c INTO v; SELECT v; END: CURSOR_EXISTS is set
+        // in the EOF after the definitions, and the row and the final OK still follow.
+        let mut o = ResponseObserver::new(Shape::ResultSets, false);
+        let eof_cursor_more = [0xfe, 0, 0, 0x4a, 0];
+        let ok = [0x00, 0, 0, 0x02, 0, 0, 0];
+        let v = feed(
+            &mut o,
+            &[&[1], COLDEF, &eof_cursor_more, ROW, &eof_cursor_more, &ok],
+        );
+        assert_eq!(v.iter().filter(|v| **v == Verdict::Done).count(), 1);
+        assert_eq!(v.last(), Some(&Verdict::Done));
     }
 
     #[test]

@@ -5,7 +5,9 @@ use super::outcome::{fate, InFlight, STMT_BULK_EXECUTE};
 use super::redirect::failure_error;
 use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
 use crate::protocol::conn::{parse_header, HEADER_LEN};
-use crate::protocol::constants::{cap, cmd, MAX_PAYLOAD, UNKNOWN_AUTH_PLUGIN};
+use crate::protocol::constants::{
+    cap, cmd, CURSOR_TYPE_READ_ONLY, MAX_PAYLOAD, UNKNOWN_AUTH_PLUGIN,
+};
 use crate::protocol::handshake::ChangeUser;
 use crate::proxy::backend_conn::{relay_auth_bounded, AuthOutcome, AuthRelayError};
 use crate::proxy::context::ProxyContext;
@@ -254,6 +256,8 @@ impl Session {
             return Ok(Flow::Continue);
         };
         let mut obs = ResponseObserver::new(shape, self.deprecate_eof());
+        obs.cursor_requested =
+            command == cmd::STMT_EXECUTE && head_len >= 6 && head[5] & CURSOR_TYPE_READ_ONLY != 0;
         if shape == Shape::Prepare && !self.stmt_ids.is_identity() {
             obs.ids = Some(std::mem::take(&mut self.stmt_ids));
         }
