@@ -3,6 +3,8 @@
 
 mod command;
 mod early;
+#[cfg(test)]
+mod failover_tests;
 mod outcome;
 mod redirect;
 pub(crate) mod stmt_ids;
