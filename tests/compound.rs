@@ -91,10 +91,13 @@ const CORPUS: &[&[&str]] = &[
     &["BEGIN NOT ATOMIC DECLARE x VARCHAR(10) DEFAULT 'BEGIN'; SELECT x; END"],
 ];
 
+/// One result: column names, rows, affected rows, status flags.
+type Result1 = (Vec<String>, Vec<Vec<Option<String>>>, u64, u16);
+
 /// What a client sees from one statement.
 #[derive(Debug, PartialEq)]
 enum Seen {
-    Results(Vec<(Vec<String>, Vec<Vec<Option<String>>>, u64, u16)>),
+    Results(Vec<Result1>),
     Error(u16, String, String),
 }
 
