@@ -193,7 +193,8 @@ struct BackendView {
 }
 
 fn backends(state: &ApiState) -> serde_json::Value {
-    let list: Vec<BackendView> = state
+    let mut held = state.ctx.registry.sessions_by_backend();
+    let mut list: Vec<BackendView> = state
         .ctx
         .backends
         .snapshot()
@@ -212,11 +213,24 @@ fn backends(state: &ApiState) -> serde_json::Value {
                     info.last_error
                 },
                 server_version: info.server_version,
-                sessions: b.sessions(),
+                sessions: held.remove(&b.addr).unwrap_or(0),
                 rates: state.stats.rates(&b.addr),
             }
         })
         .collect();
+    // Backends gone from the configuration whose sessions have not moved off yet.
+    for (addr, sessions) in held {
+        list.push(BackendView {
+            source: "static",
+            healthy: false,
+            status: "removed",
+            last_error: String::new(),
+            server_version: String::new(),
+            sessions,
+            rates: state.stats.rates(&addr),
+            addr,
+        });
+    }
     json!({ "backends": list })
 }
 

@@ -229,6 +229,19 @@ impl Registry {
         views
     }
 
+    /// Sessions per backend address, as the sessions themselves report it: a backend
+    /// removed from the configuration still shows the sessions it holds.
+    pub fn sessions_by_backend(&self) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for e in self.entries() {
+            let backend = e.backend();
+            if !backend.is_empty() {
+                *counts.entry(backend).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.lock().expect("registry").len()
     }
@@ -269,6 +282,8 @@ mod tests {
         let l = reg.list();
         assert_eq!((l[0].state, l[1].state), ("idle", "in-transaction"));
         assert_eq!(l[1].backend, "127.0.0.1:3307");
+        a.entry.set_identity("app", "127.0.0.1:3307");
+        assert_eq!(reg.sessions_by_backend().get("127.0.0.1:3307"), Some(&2));
         drop(a);
         assert_eq!(reg.len(), 1);
     }
