@@ -107,6 +107,14 @@ impl Tracked {
         self.track_blockers(sql, first);
         let kind = classify_words(first, rest);
         if kind == Kind::Other {
+            // `SELECT ... INTO @v` and `@v := ...` set user variables the proxy cannot replay:
+            // a rebuild must then say so rather than lose them in silence.
+            if memchr::memchr(b'@', sql).is_some()
+                && (contains_ci(sql, b":=") || contains_ci(sql, b"into @"))
+            {
+                self.incomplete =
+                    Some("a user variable was set outside SET (SELECT ... INTO @v or @v := ...)");
+            }
             return;
         }
         if !full || is_multi(sql) {
@@ -342,6 +350,18 @@ mod tests {
         assert!(t.incomplete.is_some(), "multi-statements are not replayed");
         assert_eq!(t.settings.len(), 2);
         assert!(!is_multi(b"SET @x = 'a;b';"));
+    }
+
+    #[test]
+    fn user_variables_set_outside_set_make_the_state_incomplete() {
+        let mut t = Tracked::default();
+        t.after_query(b"SELECT * FROM t WHERE mail = 'a@b' AND x = 1", true);
+        assert!(t.incomplete.is_none());
+        t.after_query(b"SELECT COUNT(*) INTO @n FROM t", true);
+        assert!(t.incomplete.is_some());
+        let mut t = Tracked::default();
+        t.after_query(b"SELECT @r := @r + 1 FROM t", true);
+        assert!(t.incomplete.is_some());
     }
 
     #[test]
