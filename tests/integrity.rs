@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 const CLIENTS: u32 = 8;
-const MAX_TXNS: u32 = 2_000;
+const MAX_TXNS: u32 = 100_000;
 const CLIENT_TIME: Duration = Duration::from_secs(22);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

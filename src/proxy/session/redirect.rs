@@ -248,12 +248,11 @@ impl Session {
         let statements: Vec<String> = match source {
             StateSource::Live => {
                 match restore::read_live_state(&mut self.backend, deprecate_eof).await {
-                    Ok((s, gaps)) => {
-                        if let Some(g) = gaps {
-                            warn!(conn = self.id, "moving with partial state: {g}");
-                        }
-                        s
+                    // A move never drops state in silence: the session stays instead.
+                    Ok((_, Some(gaps))) => {
+                        return Err(format!("its state cannot be moved: {gaps}"))
                     }
+                    Ok((s, None)) => s,
                     // A server without MariaDB's information_schema tables (MySQL): the
                     // statements the proxy tracked carry the state instead.
                     Err(sql::SqlError::Server(e)) => {
