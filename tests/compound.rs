@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::client::builder;
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::{RawConn, Res, ResultSet};
@@ -137,9 +138,54 @@ fn compound_statements_and_begin_forms_answer_as_the_server_does() {
     let mut direct = RawConn::login(&db.addr(), APP_USER, APP_PASS, Some("direct")).unwrap();
     let mut proxied = RawConn::login(&proxy.addr(), APP_USER, APP_PASS, Some("proxied")).unwrap();
     for case in CORPUS {
+        eprintln!("case {case:?}");
         let want = run_case(&mut direct, case);
         let got = run_case(&mut proxied, case);
         assert_eq!(got, want, "case {case:?}\n{}", proxy.log());
     }
     eprintln!("{} cases compared with the server", CORPUS.len());
+}
+
+/// The same statement as mysql_async sees it (CLIENT_DEPRECATE_EOF framing): every result's
+/// rows and affected rows, or the error.
+async fn seen_async(c: &mut mysql_async::Conn, sql: &str) -> String {
+    use mysql_async::prelude::*;
+    let run = async {
+        let mut r = c.query_iter(sql).await?;
+        let mut out = Vec::new();
+        while !r.is_empty() {
+            let rows: Vec<mysql_async::Row> = r.collect().await?;
+            let rows: Vec<Vec<mysql_async::Value>> = rows.into_iter().map(|r| r.unwrap()).collect();
+            out.push(format!("{rows:?} affected {}", r.affected_rows()));
+        }
+        Ok::<_, mysql_async::Error>(out.join(" | "))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(20), run).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(mysql_async::Error::Server(e))) => {
+            format!("ERR {} {} {}", e.code, e.state, e.message)
+        }
+        Ok(Err(e)) => format!("client error {e}"),
+        Err(_) => "no answer within 20 s".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_corpus_answers_alike_with_deprecate_eof_framing() {
+    let db = MariaDb::start();
+    schema(&db, "direct");
+    schema(&db, "proxied");
+    let proxy = Proxy::start(&ProxyConfig::new(vec![db.addr()]));
+    let connect = |port: u16, schema: &str| {
+        mysql_async::Conn::new(builder(port, APP_USER, APP_PASS).db_name(Some(schema.to_owned())))
+    };
+    let mut direct = connect(db.port(), "direct").await.unwrap();
+    let mut proxied = connect(proxy.port(), "proxied").await.unwrap();
+    for case in CORPUS {
+        for sql in case.iter().chain(&["SELECT 'alive'"]) {
+            let want = seen_async(&mut direct, sql).await;
+            let got = seen_async(&mut proxied, sql).await;
+            assert_eq!(got, want, "{sql}\n{}", proxy.log());
+        }
+    }
 }
