@@ -266,3 +266,25 @@ async fn prepared_statements_whose_ids_differ_on_the_new_backend_keep_working() 
         .expect_err("closed statement");
     assert_eq!(err.code, 1243, "{err:?}");
 }
+
+#[test]
+fn state_after_reset_connection_is_rebuilt_as_the_server_left_it() {
+    let (mut dbs, proxy) = setup();
+    let mut c = RawConn::login(&proxy.addr(), APP_USER, APP_PASS, Some("test")).unwrap();
+    let from: u16 = c.query_value("SELECT @@port").unwrap().parse().unwrap();
+    let (victim, survivor) = victim_and_survivor(&dbs, from);
+    c.query("SET @x = 1, time_zone = '+05:00'").unwrap();
+    c.reset_connection().unwrap();
+    let probe =
+        "SELECT CONCAT_WS('/', IFNULL(DATABASE(), 'none'), IFNULL(@x, 'null'), @@time_zone)";
+    let before = c.query_value(probe);
+    dbs[victim].kill();
+    std::thread::sleep(Duration::from_millis(800));
+    let now: u16 = c.query_value("SELECT @@port").unwrap().parse().unwrap();
+    assert_eq!(now, survivor, "{}", proxy.log());
+    assert_eq!(
+        c.query_value(probe),
+        before,
+        "what the reset left, no more, no less"
+    );
+}
