@@ -288,3 +288,50 @@ fn state_after_reset_connection_is_rebuilt_as_the_server_left_it() {
         "what the reset left, no more, no less"
     );
 }
+
+fn http_post(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("status port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn a_session_holding_prepared_statements_moves_when_asked() {
+    let (dbs, proxy) = setup();
+    let mut c = RawConn::login(&proxy.addr(), APP_USER, APP_PASS, Some("test")).unwrap();
+    let from: u16 = c.query_value("SELECT @@port").unwrap().parse().unwrap();
+    let (_, to) = victim_and_survivor(&dbs, from);
+    let kept = c.prepare("SELECT ? * 2").unwrap();
+    for _ in 0..3 {
+        let s = c.prepare("SELECT 1").unwrap();
+        c.stmt_close(s);
+    }
+    let late = c.prepare("SELECT CONCAT(?, '!')").unwrap();
+    let resp = http_post(
+        proxy.api_port(),
+        &format!("/api/admin/migrate?from=127.0.0.1:{from}"),
+    );
+    assert!(resp.contains("\"requested\":1"), "{resp}");
+    // The session acts on the request before its next command (bounded: 40 x 100 ms).
+    let mut now = from;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        now = c.query_value("SELECT @@port").unwrap().parse().unwrap();
+        if now == to {
+            break;
+        }
+    }
+    assert_eq!(now, to, "the session did not move:\n{}", proxy.log());
+    let rs = c.execute(kept, &[Param::Int(21)], false).unwrap();
+    assert_eq!(rs[0].rows, vec![vec![Some("42".to_owned())]]);
+    let rs = c.execute(late, &[Param::Str("hi".into())], false).unwrap();
+    assert_eq!(rs[0].rows, vec![vec![Some("hi!".to_owned())]]);
+}
