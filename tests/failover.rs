@@ -17,7 +17,11 @@ const SVC_USER: &str = "svc";
 const SVC_PASS: &str = "svcpass";
 
 fn setup() -> (Vec<MariaDb>, Proxy) {
-    let dbs = MariaDb::start_many(2);
+    setup_n(2)
+}
+
+fn setup_n(n: usize) -> (Vec<MariaDb>, Proxy) {
+    let dbs = MariaDb::start_many(n);
     for db in &dbs {
         db.sql(&format!(
             "CREATE USER '{SVC_USER}'@'%' IDENTIFIED BY '{SVC_PASS}'; \
@@ -334,4 +338,51 @@ fn a_session_holding_prepared_statements_moves_when_asked() {
     assert_eq!(rs[0].rows, vec![vec![Some("42".to_owned())]]);
     let rs = c.execute(late, &[Param::Str("hi".into())], false).unwrap();
     assert_eq!(rs[0].rows, vec![vec![Some("hi!".to_owned())]]);
+}
+
+#[tokio::test]
+async fn after_a_rebuild_an_autocommit_write_is_still_judged_as_autocommit() {
+    let (mut dbs, proxy) = setup_n(3);
+    let mut conn = connect(proxy.port(), None).await;
+    let first = port_of(&mut conn).await;
+    conn.query_drop("BEGIN").await.unwrap();
+    conn.query_drop("INSERT INTO test.t VALUES (1, 1)")
+        .await
+        .unwrap();
+    let victim = dbs.iter().position(|d| d.port() == first).unwrap();
+    dbs[victim].kill();
+    let err = conn
+        .query_drop("INSERT INTO test.t VALUES (2, 2)")
+        .await
+        .expect_err("backend gone");
+    let (code, _, message) = server_error(&err);
+    assert_eq!(code, 1927, "{message}");
+    // Now on a second backend, in autocommit mode: a write in flight there, as the very next
+    // command (nothing has reported the new session's status yet), is unknown.
+    let second: u16 = message
+        .split("continues on backend 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("where does it continue? {message}"));
+    let victim = dbs.iter().position(|d| d.port() == second).unwrap();
+    let write = tokio::spawn(async move {
+        let r = conn
+            .query_drop("INSERT INTO test.t SELECT 9, SLEEP(30)")
+            .await;
+        (conn, r)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    dbs[victim].kill();
+    let (_conn, r) = tokio::time::timeout(Duration::from_secs(20), write)
+        .await
+        .expect("the client is answered")
+        .unwrap();
+    let (code, state, message) = server_error(&r.expect_err("backend gone"));
+    assert_eq!(
+        (code, state.as_str()),
+        (9003, "08007"),
+        "{message}\n{}",
+        proxy.log()
+    );
 }

@@ -7,7 +7,7 @@ use super::stmt_ids::StmtIds;
 use super::{tell, End, Flow, Session};
 use crate::balance::{Backend, BackendLease, BackendSelector};
 use crate::protocol::conn::HEADER_LEN;
-use crate::protocol::constants::{cap, cmd};
+use crate::protocol::constants::{cap, cmd, status};
 use crate::protocol::handshake::HandshakeResponse;
 use crate::proxy::backend_conn::{dial, finish_auth, AuthAnswer, Dialed, Identity};
 use crate::proxy::context::ProxyContext;
@@ -353,7 +353,11 @@ impl Session {
         fate: Fate,
     ) -> Result<Flow, End> {
         let failed = self.backend_addr();
+        // The new session has no transaction and the autocommit mode the client chose (its
+        // SET autocommit is replayed): what the next failure is judged by.
+        let autocommit = self.txn.status() & status::AUTOCOMMIT;
         self.txn = TxnState::default();
+        self.txn.after_command(&[], Some(autocommit), true);
         self.entry.set_in_transaction(false);
         let req = Redirect {
             target: None,
