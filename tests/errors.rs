@@ -125,13 +125,36 @@ fn backend_refusing_connections_is_9002() {
 }
 
 #[test]
-fn backend_lost_mid_session_is_1158() {
+fn backend_lost_between_statements_is_9004_not_executed() {
     let (mut db, proxy) = common::db_and_proxy();
     let mut c = login(&proxy).unwrap();
     assert_eq!(c.query_value("SELECT 1").as_deref(), Some("1"));
     db.kill();
+    // The proxy sees the backend go while the session is idle: the next statement is never
+    // sent anywhere, and no other backend can take the session.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let err = c.query("SELECT 2").expect_err("backend is gone");
-    assert_err(&err, 1158, "08S01");
+    assert_err(&err, 9004, "08S01");
+    assert!(err.message.contains("not executed"), "{err:?}");
+    assert!(err.message.contains("is closed"), "{err:?}");
+}
+
+#[test]
+fn backend_lost_under_a_running_statement_is_9003_outcome_unknown() {
+    let (mut db, proxy) = common::db_and_proxy();
+    let mut c = login(&proxy).unwrap();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        db.kill();
+        db
+    });
+    let p = c.raw_command(b"\x03SELECT SLEEP(30)");
+    let _db = killer.join().unwrap();
+    assert_eq!(p.first(), Some(&0xff), "expected an ERR, got {p:?}");
+    let err = common::raw::parse_err(&p);
+    assert_err(&err, 9003, "08007");
+    assert!(err.message.contains("unknown"), "{err:?}");
+    assert!(!err.message.contains("rolled back"), "{err:?}");
 }
 
 #[test]

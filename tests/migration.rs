@@ -240,6 +240,11 @@ async fn killed_backend_in_a_transaction_reports_rollback_and_the_session_goes_o
         text.contains("1927") && text.contains("rolled back"),
         "{text}"
     );
+    match &err {
+        mysql_async::Error::Server(e) => assert_eq!(e.state, "40001", "{e:?}"),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    assert!(!text.contains("econnect"), "the session goes on: {text}");
     assert_eq!(port_of(&mut conn).await, survivor);
 }
 

@@ -71,7 +71,12 @@ fn backend_killed_mid_query_fails_fast_and_alone() {
     });
     assert_eq!(err[0], 0xff, "expected ERR, got {err:?}");
     let err = common::raw::parse_err(&err);
-    assert_eq!(err.code, 1158, "{err:?}");
+    // The SELECT was running: whether it finished is unknown, and the proxy says only that.
+    assert_eq!(
+        (err.code, err.sqlstate.as_str()),
+        (9003, "08007"),
+        "{err:?}"
+    );
     eprintln!("killed backend: ERR {} after {waited:?}", err.code);
     assert!(waited < Duration::from_secs(3), "answer took {waited:?}");
 

@@ -281,7 +281,8 @@ struct BackendView {
 
 fn backends(state: &ApiState) -> serde_json::Value {
     let route = state.ctx.backends.route_view();
-    let list: Vec<BackendView> = state
+    let mut held = state.ctx.registry.sessions_by_backend();
+    let mut list: Vec<BackendView> = state
         .ctx
         .backends
         .snapshot()
@@ -300,12 +301,26 @@ fn backends(state: &ApiState) -> serde_json::Value {
                     info.last_error
                 },
                 server_version: info.server_version,
-                sessions: b.sessions(),
+                sessions: held.remove(&b.addr).unwrap_or(0),
                 scores: route.scores.get(&b.addr).cloned().unwrap_or_default(),
                 rates: state.stats.rates(&b.addr),
             }
         })
         .collect();
+    // Backends gone from the configuration whose sessions have not moved off yet.
+    for (addr, sessions) in held {
+        list.push(BackendView {
+            source: "static",
+            healthy: false,
+            status: "removed",
+            last_error: String::new(),
+            server_version: String::new(),
+            sessions,
+            scores: Default::default(),
+            rates: state.stats.rates(&addr),
+            addr,
+        });
+    }
     json!({ "backends": list })
 }
 

@@ -1,4 +1,6 @@
-//! A byte stream that is plain TCP or TLS on either side, upgraded in place after SSLRequest.
+//! A byte stream that is plain TCP or TLS on either side, upgraded in place after SSLRequest,
+//! or an in-memory pipe (`tokio::io::duplex`) so the relay and the session logic can be
+//! tested without sockets.
 
 use std::io;
 use std::pin::Pin;
@@ -12,6 +14,8 @@ pub enum Stream {
     Plain(TcpStream),
     Server(Box<server::TlsStream<TcpStream>>),
     Client(Box<client::TlsStream<TcpStream>>),
+    /// One end of an in-memory pipe.
+    Memory(Box<tokio::io::DuplexStream>),
     /// Only while an upgrade is in progress; any I/O on it fails.
     Upgrading,
 }
@@ -48,7 +52,7 @@ impl Stream {
             Stream::Plain(t) => Some(t),
             Stream::Server(t) => Some(t.get_ref().0),
             Stream::Client(t) => Some(t.get_ref().0),
-            Stream::Upgrading => None,
+            Stream::Memory(_) | Stream::Upgrading => None,
         }
     }
 }
@@ -67,6 +71,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -82,6 +87,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -91,6 +97,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -100,9 +107,16 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Upgrading => Poll::Ready(Ok(())),
         }
     }
+}
+
+/// Two packet-level ends of an in-memory pipe of `capacity` bytes each way.
+pub fn memory_pair(capacity: usize) -> (Stream, Stream) {
+    let (a, b) = tokio::io::duplex(capacity);
+    (Stream::Memory(Box::new(a)), Stream::Memory(Box::new(b)))
 }
 
 /// Shared TLS settings for each side, built once from the config.

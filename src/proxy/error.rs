@@ -1,6 +1,11 @@
 //! Errors the proxy itself reports to clients: each class has its own MySQL code and SQLSTATE
-//! (class 08 for connection problems, so drivers and pools retry) and a sentence with the fix.
+//! (class 08 for connection problems, so drivers and pools retry; 40001 where the session goes
+//! on and the client should run its transaction again) and a sentence with the fix.
 //! docs/errors.md is the same table for users.
+//!
+//! After a backend failure an error says only what is proven: the transaction was rolled back,
+//! the statement was not executed, or its outcome is unknown. Never "rolled back" for a COMMIT
+//! or an autocommit write whose answer was lost: it may have committed.
 //!
 //! Every code is in a server's range: libmariadb (the stock `mariadb` CLI) and several drivers
 //! replace a server-sent code in 2000-2999, the client library's own range, with "malformed
@@ -34,13 +39,29 @@ pub enum ClientError {
     BackendConnectFailed {
         attempts: String,
     },
+    /// The backend connection broke during login or COM_CHANGE_USER.
     BackendLost {
         backend: String,
         detail: String,
     },
+    /// The backend failed inside an explicit transaction before any COMMIT was sent: the
+    /// server rolls an open transaction back when its connection ends.
     TxnRolledBack {
         backend: String,
-        moved_to: Option<String>,
+        detail: String,
+        next: Next,
+    },
+    /// The statement may or may not have taken effect: it was sent and its answer was lost.
+    OutcomeUnknown {
+        backend: String,
+        detail: String,
+        next: Next,
+    },
+    /// The statement never reached a backend, outside any transaction.
+    NotExecuted {
+        backend: String,
+        detail: String,
+        next: Next,
     },
     FailoverTimeout {
         backend: String,
@@ -56,6 +77,37 @@ pub enum ClientError {
     },
 }
 
+/// What became of the session after its backend failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Rebuilt on this backend with all its state; the client may go on.
+    MovedTo(String),
+    /// Closed, for this reason (which backend refused it and why, or none was healthy).
+    Closed(String),
+}
+
+impl Next {
+    fn continues(&self) -> bool {
+        matches!(self, Next::MovedTo(_))
+    }
+}
+
+impl fmt::Display for Next {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Next::MovedTo(to) => write!(
+                f,
+                "The session continues on backend {to} with its database, settings, user \
+                 variables and prepared statements"
+            ),
+            Next::Closed(why) => write!(
+                f,
+                "The session could not be rebuilt elsewhere ({why}) and is closed"
+            ),
+        }
+    }
+}
+
 impl ClientError {
     pub fn code(&self) -> u16 {
         match self {
@@ -68,6 +120,8 @@ impl ClientError {
             ClientError::BackendConnectFailed { .. } => 9002,
             ClientError::BackendLost { .. } => 1158,
             ClientError::TxnRolledBack { .. } => 1927,
+            ClientError::OutcomeUnknown { .. } => 9003,
+            ClientError::NotExecuted { .. } => 9004,
             ClientError::FailoverTimeout { .. } => 1152,
             ClientError::BackendTlsUnavailable { .. } => 3159,
             ClientError::BackendMalformed { .. } => 1156,
@@ -76,8 +130,16 @@ impl ClientError {
 
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            ClientError::TooManyConnections { .. } | ClientError::TooManyHandshakes { .. } => {
-                "08004"
+            ClientError::TooManyConnections { .. } | ClientError::TooManyHandshakes { .. } => "08004",
+            // "Transaction resolution unknown": drivers treat it as a lost connection whose
+            // last statement may have committed.
+            ClientError::OutcomeUnknown { .. } => "08007",
+            // The session goes on and nothing of the transaction (or the lone statement) took
+            // effect: the class drivers answer by running the transaction again.
+            ClientError::TxnRolledBack { next, .. } | ClientError::NotExecuted { next, .. }
+                if next.continues() =>
+            {
+                "40001"
             }
             _ => "08S01",
         }
@@ -96,6 +158,8 @@ impl ClientError {
             ClientError::BackendConnectFailed { .. } => "backend_connect_failed",
             ClientError::BackendLost { .. } => "backend_lost",
             ClientError::TxnRolledBack { .. } => "txn_rolled_back",
+            ClientError::OutcomeUnknown { .. } => "outcome_unknown",
+            ClientError::NotExecuted { .. } => "not_executed",
             ClientError::FailoverTimeout { .. } => "failover_timeout",
             ClientError::BackendTlsUnavailable { .. } => "backend_tls",
             ClientError::BackendMalformed { .. } => "backend_malformed",
@@ -152,23 +216,58 @@ impl fmt::Display for ClientError {
             ),
             ClientError::BackendLost { backend, detail } => write!(
                 f,
-                "Lost connection to backend {backend} ({detail}). The statement may not have \
-                 completed; reconnect and retry it."
+                "Lost connection to backend {backend} ({detail}) before the session was ready; \
+                 the session is closed. Reconnect."
             ),
-            ClientError::TxnRolledBack { backend, moved_to } => match moved_to {
-                Some(to) => write!(
+            ClientError::TxnRolledBack {
+                backend,
+                detail,
+                next,
+            } => {
+                write!(
                     f,
-                    "Backend {backend} failed during your transaction, so the transaction was \
-                     rolled back and nothing in it was committed. The session continues on \
-                     {to} with its settings; run the whole transaction again."
-                ),
-                None => write!(
+                    "Backend {backend} failed ({detail}) inside your transaction before it was \
+                     committed, so the transaction was rolled back: nothing in it was \
+                     committed. {next}. "
+                )?;
+                match next {
+                    Next::MovedTo(_) => write!(f, "Run the whole transaction again."),
+                    Next::Closed(_) => write!(f, "Reconnect and run the whole transaction again."),
+                }
+            }
+            ClientError::OutcomeUnknown {
+                backend,
+                detail,
+                next,
+            } => {
+                write!(
                     f,
-                    "Backend {backend} failed during your transaction, so the transaction was \
-                     rolled back and nothing in it was committed. No other backend could take \
-                     the session; reconnect and run the whole transaction again."
-                ),
-            },
+                    "Backend {backend} failed ({detail}) after your statement was sent and \
+                     before its answer arrived: whether it took effect (or committed) is \
+                     unknown. {next}. "
+                )?;
+                match next {
+                    Next::MovedTo(_) => write!(f, "Check its effect before running it again."),
+                    Next::Closed(_) => {
+                        write!(f, "Reconnect and check its effect before running it again.")
+                    }
+                }
+            }
+            ClientError::NotExecuted {
+                backend,
+                detail,
+                next,
+            } => {
+                write!(
+                    f,
+                    "Backend {backend} failed ({detail}) before your statement reached it: \
+                     the statement was not executed. {next}. "
+                )?;
+                match next {
+                    Next::MovedTo(_) => write!(f, "Run the statement again."),
+                    Next::Closed(_) => write!(f, "Reconnect and run the statement again."),
+                }
+            }
             ClientError::FailoverTimeout { backend, secs } => write!(
                 f,
                 "The session was closed: its backend {backend} is in [proxy] fail-backend-list \
@@ -195,9 +294,30 @@ impl std::error::Error for ClientError {}
 mod tests {
     use super::*;
 
+    fn after_failure(next: Next) -> [ClientError; 3] {
+        let (backend, detail) = ("b".to_owned(), "x".to_owned());
+        [
+            ClientError::TxnRolledBack {
+                backend: backend.clone(),
+                detail: detail.clone(),
+                next: next.clone(),
+            },
+            ClientError::OutcomeUnknown {
+                backend: backend.clone(),
+                detail: detail.clone(),
+                next: next.clone(),
+            },
+            ClientError::NotExecuted {
+                backend,
+                detail,
+                next,
+            },
+        ]
+    }
+
     #[test]
-    fn every_class_has_its_own_code_and_connection_class_state() {
-        let all = [
+    fn every_class_has_its_own_code_and_a_state_drivers_act_on() {
+        let mut all = vec![
             ClientError::TooManyConnections { limit: 1 },
             ClientError::HandshakeMalformed { reason: "x".into() },
             ClientError::UnsupportedCommand {
@@ -213,6 +333,10 @@ mod tests {
                 backend: "b".into(),
                 detail: "x".into(),
             },
+            ClientError::FailoverTimeout {
+                backend: "b".into(),
+                secs: 1,
+            },
             ClientError::BackendTlsUnavailable {
                 backend: "b".into(),
                 detail: "x".into(),
@@ -222,12 +346,18 @@ mod tests {
                 detail: "x".into(),
             },
         ];
+        all.extend(after_failure(Next::Closed("none healthy".into())));
         let mut codes: Vec<u16> = all.iter().map(|e| e.code()).collect();
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
+        all.extend(after_failure(Next::MovedTo("c".into())));
         for e in &all {
-            assert!(e.sqlstate().starts_with("08"), "{e:?}");
+            let state = e.sqlstate();
+            assert!(
+                state.starts_with("08") || state == "40001",
+                "{e:?} has {state}"
+            );
             assert_ne!(e.code(), 1105);
             assert!(
                 !(2000..3000).contains(&e.code()),
@@ -235,6 +365,33 @@ mod tests {
             );
             let p = e.to_packet();
             assert_eq!(ErrPacket::parse(&p.encode()).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn failure_messages_say_only_what_is_known() {
+        let [rolled, unknown, not_run] = after_failure(Next::MovedTo("c:1".into()));
+        assert_eq!(rolled.sqlstate(), "40001");
+        assert_eq!(not_run.sqlstate(), "40001");
+        assert_eq!(unknown.sqlstate(), "08007");
+        for e in [&rolled, &unknown, &not_run] {
+            let m = e.to_string();
+            assert!(m.contains("continues on backend c:1"), "{m}");
+            assert!(
+                !m.contains("econnect"),
+                "a continuing session must not say reconnect: {m}"
+            );
+        }
+        assert!(!unknown.to_string().contains("rolled back"));
+        assert!(!not_run.to_string().contains("rolled back"));
+        let [rolled, unknown, not_run] = after_failure(Next::Closed("no healthy backend".into()));
+        assert_eq!(rolled.sqlstate(), "08S01");
+        assert_eq!(not_run.sqlstate(), "08S01");
+        assert_eq!(unknown.sqlstate(), "08007");
+        for e in [&rolled, &unknown, &not_run] {
+            let m = e.to_string();
+            assert!(m.contains("(no healthy backend) and is closed"), "{m}");
+            assert!(!m.contains("continues"), "{m}");
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct SessionEntry {
     /// and the session enters that wait between every two commands.
     signalled: AtomicBool,
     wake: AtomicWaker,
+    /// Why the last attempt to move the session failed; cleared when a move succeeds.
+    move_blocked: Mutex<Option<String>>,
 }
 
 /// A request to move a session to another backend.
@@ -56,6 +58,10 @@ pub struct SessionView {
     /// "handshake", "executing", "idle" or "in-transaction" (idle inside a transaction).
     pub state: &'static str,
     pub age_seconds: f64,
+    /// Why the session could not be moved the last time it was asked to (a temporary table,
+    /// a lock, state that cannot be restored, no healthy backend...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub move_blocked: Option<String>,
 }
 
 impl SessionEntry {
@@ -123,6 +129,14 @@ impl SessionEntry {
             .clone()
     }
 
+    pub fn set_move_blocked(&self, why: Option<&str>) {
+        *self.move_blocked.lock().expect("move blocked") = why.map(str::to_owned);
+    }
+
+    pub fn move_blocked(&self) -> Option<String> {
+        self.move_blocked.lock().expect("move blocked").clone()
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.in_transaction.load(Ordering::Relaxed)
     }
@@ -157,6 +171,7 @@ impl SessionEntry {
                 .elapsed()
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
+            move_blocked: self.move_blocked(),
         }
     }
 }
@@ -181,6 +196,7 @@ impl Registry {
             close: AtomicBool::new(false),
             signalled: AtomicBool::new(false),
             wake: AtomicWaker::new(),
+            move_blocked: Mutex::new(None),
         });
         self.sessions
             .lock()
@@ -220,6 +236,19 @@ impl Registry {
         let mut views: Vec<SessionView> = entries.iter().map(|e| e.view()).collect();
         views.sort_by_key(|v| v.id);
         views
+    }
+
+    /// Sessions per backend address, as the sessions themselves report it: a backend
+    /// removed from the configuration still shows the sessions it holds.
+    pub fn sessions_by_backend(&self) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for e in self.entries() {
+            let backend = e.backend();
+            if !backend.is_empty() {
+                *counts.entry(backend).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     pub fn len(&self) -> usize {
@@ -262,6 +291,8 @@ mod tests {
         let l = reg.list();
         assert_eq!((l[0].state, l[1].state), ("idle", "in-transaction"));
         assert_eq!(l[1].backend, "127.0.0.1:3307");
+        a.entry.set_identity("app", "127.0.0.1:3307");
+        assert_eq!(reg.sessions_by_backend().get("127.0.0.1:3307"), Some(&2));
         drop(a);
         assert_eq!(reg.len(), 1);
     }

@@ -18,6 +18,9 @@ pub trait Observer {
     /// `payload` is the whole payload when `complete`, else at least its first byte.
     fn on_packet(&mut self, len: usize, payload: &[u8], complete: bool) -> Result<Verdict, String>;
 
+    /// May rewrite a whole packet `on_packet` just saw, before it is forwarded.
+    fn patch(&mut self, _payload: &mut [u8]) {}
+
     /// True while every packet up to one starting with 0xFE (EOF or OK) or 0xFF (ERR) is a row
     /// the observer would only pass: the relay may then skip such packets without showing them.
     fn in_rows(&self) -> bool {
@@ -155,7 +158,9 @@ pub async fn relay(
                         continue;
                     }
                     let p = &buf[scan + HEADER_LEN..scan + HEADER_LEN + len];
-                    obs.on_packet(len, p, true)
+                    let verdict = obs.on_packet(len, p, true);
+                    obs.patch(&mut src.buffered_mut()[scan + HEADER_LEN..scan + HEADER_LEN + len]);
+                    verdict
                 } else {
                     if body == 0 {
                         forward_scanned(src, dst, &mut scan).await?;

@@ -2,6 +2,7 @@
 //! an observer for the relay that walks result sets, prepare replies and simple answers.
 
 use super::relay::{Observer, Verdict};
+use super::session::stmt_ids::StmtIds;
 use crate::protocol::constants::{
     cmd, status, EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER,
 };
@@ -59,6 +60,16 @@ pub struct ResponseObserver {
     pub local_infile: bool,
     /// The last packet ended one of several results: a server flushes there.
     result_ended: bool,
+    /// Set when the client's statement ids differ from the backend's: the id in a prepare's
+    /// answer is then rewritten to the one the client gets, and `prepared_id` is that one.
+    pub(crate) ids: Option<StmtIds>,
+    /// The prepare's OK packet was just seen and its id not yet rewritten.
+    id_to_patch: bool,
+    /// A COM_STMT_EXECUTE that asked for a cursor: only then does CURSOR_EXISTS after the
+    /// column definitions end the response. A text query never opens a protocol cursor, but
+    /// MariaDB flags CURSOR_EXISTS while a stored-program cursor is open (`BEGIN NOT ATOMIC
+    /// ... OPEN c; ... SELECT v; END`), and its rows follow as usual.
+    pub cursor_requested: bool,
 }
 
 impl ResponseObserver {
@@ -77,6 +88,9 @@ impl ResponseObserver {
             prepared_id: None,
             local_infile: false,
             result_ended: false,
+            ids: None,
+            id_to_patch: false,
+            cursor_requested: false,
         }
     }
 
@@ -126,6 +140,7 @@ impl ResponseObserver {
                 }
                 OK_HEADER if complete && p.len() >= 9 => {
                     self.prepared_id = Some(u32::from_le_bytes([p[1], p[2], p[3], p[4]]));
+                    self.id_to_patch = self.ids.is_some();
                     let cols = u32::from(u16::from_le_bytes([p[5], p[6]]));
                     let params = u32::from(u16::from_le_bytes([p[7], p[8]]));
                     let mut n = cols + params;
@@ -196,6 +211,17 @@ impl Observer for ResponseObserver {
         std::mem::take(&mut self.result_ended)
     }
 
+    fn patch(&mut self, payload: &mut [u8]) {
+        if !std::mem::take(&mut self.id_to_patch) {
+            return;
+        }
+        if let (Some(ids), Some(backend)) = (self.ids.as_mut(), self.prepared_id) {
+            let client = ids.on_prepared(backend);
+            payload[1..5].copy_from_slice(&client.to_le_bytes());
+            self.prepared_id = Some(client);
+        }
+    }
+
     fn on_packet(&mut self, len: usize, p: &[u8], complete: bool) -> Result<Verdict, String> {
         if len == 0 {
             return match self.state {
@@ -223,7 +249,7 @@ impl Observer for ResponseObserver {
                     let st = eof_status(p);
                     self.status = st.or(self.status);
                     // With a cursor open only the definitions come now; rows come by fetch.
-                    if st.is_some_and(|s| s & status::CURSOR_EXISTS != 0) {
+                    if self.cursor_requested && st.is_some_and(|s| s & status::CURSOR_EXISTS != 0) {
                         return Ok(Verdict::Done);
                     }
                     self.state = State::Rows;
@@ -286,10 +312,26 @@ mod tests {
     #[test]
     fn cursor_ends_after_definitions() {
         let mut o = ResponseObserver::new(Shape::ResultSets, false);
+        o.cursor_requested = true;
         let eof_cursor = [0xfe, 0, 0, 0x42, 0];
         let v = feed(&mut o, &[&[1], COLDEF, &eof_cursor]);
         assert_eq!(v, vec![Verdict::More, Verdict::More, Verdict::Done]);
         assert!(o.status.unwrap() & status::CURSOR_EXISTS != 0);
+    }
+
+    #[test]
+    fn a_stored_program_cursor_flag_does_not_end_a_text_result() {
+        // BEGIN NOT ATOMIC ... OPEN c; FETCH c INTO v; SELECT v; END: CURSOR_EXISTS is set
+        // in the EOF after the definitions, and the row and the final OK still follow.
+        let mut o = ResponseObserver::new(Shape::ResultSets, false);
+        let eof_cursor_more = [0xfe, 0, 0, 0x4a, 0];
+        let ok = [0x00, 0, 0, 0x02, 0, 0, 0];
+        let v = feed(
+            &mut o,
+            &[&[1], COLDEF, &eof_cursor_more, ROW, &eof_cursor_more, &ok],
+        );
+        assert_eq!(v.iter().filter(|v| **v == Verdict::Done).count(), 1);
+        assert_eq!(v.last(), Some(&Verdict::Done));
     }
 
     #[test]
@@ -316,6 +358,22 @@ mod tests {
         let mut o = ResponseObserver::new(Shape::ResultSets, true);
         assert_eq!(feed(&mut o, &[&[0xfb, b'f']]), vec![Verdict::Done]);
         assert!(o.local_infile);
+    }
+
+    #[test]
+    fn a_prepare_answer_gets_the_clients_id_once_ids_differ() {
+        let mut o = ResponseObserver::new(Shape::Prepare, true);
+        o.ids = Some(StmtIds::rebuilt([(3, 1)]));
+        // the backend answers id 3, which the client already holds (as the backend's 1)
+        let mut ok = [0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(o.on_packet(ok.len(), &ok, true).unwrap(), Verdict::Done);
+        o.patch(&mut ok);
+        assert_eq!(u32::from_le_bytes([ok[1], ok[2], ok[3], ok[4]]), 4);
+        assert_eq!(o.prepared_id, Some(4));
+        assert_eq!(o.ids.as_ref().unwrap().backend_id(4), 3);
+        let mut row = [1, b'x'];
+        o.patch(&mut row);
+        assert_eq!(row, [1, b'x'], "only the OK packet carries the id");
     }
 
     #[test]

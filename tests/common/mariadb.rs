@@ -145,6 +145,19 @@ impl MariaDb {
         }
     }
 
+    /// Starts the server again on its datadir and port after `kill` or `stop` (crash recovery
+    /// included), for chaos tests that check what a killed server kept.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running server");
+        self.child = Some(spawn_mariadbd(&self.dir, self.port, None, 0));
+        assert!(
+            self.wait_ready(),
+            "mariadbd did not restart on port {}:\n{}",
+            self.port,
+            self.error_log()
+        );
+    }
+
     /// Clean shutdown with SIGTERM, falling back to SIGKILL after 30 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -6,6 +6,7 @@
 pub mod credential;
 pub mod restore;
 pub mod service;
+pub mod settings;
 pub mod sql;
 pub mod state;
 pub mod tidb;

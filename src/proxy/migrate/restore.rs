@@ -2,7 +2,7 @@
 //! session (current database, session variables that differ from global, user variables) as
 //! SQL, and replaying it with the prepared statements the proxy tracked.
 
-use super::sql::{close_statement, ident, prepare, query, quote, SqlError};
+use super::sql::{ident, prepare, query, quote, SqlError};
 use super::state::Tracked;
 use crate::protocol::PacketConn;
 
@@ -131,14 +131,14 @@ pub async fn read_live_state(
 }
 
 /// Replays state on the new connection: `statements` first (read live, or the tracked
-/// SET/USE history when the old backend is gone), then binary prepared statements under
-/// their old ids, then SQL PREPAREs.
+/// settings when the old backend is gone), then binary prepared statements, then SQL
+/// PREPAREs. Returns each binary statement's client id with the id the new backend gave it.
 pub async fn replay(
     new: &mut PacketConn,
     statements: &[String],
     tracked: &Tracked,
     deprecate_eof: bool,
-) -> Result<(), String> {
+) -> Result<Vec<(u32, u32)>, String> {
     for s in statements {
         super::sql::exec(new, s, deprecate_eof).await.map_err(|e| {
             format!(
@@ -147,46 +147,31 @@ pub async fn replay(
             )
         })?;
     }
-    recreate_prepared(new, tracked, deprecate_eof).await?;
+    let ids = recreate_prepared(new, tracked, deprecate_eof).await?;
     for (name, text) in &tracked.sql_prepares {
         let sql = String::from_utf8_lossy(text);
         super::sql::exec(new, &sql, deprecate_eof)
             .await
             .map_err(|e| format!("re-preparing SQL statement {name} failed: {e}"))?;
     }
-    Ok(())
+    Ok(ids)
 }
 
-/// Statement ids are counters per connection; a fresh connection hands them out from 1, so
-/// preparing in id order (closing the ids that fall in gaps) gives every statement its old
-/// id and the client never notices. Gaps larger than this are refused.
-const MAX_BURNED_IDS: u32 = 1000;
-
+/// Prepares each tracked statement again. The new backend numbers them its own way (a
+/// MariaDB thread taken from the cache goes on counting); the session translates ids.
 async fn recreate_prepared(
     new: &mut PacketConn,
     tracked: &Tracked,
     deprecate_eof: bool,
-) -> Result<(), String> {
-    let mut burned = 0u32;
-    for (&want, text) in &tracked.binary {
-        loop {
-            let got = prepare(new, text, deprecate_eof)
-                .await
-                .map_err(|e| format!("re-preparing statement {want} failed: {e}"))?;
-            if got == want {
-                break;
-            }
-            if got > want || burned >= MAX_BURNED_IDS {
-                let _ = close_statement(new, got).await;
-                return Err(format!(
-                    "prepared statement {want} cannot keep its id on the new backend (it offered {got})"
-                ));
-            }
-            close_statement(new, got).await.map_err(|e| e.to_string())?;
-            burned += 1;
-        }
+) -> Result<Vec<(u32, u32)>, String> {
+    let mut ids = Vec::with_capacity(tracked.binary.len());
+    for (&client_id, text) in &tracked.binary {
+        let got = prepare(new, text, deprecate_eof)
+            .await
+            .map_err(|e| format!("re-preparing statement {client_id} failed: {e}"))?;
+        ids.push((client_id, got));
     }
-    Ok(())
+    Ok(ids)
 }
 
 #[cfg(test)]

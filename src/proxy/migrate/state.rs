@@ -1,11 +1,11 @@
 //! Session state the proxy tracks itself, so a session can be rebuilt on another backend even
-//! when its old one is gone: USE / SET / COM_INIT_DB in order, SQL PREPAREs by name, and
-//! binary prepared statements by id with their text.
+//! when its old one is gone: the effective settings (the database and the latest SET of each
+//! variable, see `settings`), SQL PREPAREs by name, and binary prepared statements by id with
+//! their text.
 
-use std::collections::{BTreeMap, VecDeque};
+use super::settings::Settings;
+use std::collections::BTreeMap;
 
-/// Most statements kept for replay; older ones are dropped (and the state marked incomplete).
-const MAX_STATEMENTS: usize = 256;
 /// Longest statement text tracked.
 pub const MAX_TRACKED_TEXT: usize = 64 * 1024;
 
@@ -20,8 +20,8 @@ pub enum Kind {
 
 #[derive(Debug, Default, Clone)]
 pub struct Tracked {
-    /// Replayable statements, oldest first.
-    pub statements: VecDeque<Box<[u8]>>,
+    /// The database and session settings, as statements to replay in order.
+    pub settings: Settings,
     /// `PREPARE name FROM ...` texts by lower-cased name, in order of preparation.
     pub sql_prepares: Vec<(String, Box<[u8]>)>,
     /// Binary prepared statements: client-visible id -> SQL text.
@@ -107,6 +107,14 @@ impl Tracked {
         self.track_blockers(sql, first);
         let kind = classify_words(first, rest);
         if kind == Kind::Other {
+            // `SELECT ... INTO @v` and `@v := ...` set user variables the proxy cannot replay:
+            // a rebuild must then say so rather than lose them in silence.
+            if memchr::memchr(b'@', sql).is_some()
+                && (contains_ci(sql, b":=") || contains_ci(sql, b"into @"))
+            {
+                self.incomplete =
+                    Some("a user variable was set outside SET (SELECT ... INTO @v or @v := ...)");
+            }
             return;
         }
         if !full || is_multi(sql) {
@@ -115,7 +123,7 @@ impl Tracked {
             return;
         }
         match kind {
-            Kind::Set | Kind::Use => self.push(sql),
+            Kind::Set | Kind::Use => self.note_setting(sql),
             Kind::Prepare(name) => {
                 self.sql_prepares.retain(|(n, _)| *n != name);
                 self.sql_prepares.push((name, sql.into()));
@@ -125,17 +133,16 @@ impl Tracked {
         }
     }
 
+    /// COM_INIT_DB, or the database named in the handshake or COM_CHANGE_USER.
     pub fn after_init_db(&mut self, db: &[u8]) {
         let stmt = format!("USE {}", super::sql::ident(db));
-        self.push(stmt.as_bytes());
+        self.note_setting(stmt.as_bytes());
     }
 
-    fn push(&mut self, sql: &[u8]) {
-        if self.statements.len() >= MAX_STATEMENTS {
-            self.statements.pop_front();
-            self.incomplete = Some("more SET and USE statements than the proxy keeps");
+    fn note_setting(&mut self, sql: &[u8]) {
+        if let Err(why) = self.settings.note(sql) {
+            self.incomplete = Some(why);
         }
-        self.statements.push_back(sql.into());
     }
 
     pub fn after_prepare(&mut self, id: u32, sql: &[u8], full: bool) {
@@ -150,14 +157,23 @@ impl Tracked {
         self.binary.remove(&id);
     }
 
-    /// COM_RESET_CONNECTION / COM_CHANGE_USER wipe the server-side session.
+    /// COM_CHANGE_USER wipes the server-side session.
     pub fn reset(&mut self) {
         *self = Tracked::default();
+    }
+
+    /// COM_RESET_CONNECTION wipes the server-side session but keeps its current database.
+    pub fn reset_keeping_database(&mut self) {
+        let database = self.settings.database_statement().map(<[u8]>::to_vec);
+        self.reset();
+        if let Some(db) = database {
+            self.note_setting(&db);
+        }
     }
 }
 
 /// Skips whitespace and comments; returns the rest.
-fn skip_noise(mut s: &[u8]) -> &[u8] {
+pub(crate) fn skip_noise(mut s: &[u8]) -> &[u8] {
     loop {
         let t = s.trim_ascii_start();
         if let Some(rest) = t.strip_prefix(b"/*") {
@@ -177,7 +193,8 @@ fn skip_noise(mut s: &[u8]) -> &[u8] {
     }
 }
 
-fn word(s: &[u8]) -> (&[u8], &[u8]) {
+/// The first word of `s` (after whitespace and comments) and what follows it.
+pub(crate) fn word(s: &[u8]) -> (&[u8], &[u8]) {
     let s = skip_noise(s);
     let end = s
         .iter()
@@ -211,7 +228,13 @@ fn classify_words(first: &[u8], rest: &[u8]) -> Kind {
                 return Kind::Set;
             }
         }
-        if second.eq_ignore_ascii_case(b"GLOBAL") || second.eq_ignore_ascii_case(b"PASSWORD") {
+        // SET STATEMENT ... FOR runs another statement with one-off settings: replaying it
+        // would run that statement again. GLOBAL, PASSWORD and DEFAULT ROLE change the server.
+        if ["GLOBAL", "PASSWORD", "STATEMENT", "DEFAULT"]
+            .iter()
+            .any(|k| second.eq_ignore_ascii_case(k.as_bytes()))
+            || contains_ci(rest, b"@@global.")
+        {
             return Kind::Other;
         }
         return Kind::Set;
@@ -233,16 +256,32 @@ fn classify_words(first: &[u8], rest: &[u8]) -> Kind {
     Kind::Other
 }
 
-/// `BEGIN` or `START TRANSACTION`: the statements a pending move may commit ahead of.
+/// A statement that starts a transaction as the server's parser reads it: `BEGIN [WORK]` alone
+/// or `START TRANSACTION ...`. `BEGIN NOT ATOMIC ... END` (MariaDB's anonymous compound
+/// statement, maybe after a label) and `XA START` are not.
 pub fn is_begin(sql: &[u8]) -> bool {
     let (first, rest) = word(sql);
-    first.eq_ignore_ascii_case(b"BEGIN")
-        || (first.eq_ignore_ascii_case(b"START")
-            && word(rest).0.eq_ignore_ascii_case(b"TRANSACTION"))
+    if first.eq_ignore_ascii_case(b"START") {
+        return word(rest).0.eq_ignore_ascii_case(b"TRANSACTION");
+    }
+    if !first.eq_ignore_ascii_case(b"BEGIN") {
+        return false;
+    }
+    let (second, after) = word(rest);
+    let tail = if second.eq_ignore_ascii_case(b"WORK") {
+        after
+    } else if second.is_empty() {
+        rest
+    } else {
+        return false;
+    };
+    skip_noise(tail)
+        .iter()
+        .all(|&c| c == b';' || c.is_ascii_whitespace())
 }
 
 /// True when text follows a `;` outside quotes: a multi-statement.
-fn is_multi(sql: &[u8]) -> bool {
+pub(crate) fn is_multi(sql: &[u8]) -> bool {
     let mut quote: Option<u8> = None;
     let mut i = 0;
     while i < sql.len() {
@@ -300,8 +339,8 @@ mod tests {
         t.after_query(b"PREPARE s FROM 'select 1'", true);
         t.after_query(b"PREPARE s FROM 'select 2'", true);
         t.after_query(b"SELECT 1", true);
-        assert_eq!(t.statements.len(), 2);
-        assert_eq!(&*t.statements[1], b"USE `test`");
+        assert_eq!(t.settings.len(), 2);
+        assert_eq!(t.settings.statements().nth(1), Some(&b"USE `test`"[..]));
         assert_eq!(t.sql_prepares.len(), 1);
         assert_eq!(&*t.sql_prepares[0].1, b"PREPARE s FROM 'select 2'");
         t.after_query(b"DEALLOCATE PREPARE s", true);
@@ -309,8 +348,20 @@ mod tests {
         assert!(t.incomplete.is_none());
         t.after_query(b"SET @b = 1; DELETE FROM t", true);
         assert!(t.incomplete.is_some(), "multi-statements are not replayed");
-        assert_eq!(t.statements.len(), 2);
+        assert_eq!(t.settings.len(), 2);
         assert!(!is_multi(b"SET @x = 'a;b';"));
+    }
+
+    #[test]
+    fn user_variables_set_outside_set_make_the_state_incomplete() {
+        let mut t = Tracked::default();
+        t.after_query(b"SELECT * FROM t WHERE mail = 'a@b' AND x = 1", true);
+        assert!(t.incomplete.is_none());
+        t.after_query(b"SELECT COUNT(*) INTO @n FROM t", true);
+        assert!(t.incomplete.is_some());
+        let mut t = Tracked::default();
+        t.after_query(b"SELECT @r := @r + 1 FROM t", true);
+        assert!(t.incomplete.is_some());
     }
 
     #[test]
@@ -319,6 +370,13 @@ mod tests {
         assert!(is_begin(b" START  transaction READ ONLY"));
         assert!(!is_begin(b"START SLAVE"));
         assert!(!is_begin(b"SELECT 'begin'"));
+        assert!(is_begin(b"BEGIN WORK"));
+        assert!(is_begin(b"/* app */ begin ; "));
+        assert!(is_begin(b"BEGIN -- open it\n"));
+        assert!(!is_begin(b"BEGIN NOT ATOMIC SELECT 1; END"));
+        assert!(!is_begin(b"begin not atomic declare v int; select v; end"));
+        assert!(!is_begin(b"lbl: BEGIN NOT ATOMIC END"));
+        assert!(!is_begin(b"XA START 'x'"));
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! The command loop of a session: relay each command and its response, track transaction
 //! and session state, and handle the commands the proxy rewrites or refuses.
 
+use super::outcome::{fate, InFlight, STMT_BULK_EXECUTE};
+use super::redirect::failure_error;
 use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
 use crate::protocol::conn::{parse_header, HEADER_LEN};
-use crate::protocol::constants::{cap, cmd, UNKNOWN_AUTH_PLUGIN};
+use crate::protocol::constants::{
+    cap, cmd, CURSOR_TYPE_READ_ONLY, MAX_PAYLOAD, UNKNOWN_AUTH_PLUGIN,
+};
 use crate::protocol::handshake::ChangeUser;
 use crate::proxy::backend_conn::{relay_auth_bounded, AuthOutcome, AuthRelayError};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::digest::digest;
-use crate::proxy::error::ClientError;
+use crate::proxy::error::{ClientError, Next};
 use crate::proxy::migrate::credential::ProofCapture;
 use crate::proxy::migrate::state::{is_begin, MAX_TRACKED_TEXT};
 use crate::proxy::query_log::QueryError;
@@ -44,6 +48,45 @@ impl Session {
         self.lease.backend().addr.clone()
     }
 
+    /// The command in flight, for judging what a backend failure did to it.
+    fn in_flight(&self, head: &[u8], len: usize) -> InFlight<'_> {
+        let command = head.first().copied().unwrap_or(0);
+        let text = match command {
+            cmd::QUERY => Some(&self.statement[..]),
+            cmd::STMT_EXECUTE | STMT_BULK_EXECUTE if head.len() >= 5 => {
+                let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+                self.tracked.binary.get(&id).map(|t| &t[..])
+            }
+            _ => None,
+        };
+        InFlight {
+            command,
+            text,
+            whole: command != cmd::QUERY || len.saturating_sub(1) == self.statement.len(),
+            multi_statements: self.capabilities & cap::MULTI_STATEMENTS != 0,
+        }
+    }
+
+    /// Statement commands carry the client's id; the backend may know it by another.
+    fn translate_statement_id(&mut self, command: u8, head: &[u8]) {
+        let carries_id = matches!(
+            command,
+            cmd::STMT_EXECUTE
+                | STMT_BULK_EXECUTE
+                | cmd::STMT_FETCH
+                | cmd::STMT_RESET
+                | cmd::STMT_CLOSE
+                | cmd::STMT_SEND_LONG_DATA
+        );
+        if !carries_id || head.len() < 5 || self.stmt_ids.is_identity() {
+            return;
+        }
+        let client = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        let backend = self.stmt_ids.backend_id(client);
+        self.client.buffered_mut()[HEADER_LEN + 1..HEADER_LEN + 5]
+            .copy_from_slice(&backend.to_le_bytes());
+    }
+
     fn backend_lost(&self, e: impl std::fmt::Display) -> ClientError {
         ClientError::BackendLost {
             backend: self.backend_addr(),
@@ -73,28 +116,31 @@ impl Session {
                     biased;
                     // A move, a close or a shutdown phase: the loop's top sees which.
                     _ = entry.attention() => continue,
-                    r = self.client.fill() => match r {
-                        Ok(0) => return End::ClientGone("closed".into()),
-                        Ok(_) => continue,
-                        Err(e) => return End::ClientGone(e.to_string()),
-                    },
                     // A backend says nothing between commands: anything here means it is
                     // gone or killed the connection, so the session is rebuilt elsewhere
-                    // before the client needs it.
+                    // before the client needs it. Looked at before the client, so a command
+                    // that arrives with the news goes to the new backend.
                     r = self.backend.fill(), if idle => {
                         let why = match r {
                             Ok(0) => "the backend closed the connection".to_owned(),
                             Ok(_) => "the backend ended the connection with an error".to_owned(),
                             Err(e) => e.to_string(),
                         };
-                        if !Box::pin(self.rebuild_idle(ctx)).await {
-                            let err = self.backend_lost(format!(
-                                "{why}, and no other backend could take the session"
-                            ));
+                        if let Err(not_moved) = Box::pin(self.rebuild_idle(ctx)).await {
+                            let err = ClientError::NotExecuted {
+                                backend: self.backend_addr(),
+                                detail: why,
+                                next: Next::Closed(not_moved),
+                            };
                             return self.tell_on_next_command(ctx, err).await;
                         }
                         continue;
                     }
+                    r = self.client.fill() => match r {
+                        Ok(0) => return End::ClientGone("closed".into()),
+                        Ok(_) => continue,
+                        Err(e) => return End::ClientGone(e.to_string()),
+                    },
                 }
             }
             // Only a forced close interrupts a command; other requests wait for its end.
@@ -163,12 +209,17 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
             }
-            cmd::STMT_CLOSE if head_len >= 5 => {
-                let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-                self.prepared.remove(&id);
-            }
             _ => {}
         }
+        self.translate_statement_id(command, &head[..head_len]);
+        if command == cmd::STMT_CLOSE && head_len >= 5 {
+            let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+            self.prepared.remove(&id);
+            self.stmt_ids.on_closed(id);
+        }
+        let status_before = self.txn.status();
+        // A command wholly read can be dropped and answered if the backend refuses it.
+        let whole = len < MAX_PAYLOAD && self.client.buffered().len() >= HEADER_LEN + len;
         let mut seq = 0u8;
         match relay(
             &mut self.client,
@@ -180,9 +231,21 @@ impl Session {
         {
             Ok(()) => {}
             Err(RelayError::Source(e)) => return Err(End::client_read(e)),
+            // A write that failed left the command incomplete: no server runs it.
             Err(RelayError::Dest(e)) => {
-                let err = self.backend_lost(e);
-                return Err(tell(&mut self.client, seq, err).await);
+                let fate = fate(
+                    status_before,
+                    false,
+                    &self.in_flight(&head[..head_len], len),
+                );
+                let detail = format!("sending your command failed: {e}");
+                if whole {
+                    self.client.consume(HEADER_LEN + len);
+                    return Box::pin(self.after_backend_failure(ctx, 1, detail, fate)).await;
+                }
+                let next = Next::Closed("the rest of the command could not be passed on".into());
+                let err = failure_error(self.backend_addr(), fate, detail, next);
+                return Err(tell(&mut self.client, 1, err).await);
             }
             Err(RelayError::Protocol(e)) => {
                 return Err(End::ClientGone(format!("client broke the protocol: {e}")))
@@ -195,11 +258,22 @@ impl Session {
             return Ok(Flow::Continue);
         };
         let mut obs = ResponseObserver::new(shape, self.deprecate_eof());
+        obs.cursor_requested =
+            command == cmd::STMT_EXECUTE && head_len >= 6 && head[5] & CURSOR_TYPE_READ_ONLY != 0;
+        if shape == Shape::Prepare && !self.stmt_ids.is_identity() {
+            obs.ids = Some(std::mem::take(&mut self.stmt_ids));
+        }
         loop {
-            match relay(&mut self.backend, &mut self.client, &mut obs, &mut seq).await {
+            let relayed = relay(&mut self.backend, &mut self.client, &mut obs, &mut seq).await;
+            if let Some(ids) = obs.ids.take() {
+                self.stmt_ids = ids;
+            }
+            match relayed {
                 Ok(()) => {}
                 Err(RelayError::Source(e)) => {
-                    return Box::pin(self.after_backend_failure(ctx, seq, e.to_string())).await;
+                    let fate = fate(status_before, true, &self.in_flight(&head[..head_len], len));
+                    let detail = format!("its answer was cut off: {e}");
+                    return Box::pin(self.after_backend_failure(ctx, seq, detail, fate)).await;
                 }
                 Err(RelayError::Dest(e)) => return Err(End::ClientGone(e.to_string())),
                 Err(RelayError::Protocol(detail)) => {
@@ -224,7 +298,10 @@ impl Session {
             {
                 Ok(()) => obs.resume_after_infile(),
                 Err(RelayError::Dest(e)) => {
-                    let err = self.backend_lost(e);
+                    let fate = fate(status_before, true, &self.in_flight(&head[..head_len], len));
+                    let detail = format!("passing on your LOAD DATA LOCAL file failed: {e}");
+                    let next = Next::Closed("the upload could not be finished".into());
+                    let err = failure_error(self.backend_addr(), fate, detail, next);
                     return Err(tell(&mut self.client, seq, err).await);
                 }
                 Err(RelayError::Source(e)) => return Err(End::client_read(e)),
@@ -293,7 +370,10 @@ impl Session {
                 self.tracked
                     .after_close(u32::from_le_bytes([head[1], head[2], head[3], head[4]]));
             }
-            cmd::RESET_CONNECTION => self.tracked.reset(),
+            cmd::RESET_CONNECTION => {
+                self.tracked.reset_keeping_database();
+                self.stmt_ids = Default::default();
+            }
             _ => {}
         }
     }
@@ -377,6 +457,7 @@ impl Session {
             }
         };
         let new_user = String::from_utf8_lossy(&cu.user).into_owned();
+        let database = cu.database.clone();
         cu.auth_data.clear();
         cu.auth_plugin = Some(UNKNOWN_AUTH_PLUGIN.into());
         cu.collation.get_or_insert(u16::from(self.collation));
@@ -406,6 +487,10 @@ impl Session {
                 self.proof = proof;
                 self.login = None;
                 self.tracked.reset();
+                self.stmt_ids = Default::default();
+                if !database.is_empty() {
+                    self.tracked.after_init_db(&database);
+                }
                 self.txn
                     .after_command(&[cmd::CHANGE_USER], Some(status), true);
                 Ok(Flow::Continue)

@@ -3,7 +3,11 @@
 
 mod command;
 mod early;
+#[cfg(test)]
+mod failover_tests;
+mod outcome;
 mod redirect;
+pub(crate) mod stmt_ids;
 
 use super::backend_conn::{
     dial, relay_auth_bounded, AuthAnswer, AuthOutcome, AuthRelayError, DialError,
@@ -73,6 +77,8 @@ pub(crate) struct Session {
     pub(crate) redirect_retry_at: Option<std::time::Instant>,
     /// State the proxy tracks for rebuilding the session elsewhere.
     pub(crate) tracked: Tracked,
+    /// The client's prepared statement ids and the backend's, once a rebuild made them differ.
+    pub(crate) stmt_ids: stmt_ids::StmtIds,
 }
 
 /// How much statement text is kept for a digest.
@@ -100,6 +106,11 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
                 .set_identity(&est.user, &est.lease.backend().addr);
             let mut txn = TxnState::default();
             txn.after_command(&[], Some(est.status), true);
+            // The database named in the handshake is part of the state a rebuild restores.
+            let mut tracked = Tracked::default();
+            if let Some(db) = est.identity.database.as_deref().filter(|d| !d.is_empty()) {
+                tracked.after_init_db(db);
+            }
             let mut session = Session {
                 id,
                 peer,
@@ -118,7 +129,8 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
                 proof: est.proof,
                 login: None,
                 redirect_retry_at: None,
-                tracked: Tracked::default(),
+                tracked,
+                stmt_ids: stmt_ids::StmtIds::default(),
             };
             let end = session.serve(&ctx).await;
             session.close().await;

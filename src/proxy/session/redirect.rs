@@ -2,14 +2,17 @@
 //! unhealthy or removed backend, fail-backend-list, imbalance, the API), and after its
 //! backend failed, from the state the proxy tracked.
 
+use super::outcome::Fate;
+use super::stmt_ids::StmtIds;
 use super::{tell, End, Flow, Session};
 use crate::balance::{Backend, BackendLease};
 use crate::protocol::conn::HEADER_LEN;
-use crate::protocol::constants::{cap, cmd};
+use crate::protocol::constants::{cap, cmd, status};
 use crate::protocol::handshake::HandshakeResponse;
 use crate::proxy::backend_conn::{dial, finish_auth, AuthAnswer, Dialed, Identity};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::error::ClientError;
+use crate::proxy::error::Next;
 use crate::proxy::migrate::service::{login_for, Login};
 use crate::proxy::migrate::{restore, sql, tidb};
 use crate::proxy::registry::Redirect;
@@ -42,16 +45,16 @@ impl Session {
         if self.redirect_retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        Box::pin(self.move_now(ctx, &req, StateSource::Live)).await;
+        let _ = Box::pin(self.move_now(ctx, &req, StateSource::Live)).await;
     }
 
-    /// Moves the session and records the outcome; returns whether it moved.
+    /// Moves the session and records the outcome: the new backend, or why it did not move.
     pub(crate) async fn move_now(
         &mut self,
         ctx: &ProxyContext,
         req: &Redirect,
         source: StateSource,
-    ) -> bool {
+    ) -> Result<String, String> {
         let from = self.backend_addr();
         let started = Instant::now();
         let outcome = self.move_to(ctx, req, source).await;
@@ -60,6 +63,7 @@ impl Session {
         match outcome {
             Ok(to) => {
                 self.redirect_retry_at = None;
+                self.entry.set_move_blocked(None);
                 m.migrate_total
                     .with_label_values(&[&from, &to, req.reason, "succeed"])
                     .inc();
@@ -71,7 +75,7 @@ impl Session {
                     "migration",
                     format!("session {} moved {from} -> {to} ({})", self.id, req.reason),
                 );
-                true
+                Ok(to)
             }
             Err((to, why)) => {
                 self.redirect_retry_at = Some(Instant::now() + RETRY_AFTER);
@@ -82,21 +86,36 @@ impl Session {
                     .with_label_values(&[&from, &to, "fail"])
                     .observe(secs);
                 warn!(conn = self.id, %from, %to, reason = req.reason, error = %why, "session not moved");
-                false
+                self.entry.set_move_blocked(Some(&why));
+                Err(match to.is_empty() {
+                    true => why,
+                    false => format!("{to}: {why}"),
+                })
             }
         }
     }
 
+    /// A healthy backend other than the current one: never the same address, even when the
+    /// backend list holds it again under a new entry (removed and re-added).
     fn pick_target(&self, ctx: &ProxyContext, req: &Redirect) -> Option<Arc<Backend>> {
         let current = self.lease.backend().clone();
+        let mut same_place: Vec<Arc<Backend>> = ctx
+            .backends
+            .snapshot()
+            .iter()
+            .filter(|b| b.addr == current.addr)
+            .cloned()
+            .collect();
+        same_place.push(current.clone());
         match &req.target {
+            Some(addr) if *addr == current.addr => None,
             Some(addr) => ctx
                 .backends
                 .snapshot()
                 .iter()
-                .find(|b| &b.addr == addr && b.is_healthy() && !Arc::ptr_eq(b, &current))
+                .find(|b| &b.addr == addr && b.is_healthy())
                 .cloned(),
-            None => ctx.selector.select(&[current]),
+            None => ctx.selector.select(&same_place),
         }
     }
 
@@ -109,6 +128,13 @@ impl Session {
         if let Some(b) = self.tracked.blocker() {
             return Err((String::new(), format!("the session holds {b}")));
         }
+        // State the proxy could not record whole is never replayed as if it were.
+        if let (StateSource::Tracked, Some(why)) = (source, self.tracked.incomplete) {
+            return Err((
+                String::new(),
+                format!("its state cannot be restored: {why}"),
+            ));
+        }
         let Some(target) = self.pick_target(ctx, req) else {
             return Err((
                 req.target.clone().unwrap_or_default(),
@@ -116,7 +142,7 @@ impl Session {
             ));
         };
         let to = target.addr.clone();
-        let dialed = self
+        let (dialed, ids) = self
             .open_on(ctx, &target, source)
             .await
             .map_err(|e| (to.clone(), e))?;
@@ -129,6 +155,9 @@ impl Session {
             ));
         }
         let old = std::mem::replace(&mut self.backend, dialed.conn);
+        if let Some(pairs) = ids {
+            self.stmt_ids = StmtIds::rebuilt(pairs);
+        }
         self.capabilities = dialed.capabilities;
         self.lease = BackendLease::new(target.clone());
         self.entry.set_identity(&self.user, &target.addr);
@@ -143,21 +172,27 @@ impl Session {
         Ok(to)
     }
 
-    fn tracked_statements(&self) -> Vec<String> {
-        self.tracked
-            .statements
-            .iter()
+    fn tracked_statements(&self) -> Result<Vec<String>, String> {
+        if let Some(why) = self.tracked.incomplete {
+            return Err(format!("its state cannot be restored: {why}"));
+        }
+        Ok(self
+            .tracked
+            .settings
+            .statements()
             .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect()
+            .collect())
     }
 
     /// Logs in on `target` as the session's user and rebuilds the session state there.
+    /// Returns the connection and, when prepared statements were prepared again, each
+    /// client id with its id on the new backend.
     async fn open_on(
         &mut self,
         ctx: &ProxyContext,
         target: &Arc<Backend>,
         source: StateSource,
-    ) -> Result<Dialed, String> {
+    ) -> Result<(Dialed, Option<Vec<(u32, u32)>>), String> {
         let settings = ctx.settings();
         let deprecate_eof = self.deprecate_eof();
         // Log in without a database: the old one may be gone; the state replay sets it.
@@ -192,7 +227,7 @@ impl Session {
             sql::exec(&mut d.conn, &tidb::set_statement(&states.json), de)
                 .await
                 .map_err(|e| format!("SET SESSION_STATES failed: {e}"))?;
-            return Ok(d);
+            return Ok((d, None));
         }
         let login = match self.login {
             Some(l) => l,
@@ -213,22 +248,21 @@ impl Session {
         let statements: Vec<String> = match source {
             StateSource::Live => {
                 match restore::read_live_state(&mut self.backend, deprecate_eof).await {
-                    Ok((s, gaps)) => {
-                        if let Some(g) = gaps {
-                            warn!(conn = self.id, "moving with partial state: {g}");
-                        }
-                        s
+                    // A move never drops state in silence: the session stays instead.
+                    Ok((_, Some(gaps))) => {
+                        return Err(format!("its state cannot be moved: {gaps}"))
                     }
+                    Ok((s, None)) => s,
                     // A server without MariaDB's information_schema tables (MySQL): the
                     // statements the proxy tracked carry the state instead.
                     Err(sql::SqlError::Server(e)) => {
                         warn!(conn = self.id, error = %e, "session state not readable here; replaying the tracked SET/USE statements");
-                        self.tracked_statements()
+                        self.tracked_statements()?
                     }
                     Err(e) => return Err(format!("reading the session state failed: {e}")),
                 }
             }
-            StateSource::Tracked => self.tracked_statements(),
+            StateSource::Tracked => self.tracked_statements()?,
         };
         let answer = match &login {
             Login::Native(s1) => AuthAnswer::Native(s1),
@@ -237,8 +271,34 @@ impl Session {
         let mut d = open(answer).await.map_err(|e| e.to_string())?;
         finish_auth(&mut d.conn, answer).await?;
         let de = d.capabilities & cap::DEPRECATE_EOF != 0;
-        restore::replay(&mut d.conn, &statements, &self.tracked, de).await?;
-        Ok(d)
+        let ids = restore::replay(&mut d.conn, &statements, &self.tracked, de).await?;
+        Ok((d, Some(ids)))
+    }
+}
+
+/// The error that tells the client what is proven about its command.
+pub(super) fn failure_error(
+    backend: String,
+    fate: Fate,
+    detail: String,
+    next: Next,
+) -> ClientError {
+    match fate {
+        Fate::RolledBack => ClientError::TxnRolledBack {
+            backend,
+            detail,
+            next,
+        },
+        Fate::NotExecuted => ClientError::NotExecuted {
+            backend,
+            detail,
+            next,
+        },
+        Fate::Unknown => ClientError::OutcomeUnknown {
+            backend,
+            detail,
+            next,
+        },
     }
 }
 
@@ -258,7 +318,7 @@ impl Session {
                 self.txn.after_command(&[cmd::QUERY], Some(status), true);
                 self.entry.set_in_transaction(false);
                 if let Some(req) = self.entry.take_redirect() {
-                    Box::pin(self.move_now(ctx, &req, StateSource::Live)).await;
+                    let _ = Box::pin(self.move_now(ctx, &req, StateSource::Live)).await;
                 }
                 Ok(false)
             }
@@ -269,10 +329,12 @@ impl Session {
                 }
                 Ok(true)
             }
+            // The COMMIT the proxy sent for the client's BEGIN may or may not have committed.
             Err(e) => {
                 self.client.consume(HEADER_LEN + len);
+                let detail = format!("during the COMMIT that your BEGIN implies: {e}");
                 Err(self
-                    .after_backend_failure(ctx, 1, e.to_string())
+                    .after_backend_failure(ctx, 1, detail, Fate::Unknown)
                     .await
                     .err()
                     .unwrap_or(End::ClientQuit))
@@ -280,39 +342,33 @@ impl Session {
         }
     }
 
-    /// The backend failed while a command was in flight. The client is told what happened to
-    /// its statement or transaction, and the session is rebuilt on another backend from the
-    /// tracked state so it keeps working.
+    /// The backend failed while a command was in flight. The client is told what is proven
+    /// about its command (`fate`), and the session is rebuilt on another backend from the
+    /// tracked state so it keeps working, or closed when that cannot be done whole.
     pub(super) async fn after_backend_failure(
         &mut self,
         ctx: &ProxyContext,
         seq: u8,
         detail: String,
+        fate: Fate,
     ) -> Result<Flow, End> {
         let failed = self.backend_addr();
-        let in_txn = self.txn.in_transaction();
+        // The new session has no transaction and the autocommit mode the client chose (its
+        // SET autocommit is replayed): what the next failure is judged by.
+        let autocommit = self.txn.status() & status::AUTOCOMMIT;
         self.txn = TxnState::default();
+        self.txn.after_command(&[], Some(autocommit), true);
         self.entry.set_in_transaction(false);
         let req = Redirect {
             target: None,
             reason: "backend-failed",
         };
-        let moved = self.move_now(ctx, &req, StateSource::Tracked).await;
-        let now_on = moved.then(|| self.backend_addr());
-        let err = if in_txn {
-            ClientError::TxnRolledBack {
-                backend: failed,
-                moved_to: now_on,
-            }
-        } else {
-            ClientError::BackendLost {
-                backend: failed,
-                detail: match &now_on {
-                    Some(to) => format!("{detail}; the session continues on {to}"),
-                    None => detail,
-                },
-            }
+        let next = match self.move_now(ctx, &req, StateSource::Tracked).await {
+            Ok(to) => Next::MovedTo(to),
+            Err(why) => Next::Closed(why),
         };
+        let moved = matches!(next, Next::MovedTo(_));
+        let err = failure_error(failed, fate, detail, next);
         if moved {
             if let Err(e) = self
                 .client
@@ -328,8 +384,8 @@ impl Session {
     }
 
     /// The backend went away while the session was idle: rebuild it elsewhere before the
-    /// client notices. Returns whether that worked.
-    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext) -> bool {
+    /// client notices. Returns why that did not work, if it did not.
+    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext) -> Result<String, String> {
         let n = self.backend.buffered().len();
         self.backend.consume(n);
         let req = Redirect {
