@@ -130,7 +130,9 @@ impl ClientError {
 
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            ClientError::TooManyConnections { .. } | ClientError::TooManyHandshakes { .. } => "08004",
+            ClientError::TooManyConnections { .. } | ClientError::TooManyHandshakes { .. } => {
+                "08004"
+            }
             // "Transaction resolution unknown": drivers treat it as a lost connection whose
             // last statement may have committed.
             ClientError::OutcomeUnknown { .. } => "08007",
