@@ -370,7 +370,11 @@ mod tests {
         let caps = u32::from_le_bytes([enc[0], enc[1], enc[2], enc[3]]);
         assert_ne!(caps & cap::PLUGIN_AUTH_LENENC_DATA, 0, "flag not set");
         let at = RESPONSE_PREFIX_LEN + b"app\0".len();
-        assert_eq!(&enc[at..at + 3], &[0xfc, 0xdc, 0x01], "not a 3-byte lenenc length");
+        assert_eq!(
+            &enc[at..at + 3],
+            &[0xfc, 0xdc, 0x01],
+            "not a 3-byte lenenc length"
+        );
         assert_ne!(enc[at], 0xdc, "the token went out with a one-byte length");
         let back = HandshakeResponse::parse(&enc).unwrap();
         assert_eq!(back.auth_data, token);

@@ -217,7 +217,10 @@ mod tests {
         for e in &all {
             assert!(e.sqlstate().starts_with("08"), "{e:?}");
             assert_ne!(e.code(), 1105);
-            assert!(!(2000..3000).contains(&e.code()), "{e:?} uses a client-range code");
+            assert!(
+                !(2000..3000).contains(&e.code()),
+                "{e:?} uses a client-range code"
+            );
             let p = e.to_packet();
             assert_eq!(ErrPacket::parse(&p.encode()).unwrap(), p);
         }

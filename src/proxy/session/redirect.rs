@@ -53,6 +53,7 @@ impl Session {
         source: StateSource,
     ) -> bool {
         let from = self.backend_addr();
+        let method = tidb::move_method(&self.lease.backend().info().server_version);
         let started = Instant::now();
         let outcome = self.move_to(ctx, req, source).await;
         let secs = started.elapsed().as_secs_f64();
@@ -63,10 +64,13 @@ impl Session {
                 m.migrate_total
                     .with_label_values(&[&from, &to, req.reason, "succeed"])
                     .inc();
+                m.migrate_method
+                    .with_label_values(&[method, "succeed"])
+                    .inc();
                 m.migrate_duration
                     .with_label_values(&[&from, &to, "succeed"])
                     .observe(secs);
-                info!(conn = self.id, %from, %to, reason = req.reason, ms = (secs * 1000.0) as u64, "session moved");
+                info!(conn = self.id, %from, %to, reason = req.reason, method, ms = (secs * 1000.0) as u64, "session moved");
                 crate::events::push(
                     "migration",
                     format!("session {} moved {from} -> {to} ({})", self.id, req.reason),
@@ -78,10 +82,11 @@ impl Session {
                 m.migrate_total
                     .with_label_values(&[&from, &to, req.reason, "fail"])
                     .inc();
+                m.migrate_method.with_label_values(&[method, "fail"]).inc();
                 m.migrate_duration
                     .with_label_values(&[&from, &to, "fail"])
                     .observe(secs);
-                warn!(conn = self.id, %from, %to, reason = req.reason, error = %why, "session not moved");
+                warn!(conn = self.id, %from, %to, reason = req.reason, method, error = %why, "session not moved");
                 false
             }
         }
