@@ -215,3 +215,144 @@ fn scripted_tidb_answers_as_the_recordings() {
         "{ev:?}"
     );
 }
+
+fn metric(port: u16, series: &str) -> u64 {
+    http(port, "GET", "/metrics")
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Two static TiDBs with their status ports configured, `n` idle sessions through the proxy,
+/// and which of them sit on `a`.
+async fn tidb_pair(n: usize) -> (ScriptedTidb, ScriptedTidb, Proxy, Vec<mysql_async::Conn>) {
+    let tokens = registry();
+    let a = ScriptedTidb::start("pw", tokens.clone());
+    let b = ScriptedTidb::start("pw", tokens.clone());
+    let mut cfg = ProxyConfig::new(vec![a.addr(), b.addr()]);
+    cfg.backend_status_addrs = vec![(a.addr(), a.status_addr()), (b.addr(), b.status_addr())];
+    // Slow regular probes: the drain must be seen by the fast /status watcher.
+    cfg.health_interval_ms = 3000;
+    let proxy = Proxy::start(&cfg);
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let opts = builder(proxy.port(), "root", "pw").db_name(None::<String>);
+        let mut c = mysql_async::Conn::new(opts).await.expect("login");
+        c.query_drop(format!("SET @i = '{i}'")).await.unwrap();
+        conns.push(c);
+    }
+    (a, b, proxy, conns)
+}
+
+/// A static TiDB's graceful shutdown (SIGTERM, graceful-wait-before-shutdown = 10, as recorded
+/// in status.json): /status turns 500, the proxy moves every idle session while TiDB still
+/// serves, and no session sees an error after TiDB closes its connections.
+#[tokio::test]
+async fn static_tidb_graceful_shutdown_moves_idle_sessions_before_tidb_closes_them() {
+    let (mut a, b, proxy, mut conns) = tidb_pair(8).await;
+    let mut on_a = Vec::new();
+    for (i, c) in conns.iter_mut().enumerate() {
+        if port_of(c).await == a.port() {
+            on_a.push(i);
+        }
+    }
+    assert!(!on_a.is_empty(), "no session on the TiDB to drain");
+    let series =
+        "tiproxy_balance_migrate_method_total{method=\"session-token\",migrate_res=\"succeed\"}";
+    let started = Instant::now();
+    a.sigterm(Duration::from_secs(10));
+    let mut moved_after = None;
+    for _ in 0..240 {
+        if metric(proxy.api_port(), series) >= on_a.len() as u64 {
+            moved_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "{} idle sessions moved {:?} after SIGTERM",
+        on_a.len(),
+        moved_after
+    );
+    // Past TiDB's graceful wait: its connections are closed and its ports refuse.
+    while started.elapsed() < Duration::from_secs(11) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let p: u16 = c
+            .query_first("SELECT @@port")
+            .await
+            .unwrap_or_else(|e| panic!("session {i}: {e}\n{}", proxy.log()))
+            .unwrap();
+        assert_eq!(p, b.port(), "session {i}");
+        let v: String = c.query_first("SELECT @i").await.unwrap().unwrap();
+        assert_eq!(v, i.to_string(), "session {i} lost its variable");
+    }
+    let log = proxy.log();
+    assert!(
+        log.contains("TiDB is shutting down"),
+        "the drain was not seen through /status:\n{log}"
+    );
+    assert!(moved_after.is_some(), "not every session moved:\n{log}");
+}
+
+/// kill -9 of a TiDB: its sessions cannot be rebuilt elsewhere (their state lived in it), and
+/// the error says so instead of claiming no backend could take them while another is healthy.
+#[tokio::test]
+async fn after_a_tidb_crash_the_error_says_the_state_died_with_it() {
+    let (a, b, proxy, mut conns) = tidb_pair(4).await;
+    let mut on_a = Vec::new();
+    for c in conns.iter_mut() {
+        on_a.push(port_of(c).await == a.port());
+    }
+    assert!(on_a.iter().any(|x| *x), "no session on the TiDB to crash");
+    a.crash();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (c, was_on_a) in conns.iter_mut().zip(&on_a) {
+        let r: Result<Option<u16>, _> = c.query_first("SELECT @@port").await;
+        if *was_on_a {
+            let e = r
+                .expect_err("a session of the crashed TiDB carried on")
+                .to_string();
+            assert!(
+                e.contains("lived in that TiDB and cannot be rebuilt")
+                    && e.contains("your statement was not run"),
+                "{e}"
+            );
+            assert!(!e.contains("no other backend"), "{e}");
+        } else {
+            assert_eq!(r.unwrap(), Some(b.port()));
+        }
+    }
+    drop(proxy);
+}
+
+/// The probe of a TiDB reads the greeting and hangs up (TiDB logs nothing for it), and asks
+/// /status: no login attempt ever reaches TiDB from the probe.
+#[tokio::test]
+async fn tidb_probe_reads_only_the_greeting() {
+    let (a, _b, proxy, _conns) = tidb_pair(0).await;
+    let mut seen = false;
+    for _ in 0..100 {
+        if a.events()
+            .iter()
+            .filter(|e| **e == TidbEvent::GreetingOnly)
+            .count()
+            >= 2
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ev = a.events();
+    assert!(seen, "{ev:?}");
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, TidbEvent::Login { .. } | TidbEvent::AuthSwitch { .. })),
+        "the probe tried to log in: {ev:?}"
+    );
+    drop(proxy);
+}

@@ -17,6 +17,10 @@ impl Config {
         for a in &p.backend_addrs {
             check_addr("proxy.backend-addrs", a, AddrKind::Remote)?;
         }
+        for (sql, status) in &p.backend_status_addrs {
+            check_addr("proxy.backend-status-addrs", sql, AddrKind::Remote)?;
+            check_addr("proxy.backend-status-addrs", status, AddrKind::Remote)?;
+        }
         for a in split_pd_addrs(&p.pd_addrs) {
             check_addr("proxy.pd-addrs", &a, AddrKind::Remote)?;
         }

@@ -44,6 +44,8 @@ pub struct ProxyConfig {
     /// `[proxy] proxy-protocol`, left out of the file when empty.
     pub proxy_protocol: String,
     pub failover_timeout: u64,
+    /// `[proxy] backend-status-addrs`: (SQL address, TiDB status address) of static backends.
+    pub backend_status_addrs: Vec<(String, String)>,
 }
 
 impl ProxyConfig {
@@ -67,6 +69,7 @@ impl ProxyConfig {
             fail_backend_list: Vec::new(),
             proxy_protocol: String::new(),
             failover_timeout: 60,
+            backend_status_addrs: Vec::new(),
         }
     }
 
@@ -108,6 +111,14 @@ impl ProxyConfig {
             let _ = writeln!(s, "proxy-protocol = {:?}", self.proxy_protocol);
         }
         let _ = writeln!(s, "failover-timeout = {}", self.failover_timeout);
+        if !self.backend_status_addrs.is_empty() {
+            let pairs: Vec<String> = self
+                .backend_status_addrs
+                .iter()
+                .map(|(sql, status)| format!("{sql:?} = {status:?}"))
+                .collect();
+            let _ = writeln!(s, "backend-status-addrs = {{ {} }}", pairs.join(", "));
+        }
         if let Some((user, password)) = &self.service_account {
             let _ = writeln!(
                 s,

@@ -88,9 +88,17 @@ impl Session {
                             Err(e) => e.to_string(),
                         };
                         if !Box::pin(self.rebuild_idle(ctx)).await {
-                            let err = self.backend_lost(format!(
-                                "{why}, and no other backend could take the session"
-                            ));
+                            let err = if self.state_lived_in_tidb() {
+                                ClientError::TidbStateLost {
+                                    backend: self.backend_addr(),
+                                    detail: why,
+                                    in_flight: false,
+                                }
+                            } else {
+                                self.backend_lost(format!(
+                                    "{why}, and no other backend could take the session"
+                                ))
+                            };
                             return self.tell_on_next_command(ctx, err).await;
                         }
                         continue;

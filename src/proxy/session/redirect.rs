@@ -304,7 +304,13 @@ impl Session {
         };
         let moved = self.move_now(ctx, &req, StateSource::Tracked).await;
         let now_on = moved.then(|| self.backend_addr());
-        let err = if in_txn {
+        let err = if !moved && self.state_lived_in_tidb() {
+            ClientError::TidbStateLost {
+                backend: failed,
+                detail,
+                in_flight: true,
+            }
+        } else if in_txn {
             ClientError::TxnRolledBack {
                 backend: failed,
                 moved_to: now_on,
@@ -330,6 +336,12 @@ impl Session {
         } else {
             Err(tell(&mut self.client, seq, err).await)
         }
+    }
+
+    /// TiDB keeps the session's state itself (the proxy tracks none for it), so once that TiDB
+    /// is gone the session cannot be rebuilt elsewhere.
+    pub(super) fn state_lived_in_tidb(&self) -> bool {
+        tidb::is_tidb(&self.lease.backend().info().server_version)
     }
 
     /// The backend went away while the session was idle: rebuild it elsewhere before the
