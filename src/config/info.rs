@@ -258,7 +258,12 @@ pub fn is_hot_reloadable(key: &str) -> bool {
         "labels",
     ];
     EXACT.contains(&key)
-        || ["health.", "balance.", "labels."]
+        || [
+            "health.",
+            "balance.",
+            "labels.",
+            "proxy.backend-status-addrs.",
+        ]
             .iter()
             .any(|p| key.starts_with(p))
 }

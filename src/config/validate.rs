@@ -232,4 +232,18 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn backend_status_addrs_must_be_host_port() {
+        let mut c = Config::default();
+        c.proxy
+            .backend_status_addrs
+            .insert("127.0.0.1:4000".into(), "127.0.0.1".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("proxy.backend-status-addrs"), "{e}");
+        c.proxy
+            .backend_status_addrs
+            .insert("127.0.0.1:4000".into(), "127.0.0.1:10080".into());
+        assert!(c.validate().is_ok());
+    }
 }
