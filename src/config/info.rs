@@ -264,8 +264,8 @@ pub fn is_hot_reloadable(key: &str) -> bool {
             "labels.",
             "proxy.backend-status-addrs.",
         ]
-            .iter()
-            .any(|p| key.starts_with(p))
+        .iter()
+        .any(|p| key.starts_with(p))
 }
 
 /// Every key with type, default, hot-reloadability and meaning, as a JSON array.
