@@ -143,8 +143,10 @@ fn walk_unknown(
             format!("{prefix}.{name}")
         };
         match known.get(name) {
-            // labels are free-form; type mismatches are serde's to report.
-            Some(toml::Value::Table(sub)) if dotted != "labels" => {
+            // Tables with free-form keys; type mismatches are serde's to report.
+            Some(toml::Value::Table(sub))
+                if dotted != "labels" && dotted != "proxy.backend-status-addrs" =>
+            {
                 if let Some(t) = item.as_table_like() {
                     walk_unknown(t, sub, &dotted, text, out);
                 }
@@ -314,6 +316,13 @@ mod tests {
                 "unknown config key \"security.sql-tls.caa\" at line 11 is ignored",
             ]
         );
+        let l = parse_str(
+            "[proxy]\nbackend-status-addrs = { \"a:4000\" = \"a:10080\" }\n\
+             [labels]\nzone = \"a\"\n",
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.proxy.backend_status_addrs["a:4000"], "a:10080");
         let l = parse_str("labels = { zone = \"a\", rack = \"b\" }\nzzz = 1\n").unwrap();
         assert_eq!(
             l.warnings,
