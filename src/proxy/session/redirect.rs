@@ -302,7 +302,12 @@ impl Session {
             target: None,
             reason: "backend-failed",
         };
-        let moved = self.move_now(ctx, &req, StateSource::Tracked).await;
+        // A TiDB session's state died with its TiDB: nothing to rebuild, no move to count.
+        let tidb = self.state_lived_in_tidb();
+        if tidb {
+            info!(conn = self.id, backend = %failed, "session's TiDB went away with its state; the session ends");
+        }
+        let moved = !tidb && self.move_now(ctx, &req, StateSource::Tracked).await;
         let now_on = moved.then(|| self.backend_addr());
         let err = if !moved && self.state_lived_in_tidb() {
             ClientError::TidbStateLost {
@@ -349,6 +354,10 @@ impl Session {
     pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext) -> bool {
         let n = self.backend.buffered().len();
         self.backend.consume(n);
+        if self.state_lived_in_tidb() {
+            info!(conn = self.id, backend = %self.backend_addr(), "session's TiDB went away with its state; the session ends");
+            return false;
+        }
         let req = Redirect {
             target: None,
             reason: "backend-failed",
