@@ -356,3 +356,59 @@ async fn tidb_probe_reads_only_the_greeting() {
     );
     drop(proxy);
 }
+
+fn get_status(addr: &str) -> std::io::Result<Vec<u8>> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// The status port answers as recorded in status.json: 200 with TiDB's JSON, then the empty
+/// 500 during the graceful wait while the SQL port still greets, then both ports refuse and an
+/// idle connection is closed without a packet.
+#[test]
+fn scripted_tidb_status_port_as_recorded() {
+    let rec = recording("status.json");
+    let raw_500 = rec["sigterm"]["status_answers_distinct"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["answer"] == "HTTP 500")
+        .map(|a| unhex(a["raw_hex"].as_str().unwrap()))
+        .unwrap();
+    let mut tidb = ScriptedTidb::start("pw", registry());
+    assert_eq!(
+        get_status(&tidb.status_addr()).unwrap(),
+        unhex(rec["normal"]["raw_hex"].as_str().unwrap())
+    );
+    let idle = std::net::TcpStream::connect(tidb.addr()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut idle = Io::new(idle);
+    idle.read().unwrap();
+    tidb.sigterm(Duration::from_secs(2));
+    assert_eq!(get_status(&tidb.status_addr()).unwrap(), raw_500);
+    let mut greeted = Io::new(std::net::TcpStream::connect(tidb.addr()).unwrap());
+    assert_eq!(
+        greeted.read().unwrap()[0],
+        10,
+        "the SQL port greets during the wait"
+    );
+    // After the wait: the idle connection gets no packet, just the close.
+    let e = idle.read().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    let mut refused = false;
+    for _ in 0..50 {
+        if get_status(&tidb.status_addr()).is_err()
+            && std::net::TcpStream::connect(tidb.addr()).is_err()
+        {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(refused, "the ports still accept after the graceful wait");
+}
