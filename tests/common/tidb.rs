@@ -396,9 +396,8 @@ fn serve(stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
     state["user-var-types"] = json!({});
     state["prepared-stmts"] = json!({});
     state["prepared-stmt-id"] = json!(0);
-    state["__user"] = json!(r.user);
     let de = r.caps & CLIENT_DEPRECATE_EOF != 0;
-    commands(&mut io, sh, &mut state, de)
+    commands(&mut io, sh, &r.user, &mut state, de)
 }
 
 fn native_ok(sh: &Shared, reply: &[u8], salt: &[u8]) -> bool {
@@ -421,7 +420,13 @@ fn token_valid(sh: &Shared, token: &[u8], user: &str) -> bool {
     named && issued.is_some_and(|at| at.elapsed() < TOKEN_LIFETIME)
 }
 
-fn commands(io: &mut Io, sh: &Shared, state: &mut Value, de: bool) -> std::io::Result<()> {
+fn commands(
+    io: &mut Io,
+    sh: &Shared,
+    user: &str,
+    state: &mut Value,
+    de: bool,
+) -> std::io::Result<()> {
     for _ in 0..100_000 {
         let p = io.read()?;
         match p.first() {
@@ -433,7 +438,7 @@ fn commands(io: &mut Io, sh: &Shared, state: &mut Value, de: bool) -> std::io::R
             Some(0x03) => {
                 let q = String::from_utf8_lossy(&p[1..]).into_owned();
                 record(sh, TidbEvent::Query(q.clone()));
-                query(io, sh, state, q.trim(), de)?;
+                query(io, sh, user, state, q.trim(), de)?;
             }
             Some(0x16) => prepare(io, state, &String::from_utf8_lossy(&p[1..]), de)?,
             Some(0x17) if p.len() >= 5 => {
@@ -457,7 +462,13 @@ fn commands(io: &mut Io, sh: &Shared, state: &mut Value, de: bool) -> std::io::R
     Ok(())
 }
 
-fn show_session_states(io: &mut Io, sh: &Shared, state: &Value, de: bool) -> std::io::Result<()> {
+fn show_session_states(
+    io: &mut Io,
+    sh: &Shared,
+    user: &str,
+    state: &Value,
+    de: bool,
+) -> std::io::Result<()> {
     let sign_time = format!("{:?}", std::time::SystemTime::now());
     let mut token = sh.rec.token_template.clone();
     // A fresh signature of the recorded length keeps every token distinct and 476 bytes long.
@@ -468,18 +479,12 @@ fn show_session_states(io: &mut Io, sh: &Shared, state: &Value, de: bool) -> std
     signature = format!("{signature:A<sig$}");
     signature.truncate(sig);
     token["signature"] = json!(signature);
-    if let Some(user) = state["__user"].as_str() {
-        token["username"] = json!(user);
-    }
+    token["username"] = json!(user);
     let token = token.to_string();
     sh.tokens
         .lock()
         .expect("tokens")
         .push((token.clone(), Instant::now()));
-    let mut exported = state.clone();
-    if let Some(m) = exported.as_object_mut() {
-        m.remove("__user");
-    }
     io.write(&[2])?;
     for c in &sh.rec.show_states_columns {
         io.write(c)?;
@@ -487,14 +492,21 @@ fn show_session_states(io: &mut Io, sh: &Shared, state: &Value, de: bool) -> std
     if !de {
         io.write(&eof())?;
     }
-    io.write(&text_row(&[Some(exported.to_string()), Some(token)]))?;
+    io.write(&text_row(&[Some(state.to_string()), Some(token)]))?;
     io.write(&terminator(de))
 }
 
-fn query(io: &mut Io, sh: &Shared, state: &mut Value, q: &str, de: bool) -> std::io::Result<()> {
+fn query(
+    io: &mut Io,
+    sh: &Shared,
+    user: &str,
+    state: &mut Value,
+    q: &str,
+    de: bool,
+) -> std::io::Result<()> {
     let upper = q.to_ascii_uppercase();
     if upper == "SHOW SESSION_STATES" {
-        return show_session_states(io, sh, state, de);
+        return show_session_states(io, sh, user, state, de);
     }
     if let Some(rest) = upper.strip_prefix("SET SESSION_STATES '") {
         // Undo the documented escaping: \\ and \'.
@@ -502,9 +514,7 @@ fn query(io: &mut Io, sh: &Shared, state: &mut Value, q: &str, de: bool) -> std:
         let text = raw.replace("\\'", "'").replace("\\\\", "\\");
         return match serde_json::from_str::<Value>(&text) {
             Ok(v) => {
-                let user = state["__user"].clone();
                 *state = v;
-                state["__user"] = user;
                 io.write(&sh.rec.set_states_ok)
             }
             Err(e) => io.write(&err(8000, &format!("bad session states: {e}"))),
