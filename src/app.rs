@@ -89,7 +89,14 @@ impl App {
         let health_settings = running.clone();
         health::start(
             backends.clone(),
-            move || health_settings.get().health.clone(),
+            move || {
+                let cfg = health_settings.get();
+                health::ProbeSettings {
+                    health: cfg.health.clone(),
+                    account: cfg.proxy.service_account.clone(),
+                    status_addrs: cfg.proxy.backend_status_addrs.clone(),
+                }
+            },
             background.clone(),
         );
         let workers = Arc::new(Workers::per_core().context("cannot start the session workers")?);

@@ -273,9 +273,14 @@ pub fn is_hot_reloadable(key: &str) -> bool {
         "labels",
     ];
     EXACT.contains(&key)
-        || ["health.", "balance.", "labels."]
-            .iter()
-            .any(|p| key.starts_with(p))
+        || [
+            "health.",
+            "balance.",
+            "labels.",
+            "proxy.backend-status-addrs.",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
 }
 
 /// Every key with type, default, hot-reloadability and meaning, as a JSON array.

@@ -169,8 +169,10 @@ fn walk_unknown(
             format!("{prefix}.{name}")
         };
         match known.get(name) {
-            // labels are free-form; type mismatches are serde's to report.
-            Some(toml::Value::Table(sub)) if dotted != "labels" => {
+            // Tables with free-form keys; type mismatches are serde's to report.
+            Some(toml::Value::Table(sub))
+                if dotted != "labels" && dotted != "proxy.backend-status-addrs" =>
+            {
                 if let Some(t) = item.as_table_like() {
                     walk_unknown(t, sub, &dotted, text, out);
                 }
@@ -353,6 +355,13 @@ mod tests {
             e.to_string().contains("security.server-tls.auto-cert"),
             "{e}"
         );
+        let l = parse_str(
+            "[proxy]\nbackend-status-addrs = { \"a:4000\" = \"a:10080\" }\n\
+             [labels]\nzone = \"a\"\n",
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.proxy.backend_status_addrs["a:4000"], "a:10080");
         let l = parse_str("labels = { zone = \"a\", rack = \"b\" }\nzzz = 1\n").unwrap();
         assert_eq!(
             l.warnings,

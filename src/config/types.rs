@@ -58,6 +58,9 @@ pub struct ProxyConfig {
     pub addr: String,
     pub pd_addrs: String,
     pub backend_addrs: Vec<String>,
+    /// TiDB status addresses of static backends (`"sql host:port" = "status host:port"`), so
+    /// their `GET /status` is probed without PD and a graceful shutdown drains them.
+    pub backend_status_addrs: std::collections::BTreeMap<String, String>,
     pub advertise_addr: String,
     pub max_connections: u64,
     pub conn_buffer_size: usize,
@@ -91,6 +94,7 @@ impl Default for ProxyConfig {
             addr: "0.0.0.0:6000".into(),
             pd_addrs: "127.0.0.1:2379".into(),
             backend_addrs: Vec::new(),
+            backend_status_addrs: Default::default(),
             advertise_addr: String::new(),
             max_connections: 0,
             conn_buffer_size: 32 * 1024,

@@ -17,6 +17,10 @@ impl Config {
         for a in &p.backend_addrs {
             check_addr("proxy.backend-addrs", a, AddrKind::Remote)?;
         }
+        for (sql, status) in &p.backend_status_addrs {
+            check_addr("proxy.backend-status-addrs", sql, AddrKind::Remote)?;
+            check_addr("proxy.backend-status-addrs", status, AddrKind::Remote)?;
+        }
         for a in split_pd_addrs(&p.pd_addrs) {
             check_addr("proxy.pd-addrs", &a, AddrKind::Remote)?;
         }
@@ -267,5 +271,19 @@ mod tests {
             e.contains("security.cluster-tls.min-tls-version") && e.contains("ssl3"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn backend_status_addrs_must_be_host_port() {
+        let mut c = Config::default();
+        c.proxy
+            .backend_status_addrs
+            .insert("127.0.0.1:4000".into(), "127.0.0.1".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("proxy.backend-status-addrs"), "{e}");
+        c.proxy
+            .backend_status_addrs
+            .insert("127.0.0.1:4000".into(), "127.0.0.1:10080".into());
+        assert!(c.validate().is_ok());
     }
 }

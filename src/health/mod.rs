@@ -1,19 +1,23 @@
-//! Backend health probes: a periodic SQL-port check (connect, greeting, a login that ends
-//! cleanly), plus
-//! `GET /status` for TiDBs with a known status port, with failure and recovery thresholds,
-//! marking backends up and down for routing.
+//! Backend health probes: a periodic SQL-port check that leaves no trace on the backend
+//! (greeting only for TiDB; for MySQL/MariaDB a login with the service account when one is
+//! set), TiDB's `GET /status` where its status address is known (probed every 500 ms too, so
+//! a graceful shutdown is seen within a second), with failure and recovery thresholds, marking
+//! backends up and down for routing.
 
 pub mod status;
 
 use crate::balance::{Backend, BackendSet};
-use crate::config::HealthConfig;
+use crate::config::{HealthConfig, ServiceAccount};
 use crate::protocol::constants::{
-    cap, cmd, DEFAULT_COLLATION, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
+    cap, cmd, DEFAULT_COLLATION, EOF_HEADER, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
 };
 use crate::protocol::handshake::{Greeting, HandshakeResponse};
 use crate::protocol::response::ErrPacket;
 use crate::protocol::{PacketConn, Stream};
-use std::collections::HashMap;
+use crate::proxy::migrate::credential::{native_reply, stage1_from_password};
+use crate::proxy::migrate::tidb::is_tidb;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -21,11 +25,15 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The user the SQL probe logs in as. It normally does not exist: the backend's "access
-/// denied" is a clean end of the handshake, whereas hanging up after the greeting counts as a
-/// handshake error towards the backend's max_connect_errors and would get the proxy's host
-/// blocked. Should the user exist without a password, the probe logs in and quits.
+/// The user the SQL probe of a MySQL/MariaDB backend logs in as when no service account is
+/// configured. It normally does not exist: "access denied" ends the handshake without counting
+/// towards max_connect_errors (hanging up after the greeting counts, and MariaDB blocks the
+/// proxy's host after 100 such probes from a non-loopback address), but MariaDB logs a warning
+/// for it. Should the user exist without a password, the probe logs in and quits.
 pub const PROBE_USER: &str = "tiproxy_health_probe";
+
+/// How often TiDB's `/status` is asked whether a graceful shutdown began.
+pub const DRAIN_POLL: Duration = Duration::from_millis(500);
 
 /// Plain capabilities for the probe's login.
 const PROBE_CAPS: u32 = cap::LONG_PASSWORD
@@ -34,10 +42,32 @@ const PROBE_CAPS: u32 = cap::LONG_PASSWORD
     | cap::PLUGIN_AUTH
     | cap::TRANSACTIONS;
 
-/// One probe of a backend's SQL port: greeting, a login as `PROBE_USER` answered with OK or
-/// "access denied" (both mean the server is serving), and a clean end. TiDB's `/status` is
-/// probed in `status`.
-pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), String> {
+/// What the probes read from the configuration each round.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeSettings {
+    pub health: HealthConfig,
+    /// `[proxy.service-account]`: MySQL/MariaDB probes log in with it, which leaves nothing in
+    /// the server's log or failed-login counters.
+    pub account: ServiceAccount,
+    /// `[proxy] backend-status-addrs`: TiDB status addresses of static backends.
+    pub status_addrs: BTreeMap<String, String>,
+}
+
+impl ProbeSettings {
+    /// The status address of `b`: learned from PD, or configured for a static backend.
+    pub fn status_addr_of(&self, b: &Backend) -> Option<String> {
+        b.status_addr()
+            .or_else(|| self.status_addrs.get(&b.addr).cloned())
+    }
+}
+
+/// One probe of a backend's SQL port: the greeting, then an end that leaves no trace (see
+/// `sign_off`). TiDB's `/status` is probed in `status`.
+pub async fn probe_sql(
+    addr: &str,
+    timeout: Duration,
+    account: &ServiceAccount,
+) -> Result<(String, u32), String> {
     let fut = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let mut conn = PacketConn::new(Stream::Plain(tcp), 1024);
@@ -52,7 +82,7 @@ pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), S
             return Err(format!("backend answered with an error: {e}"));
         }
         let g = Greeting::parse(&p).map_err(|e| format!("malformed greeting: {e}"))?;
-        sign_off(&mut conn, &g).await?;
+        sign_off(&mut conn, &g, account).await?;
         Ok((g.server_version, g.capabilities))
     };
     match tokio::time::timeout(timeout, fut).await {
@@ -61,49 +91,111 @@ pub async fn probe_sql(addr: &str, timeout: Duration) -> Result<(String, u32), S
     }
 }
 
-/// Ends a connection that has only been greeted (`g`) with the probe's login, answered with OK
-/// or "access denied", and a clean close: hanging up instead would count towards the backend's
-/// max_connect_errors.
-pub async fn sign_off(conn: &mut PacketConn, g: &Greeting) -> Result<(), String> {
+/// Ends a connection that has only been greeted (`g`) so the backend records nothing:
+/// - TiDB: closed right after the greeting, as the Go TiProxy does (TiDB logs nothing for it);
+/// - MySQL/MariaDB with a service account: a login with it and COM_QUIT (only `Connections`
+///   moves; hanging up would log "Aborted connection" and count towards max_connect_errors);
+/// - MySQL/MariaDB without one: a login as `PROBE_USER`, answered "access denied" (one warning
+///   in MariaDB's error log and `Access_denied_errors`, but no host blocking).
+pub async fn sign_off(
+    conn: &mut PacketConn,
+    g: &Greeting,
+    account: &ServiceAccount,
+) -> Result<(), String> {
+    if is_tidb(&g.server_version) {
+        conn.shutdown().await;
+        return Ok(());
+    }
+    let (user, stage1) = if account.user.is_empty() {
+        (PROBE_USER, None)
+    } else {
+        let s1 = (!account.password.is_empty())
+            .then(|| stage1_from_password(account.password.as_bytes()));
+        (account.user.as_str(), s1)
+    };
+    let r = login_and_quit(conn, g, user, stage1.as_ref()).await;
+    conn.shutdown().await;
+    match r {
+        Err(LoginEnd::Refused(e)) if !account.user.is_empty() => {
+            if !SERVICE_ACCOUNT_WARNED.swap(true, Ordering::Relaxed) {
+                warn!(user = %account.user, error = %e, "the health probe cannot log in with [proxy.service-account]; the backend logs each refused probe");
+            }
+            Ok(())
+        }
+        // 1045/1698: access denied, the expected answer of a serving server.
+        Err(LoginEnd::Refused(e)) if e.code == 1045 || e.code == 1698 => Ok(()),
+        Err(LoginEnd::Refused(e)) => Err(format!("backend refused a login: {e}")),
+        Err(LoginEnd::Io(e)) => Err(e),
+        Ok(()) => Ok(()),
+    }
+}
+
+static SERVICE_ACCOUNT_WARNED: AtomicBool = AtomicBool::new(false);
+
+enum LoginEnd {
+    Refused(ErrPacket),
+    Io(String),
+}
+
+/// A mysql_native_password login as `user` (`stage1` = SHA1(password), none = empty), then
+/// COM_QUIT on OK.
+async fn login_and_quit(
+    conn: &mut PacketConn,
+    g: &Greeting,
+    user: &str,
+    stage1: Option<&[u8; 20]>,
+) -> Result<(), LoginEnd> {
+    let reply = |scramble: &[u8]| {
+        stage1
+            .map(|s| native_reply(s, scramble))
+            .unwrap_or_default()
+    };
     let login = HandshakeResponse {
         capabilities: PROBE_CAPS & g.capabilities | cap::PROTOCOL_41,
         max_packet: 1 << 24,
         collation: DEFAULT_COLLATION,
-        user: PROBE_USER.as_bytes().to_vec(),
+        user: user.as_bytes().to_vec(),
+        auth_data: reply(&g.scramble),
         auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
         ..Default::default()
     };
-    conn.write_packet(1, &login.encode())
-        .await
-        .map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| LoginEnd::Io(e.to_string());
+    conn.write_packet(1, &login.encode()).await.map_err(io)?;
     // Bounded: an auth switch or two, then OK or ERR.
     for _ in 0..3 {
-        let (s, p) = conn
-            .read_packet(64 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (s, p) = conn.read_packet(64 * 1024).await.map_err(io)?;
         match p.first() {
             Some(&OK_HEADER) => {
                 let _ = conn.write_packet(0, &[cmd::QUIT]).await;
-                break;
+                return Ok(());
             }
             Some(&ERR_HEADER) => {
-                let e = ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "", ""));
-                // 1045/1698: access denied, the expected answer of a serving server.
-                if e.code != 1045 && e.code != 1698 {
-                    return Err(format!("backend refused a login: {e}"));
-                }
-                break;
+                return Err(LoginEnd::Refused(
+                    ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "", "")),
+                ))
+            }
+            Some(&EOF_HEADER) => {
+                // An auth switch: answered for mysql_native_password, empty otherwise.
+                let rest = &p[1..];
+                let nul = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                let data = rest.get(nul + 1..).unwrap_or_default();
+                let scramble = data.strip_suffix(&[0]).unwrap_or(data);
+                let answer = if &rest[..nul] == NATIVE_PASSWORD_PLUGIN.as_bytes() {
+                    reply(scramble)
+                } else {
+                    Vec::new()
+                };
+                conn.write_packet(s.wrapping_add(1), &answer)
+                    .await
+                    .map_err(io)?;
             }
             _ => {
-                // An auth switch or more-data request: answer with no password.
                 conn.write_packet(s.wrapping_add(1), &[])
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(io)?;
             }
         }
     }
-    conn.shutdown().await;
     Ok(())
 }
 
@@ -143,17 +235,25 @@ fn apply(
     }
 }
 
-/// Probes every backend each interval until `shutdown` fires.
-/// `settings` is read every round, so `[health]` changes apply without a restart.
+/// Probes every backend each interval until `shutdown` fires, and watches the `/status` of
+/// TiDBs every `DRAIN_POLL`. `settings` is read every round, so `[health]`, the service account
+/// and static status addresses apply without a restart.
 pub fn start(
     backends: Arc<BackendSet>,
-    settings: impl Fn() -> HealthConfig + Send + 'static,
+    settings: impl Fn() -> ProbeSettings + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    let settings = Arc::new(settings);
+    tokio::spawn(watch_drains(
+        backends.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(async move {
         let mut streaks: HashMap<String, Streak> = HashMap::new();
         loop {
-            let cfg = settings();
+            let probe = settings();
+            let cfg = probe.health.clone();
             let interval = Duration::from_millis(cfg.interval_ms.max(10));
             let timeout = Duration::from_millis(cfg.timeout_ms.max(10));
             let round = std::time::Instant::now();
@@ -161,9 +261,11 @@ pub fn start(
             let mut probes = JoinSet::new();
             for b in list.iter() {
                 let b = b.clone();
+                let status_addr = probe.status_addr_of(&b);
+                let account = probe.account.clone();
                 probes.spawn(async move {
-                    let mut r = probe_sql(&b.addr, timeout).await;
-                    if let (Ok(_), Some(status_addr)) = (&r, b.status_addr()) {
+                    let mut r = probe_sql(&b.addr, timeout, &account).await;
+                    if let (Ok(_), Some(status_addr)) = (&r, status_addr) {
                         if let Err(e) = status::probe_status(&status_addr, timeout).await {
                             r = Err(e);
                         }
@@ -187,6 +289,48 @@ pub fn start(
             }
         }
     })
+}
+
+/// Every `DRAIN_POLL`, asks each healthy backend with a status address whether it still
+/// serves. An HTTP answer other than 200 (TiDB answers 500 from the moment a graceful shutdown
+/// begins) marks it down at once, so the rebalancer moves its sessions while TiDB still waits
+/// (graceful-wait-before-shutdown); an unreachable port is left to the regular probe and its
+/// thresholds.
+async fn watch_drains(
+    backends: Arc<BackendSet>,
+    settings: Arc<impl Fn() -> ProbeSettings + Send + Sync + 'static>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+        }
+        let probe = settings();
+        let timeout = Duration::from_millis(probe.health.timeout_ms.max(10)).min(DRAIN_POLL * 2);
+        let mut asks = JoinSet::new();
+        for b in backends.snapshot().iter().filter(|b| b.is_healthy()) {
+            if let Some(addr) = probe.status_addr_of(b) {
+                let b = b.clone();
+                asks.spawn(async move { (status::status_code(&addr, timeout).await, b, addr) });
+            }
+        }
+        while let Some(joined) = asks.join_next().await {
+            if let Ok((Ok(code), b, addr)) = joined {
+                if code != 200 {
+                    let reason =
+                        format!("status port {addr} answered {code} (TiDB is shutting down)");
+                    if b.mark_unhealthy(&reason) {
+                        warn!(backend = %b.addr, %reason, "backend is down");
+                        crate::events::push(
+                            "backend-down",
+                            format!("backend {} is down: {reason}", b.addr),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +368,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
-        let err = probe_sql(&addr, Duration::from_secs(2)).await.unwrap_err();
+        let err = probe_sql(&addr, Duration::from_secs(2), &ServiceAccount::default())
+            .await
+            .unwrap_err();
         assert!(!err.is_empty());
     }
 }

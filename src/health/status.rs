@@ -7,6 +7,15 @@ use tokio::net::TcpStream;
 
 /// Ok when `<status_addr>/status` answers 200 within `timeout`; else a reason naming the check.
 pub async fn probe_status(status_addr: &str, timeout: Duration) -> Result<(), String> {
+    match status_code(status_addr, timeout).await? {
+        200 => Ok(()),
+        code => Err(format!("status port {status_addr} answered {code}")),
+    }
+}
+
+/// The HTTP status code `<status_addr>/status` answers within `timeout`; Err when it is not
+/// reachable or does not speak HTTP.
+pub async fn status_code(status_addr: &str, timeout: Duration) -> Result<u16, String> {
     let fut = async {
         let mut tcp = TcpStream::connect(status_addr)
             .await
@@ -31,11 +40,8 @@ pub async fn probe_status(status_addr: &str, timeout: Duration) -> Result<(), St
             }
             len += n;
         }
-        match parse_status_code(&buf[..len]) {
-            Some(200) => Ok(()),
-            Some(code) => Err(format!("status port {status_addr} answered {code}")),
-            None => Err(format!("status port {status_addr} did not answer HTTP")),
-        }
+        parse_status_code(&buf[..len])
+            .ok_or_else(|| format!("status port {status_addr} did not answer HTTP"))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub dial_fail: IntCounterVec,
     pub health_check_seconds: prometheus::Gauge,
     pub migrate_total: IntCounterVec,
+    pub migrate_method: IntCounterVec,
     pub migrate_duration: HistogramVec,
     pub inbound_bytes: IntCounterVec,
     pub outbound_bytes: IntCounterVec,
@@ -238,6 +239,15 @@ impl Metrics {
                     "Session migrations, by source, target, reason and result."
                 ),
                 &["from", "to", "reason", "migrate_res"]
+            )
+            .unwrap()),
+            migrate_method: reg!(IntCounterVec::new(
+                opts(
+                    "balance",
+                    "migrate_method_total",
+                    "Session migrations, by how the session was rebuilt and result."
+                ),
+                &["method", "migrate_res"]
             )
             .unwrap()),
             migrate_duration: reg!(HistogramVec::new(

@@ -123,6 +123,9 @@ pub fn ssl_request(capabilities: u32, max_packet: u32, collation: u8) -> Vec<u8>
     out
 }
 
+/// The longest auth data a one-byte length can carry: 251 and up are length-encoding markers.
+pub const MAX_ONE_BYTE_AUTH_LEN: usize = 250;
+
 /// A client's HandshakeResponse41.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HandshakeResponse {
@@ -182,8 +185,16 @@ impl HandshakeResponse {
         })
     }
 
+    /// The response on the wire. Auth data of 251 bytes or more (a `tidb_session_token`)
+    /// cannot take the one-byte length, so the length-encoded form is used and
+    /// PLUGIN_AUTH_LENENC_CLIENT_DATA set, even when the server's greeting did not advertise
+    /// it: TiDB does not advertise it yet honours it, and reads a one-byte length (the token's
+    /// length mod 256) as a short password followed by a garbled plugin name.
     pub fn encode(&self) -> Vec<u8> {
-        let caps = self.capabilities;
+        let mut caps = self.capabilities;
+        if caps & cap::SECURE_CONNECTION != 0 && self.auth_data.len() > MAX_ONE_BYTE_AUTH_LEN {
+            caps |= cap::PLUGIN_AUTH_LENENC_DATA;
+        }
         let mut out = Vec::with_capacity(64 + self.user.len() + self.auth_data.len());
         out.extend_from_slice(&caps.to_le_bytes());
         out.extend_from_slice(&self.max_packet.to_le_bytes());
@@ -336,6 +347,50 @@ mod tests {
         let enc = resp.encode();
         assert!(!is_ssl_request(&enc));
         assert_eq!(HandshakeResponse::parse(&enc).unwrap(), resp);
+    }
+
+    /// TiDB's greeting does not advertise PLUGIN_AUTH_LENENC_CLIENT_DATA; a 476-byte session
+    /// token written after a one-byte length (0xdc) makes TiDB answer with an auth switch.
+    #[test]
+    fn long_auth_data_goes_length_encoded_even_unadvertised() {
+        let tidb_caps = 0x051b_a6af & !cap::PLUGIN_AUTH_LENENC_DATA;
+        let token = vec![b'x'; 476];
+        let resp = HandshakeResponse {
+            capabilities: (cap::PROXY_DEFAULT & tidb_caps) | cap::SECURE_CONNECTION,
+            max_packet: 1 << 24,
+            collation: 46,
+            user: b"app".to_vec(),
+            auth_data: token.clone(),
+            database: None,
+            auth_plugin: Some("tidb_session_token".into()),
+            attrs: None,
+        };
+        assert_eq!(resp.capabilities & cap::PLUGIN_AUTH_LENENC_DATA, 0);
+        let enc = resp.encode();
+        let caps = u32::from_le_bytes([enc[0], enc[1], enc[2], enc[3]]);
+        assert_ne!(caps & cap::PLUGIN_AUTH_LENENC_DATA, 0, "flag not set");
+        let at = RESPONSE_PREFIX_LEN + b"app\0".len();
+        assert_eq!(
+            &enc[at..at + 3],
+            &[0xfc, 0xdc, 0x01],
+            "not a 3-byte lenenc length"
+        );
+        assert_ne!(enc[at], 0xdc, "the token went out with a one-byte length");
+        let back = HandshakeResponse::parse(&enc).unwrap();
+        assert_eq!(back.auth_data, token);
+        assert_eq!(back.auth_plugin.as_deref(), Some("tidb_session_token"));
+        // Short auth data keeps the one-byte form a server that did not advertise the flag
+        // expects.
+        let short = HandshakeResponse {
+            auth_data: vec![7; 20],
+            ..resp
+        };
+        let enc = short.encode();
+        assert_eq!(enc[at], 20);
+        assert_eq!(
+            u32::from_le_bytes([enc[0], enc[1], enc[2], enc[3]]) & cap::PLUGIN_AUTH_LENENC_DATA,
+            0
+        );
     }
 
     #[test]

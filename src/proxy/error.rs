@@ -75,6 +75,14 @@ pub enum ClientError {
         backend: String,
         detail: String,
     },
+    /// A TiDB went away: the session's state lived in it and no other server can rebuild it.
+    TidbStateLost {
+        backend: String,
+        detail: String,
+        /// Whether a statement was running (its outcome unknown) or the session was idle (the
+        /// statement that finds out was not run).
+        in_flight: bool,
+    },
 }
 
 /// What became of the session after its backend failed.
@@ -125,6 +133,7 @@ impl ClientError {
             ClientError::FailoverTimeout { .. } => 1152,
             ClientError::BackendTlsUnavailable { .. } => 3159,
             ClientError::BackendMalformed { .. } => 1156,
+            ClientError::TidbStateLost { .. } => 1184,
         }
     }
 
@@ -165,6 +174,7 @@ impl ClientError {
             ClientError::FailoverTimeout { .. } => "failover_timeout",
             ClientError::BackendTlsUnavailable { .. } => "backend_tls",
             ClientError::BackendMalformed { .. } => "backend_malformed",
+            ClientError::TidbStateLost { .. } => "tidb_state_lost",
         }
     }
 
@@ -286,6 +296,35 @@ impl fmt::Display for ClientError {
                 "Backend {backend} sent a malformed packet ({detail}); the session was closed. \
                  Check the backend's version and logs."
             ),
+            ClientError::TidbStateLost {
+                backend,
+                detail,
+                in_flight,
+            } => {
+                if *in_flight {
+                    write!(
+                        f,
+                        "TiDB {backend} went away while running your statement ({detail}), so \
+                         whether it completed is unknown. "
+                    )?;
+                } else {
+                    write!(f, "TiDB {backend} went away ({detail}). ")?;
+                }
+                write!(
+                    f,
+                    "The session's state (variables, prepared statements, any open \
+                     transaction) lived in that TiDB and cannot be rebuilt on another one, so \
+                     the session was closed"
+                )?;
+                if *in_flight {
+                    write!(f, ". Reconnect, check, and retry.")
+                } else {
+                    write!(
+                        f,
+                        "; your statement was not run. Reconnect and run it again."
+                    )
+                }
+            }
         }
     }
 }
@@ -346,6 +385,11 @@ mod tests {
             ClientError::BackendMalformed {
                 backend: "b".into(),
                 detail: "x".into(),
+            },
+            ClientError::TidbStateLost {
+                backend: "b".into(),
+                detail: "x".into(),
+                in_flight: false,
             },
         ];
         all.extend(after_failure(Next::Closed("none healthy".into())));

@@ -48,6 +48,8 @@ pub struct ProxyConfig {
     pub extra_proxy: String,
     pub extra_api: String,
     pub extra_tables: String,
+    /// `[proxy] backend-status-addrs`: (SQL address, TiDB status address) of static backends.
+    pub backend_status_addrs: Vec<(String, String)>,
 }
 
 impl ProxyConfig {
@@ -74,6 +76,7 @@ impl ProxyConfig {
             extra_proxy: String::new(),
             extra_api: String::new(),
             extra_tables: String::new(),
+            backend_status_addrs: Vec::new(),
         }
     }
 
@@ -115,6 +118,14 @@ impl ProxyConfig {
             let _ = writeln!(s, "proxy-protocol = {:?}", self.proxy_protocol);
         }
         let _ = writeln!(s, "failover-timeout = {}", self.failover_timeout);
+        if !self.backend_status_addrs.is_empty() {
+            let pairs: Vec<String> = self
+                .backend_status_addrs
+                .iter()
+                .map(|(sql, status)| format!("{sql:?} = {status:?}"))
+                .collect();
+            let _ = writeln!(s, "backend-status-addrs = {{ {} }}", pairs.join(", "));
+        }
         s.push_str(&self.extra_proxy);
         if let Some((user, password)) = &self.service_account {
             let _ = writeln!(

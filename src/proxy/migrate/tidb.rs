@@ -14,6 +14,20 @@ pub fn is_tidb(server_version: &str) -> bool {
     server_version.contains("TiDB")
 }
 
+/// How a session on a backend with this version moves, as logged (`method`) and counted in
+/// `tiproxy_balance_migrate_method_total`: TiDB exports its state (SHOW SESSION_STATES) and a
+/// session token; MySQL/MariaDB sessions are rebuilt by replaying statements.
+pub const METHOD_SESSION_TOKEN: &str = "session-token";
+pub const METHOD_REPLAY: &str = "replay";
+
+pub fn move_method(server_version: &str) -> &'static str {
+    if is_tidb(server_version) {
+        METHOD_SESSION_TOKEN
+    } else {
+        METHOD_REPLAY
+    }
+}
+
 pub async fn show(old: &mut PacketConn, deprecate_eof: bool) -> Result<SessionStates, String> {
     let rows = query(old, "SHOW SESSION_STATES", deprecate_eof)
         .await

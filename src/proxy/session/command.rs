@@ -127,10 +127,18 @@ impl Session {
                             Err(e) => e.to_string(),
                         };
                         if let Err(not_moved) = Box::pin(self.rebuild_idle(ctx)).await {
-                            let err = ClientError::NotExecuted {
-                                backend: self.backend_addr(),
-                                detail: why,
-                                next: Next::Closed(not_moved),
+                            let err = if self.state_lived_in_tidb() {
+                                ClientError::TidbStateLost {
+                                    backend: self.backend_addr(),
+                                    detail: why,
+                                    in_flight: false,
+                                }
+                            } else {
+                                ClientError::NotExecuted {
+                                    backend: self.backend_addr(),
+                                    detail: why,
+                                    next: Next::Closed(not_moved),
+                                }
                             };
                             return self.tell_on_next_command(ctx, err).await;
                         }

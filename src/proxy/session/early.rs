@@ -36,6 +36,8 @@ pub(super) struct Early {
     /// spreads; taken with `conn`.
     lease: Option<BackendLease>,
     sign_off_limit: Duration,
+    /// Signs the connection off without a trace on MySQL/MariaDB (see `health::sign_off`).
+    account: crate::config::ServiceAccount,
 }
 
 /// What a forwarded login produced: the connection awaiting the backend's answer, its lease,
@@ -69,6 +71,7 @@ impl Early {
                     backend,
                     lease: Some(lease),
                     sign_off_limit: limit,
+                    account: settings.service_account.clone(),
                 }))
             }
             Ok(Err(e)) => e.to_string(),
@@ -143,8 +146,8 @@ impl Early {
 impl Drop for Early {
     fn drop(&mut self) {
         // Not used (the client left, failed its handshake, or the proxy is closing): end the
-        // backend's handshake with the health probe's login, as hanging up would count towards
-        // the backend's max_connect_errors.
+        // backend's handshake as the health probe does, leaving no trace (hanging up would
+        // count towards MySQL/MariaDB's max_connect_errors).
         // Without a runtime (the worker itself is being torn down) the socket just closes.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -153,8 +156,10 @@ impl Drop for Early {
             let greeting = self.greeting.clone();
             let limit = self.sign_off_limit;
             let slot = self.slot.take();
+            let account = std::mem::take(&mut self.account);
             runtime.spawn(async move {
-                let _ = timeout(limit, crate::health::sign_off(&mut conn, &greeting)).await;
+                let sign_off = crate::health::sign_off(&mut conn, &greeting, &account);
+                let _ = timeout(limit, sign_off).await;
                 drop(slot);
             });
         }

@@ -56,6 +56,7 @@ impl Session {
         source: StateSource,
     ) -> Result<String, String> {
         let from = self.backend_addr();
+        let method = tidb::move_method(&self.lease.backend().info().server_version);
         let started = Instant::now();
         let outcome = self.move_to(ctx, req, source).await;
         let secs = started.elapsed().as_secs_f64();
@@ -67,10 +68,13 @@ impl Session {
                 m.migrate_total
                     .with_label_values(&[&from, &to, req.reason, "succeed"])
                     .inc();
+                m.migrate_method
+                    .with_label_values(&[method, "succeed"])
+                    .inc();
                 m.migrate_duration
                     .with_label_values(&[&from, &to, "succeed"])
                     .observe(secs);
-                info!(conn = self.id, %from, %to, reason = req.reason, ms = (secs * 1000.0) as u64, "session moved");
+                info!(conn = self.id, %from, %to, reason = req.reason, method, ms = (secs * 1000.0) as u64, "session moved");
                 crate::events::push(
                     "migration",
                     format!("session {} moved {from} -> {to} ({})", self.id, req.reason),
@@ -82,10 +86,11 @@ impl Session {
                 m.migrate_total
                     .with_label_values(&[&from, &to, req.reason, "fail"])
                     .inc();
+                m.migrate_method.with_label_values(&[method, "fail"]).inc();
                 m.migrate_duration
                     .with_label_values(&[&from, &to, "fail"])
                     .observe(secs);
-                warn!(conn = self.id, %from, %to, reason = req.reason, error = %why, "session not moved");
+                warn!(conn = self.id, %from, %to, reason = req.reason, method, error = %why, "session not moved");
                 self.entry.set_move_blocked(Some(&why));
                 Err(match to.is_empty() {
                     true => why,
@@ -363,6 +368,16 @@ impl Session {
             target: None,
             reason: "backend-failed",
         };
+        // A TiDB session's state died with its TiDB: nothing to rebuild, no move to count.
+        if self.state_lived_in_tidb() {
+            info!(conn = self.id, backend = %failed, "session's TiDB went away with its state; the session ends");
+            let err = ClientError::TidbStateLost {
+                backend: failed,
+                detail,
+                in_flight: !matches!(fate, Fate::NotExecuted),
+            };
+            return Err(tell(&mut self.client, seq, err).await);
+        }
         let next = match self.move_now(ctx, &req, StateSource::Tracked).await {
             Ok(to) => Next::MovedTo(to),
             Err(why) => Next::Closed(why),
@@ -383,11 +398,21 @@ impl Session {
         }
     }
 
+    /// TiDB keeps the session's state itself (the proxy tracks none for it), so once that TiDB
+    /// is gone the session cannot be rebuilt elsewhere.
+    pub(super) fn state_lived_in_tidb(&self) -> bool {
+        tidb::is_tidb(&self.lease.backend().info().server_version)
+    }
+
     /// The backend went away while the session was idle: rebuild it elsewhere before the
     /// client notices. Returns why that did not work, if it did not.
     pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext) -> Result<String, String> {
         let n = self.backend.buffered().len();
         self.backend.consume(n);
+        if self.state_lived_in_tidb() {
+            info!(conn = self.id, backend = %self.backend_addr(), "session's TiDB went away with its state; the session ends");
+            return Err("its state lived in that TiDB".to_owned());
+        }
         let req = Redirect {
             target: None,
             reason: "backend-failed",
