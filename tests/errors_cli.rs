@@ -249,7 +249,7 @@ fn running(db: &MariaDb, prefix: &str) -> bool {
 }
 
 #[test]
-fn backend_lost_mid_query_shows_1158_in_the_cli() {
+fn backend_lost_mid_query_shows_9003_in_the_cli() {
     let (mut db, proxy) = common::db_and_proxy();
     let cli = Cli::start(proxy.port(), Some("SELECT SLEEP(30)"));
     poll_until(Duration::from_secs(20), || {
@@ -258,8 +258,16 @@ fn backend_lost_mid_query_shows_1158_in_the_cli() {
     .expect("the SLEEP never reached the backend");
     db.kill();
     let out = cli.finish(Duration::from_secs(60));
-    assert_printed(&out, 1158, "08S01", "Lost connection to backend");
-    assert!(out.stderr.contains("may not have"), "{out:?}");
+    assert_printed(
+        &out,
+        9003,
+        "08007",
+        "whether it took effect (or committed) is unknown",
+    );
+    assert!(
+        out.stderr.contains("Reconnect and check its effect"),
+        "{out:?}"
+    );
 }
 
 #[test]
