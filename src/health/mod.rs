@@ -4,7 +4,10 @@
 //! a graceful shutdown is seen within a second), with failure and recovery thresholds, marking
 //! backends up and down for routing.
 
+mod error;
 pub mod status;
+
+pub use error::{ProbeError, StatusError};
 
 use crate::balance::{Backend, BackendSet};
 use crate::config::{HealthConfig, ServiceAccount};
@@ -67,27 +70,24 @@ pub async fn probe_sql(
     addr: &str,
     timeout: Duration,
     account: &ServiceAccount,
-) -> Result<(String, u32), String> {
+) -> Result<(String, u32), ProbeError> {
     let fut = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).await?;
         let mut conn = PacketConn::new(Stream::Plain(tcp), 1024);
-        let (_, p) = conn
-            .read_packet(64 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (_, p) = conn.read_packet(64 * 1024).await?;
         if p.first() == Some(&ERR_HEADER) {
             let e = ErrPacket::parse(&p)
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            return Err(format!("backend answered with an error: {e}"));
+            return Err(ProbeError::Greeted(e));
         }
-        let g = Greeting::parse(&p).map_err(|e| format!("malformed greeting: {e}"))?;
+        let g = Greeting::parse(&p).map_err(ProbeError::Malformed)?;
         sign_off(&mut conn, &g, account).await?;
         Ok((g.server_version, g.capabilities))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no greeting within {} ms", timeout.as_millis())),
+        Err(_) => Err(ProbeError::Timeout(timeout)),
     }
 }
 
@@ -101,7 +101,7 @@ pub async fn sign_off(
     conn: &mut PacketConn,
     g: &Greeting,
     account: &ServiceAccount,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     if is_tidb(&g.server_version) {
         conn.shutdown().await;
         return Ok(());
@@ -124,8 +124,8 @@ pub async fn sign_off(
         }
         // 1045/1698: access denied, the expected answer of a serving server.
         Err(LoginEnd::Refused(e)) if e.code == 1045 || e.code == 1698 => Ok(()),
-        Err(LoginEnd::Refused(e)) => Err(format!("backend refused a login: {e}")),
-        Err(LoginEnd::Io(e)) => Err(e),
+        Err(LoginEnd::Refused(e)) => Err(ProbeError::LoginRefused(e)),
+        Err(LoginEnd::Io(e)) => Err(ProbeError::Io(e)),
         Ok(()) => Ok(()),
     }
 }
@@ -134,7 +134,7 @@ static SERVICE_ACCOUNT_WARNED: AtomicBool = AtomicBool::new(false);
 
 enum LoginEnd {
     Refused(ErrPacket),
-    Io(String),
+    Io(std::io::Error),
 }
 
 /// A mysql_native_password login as `user` (`stage1` = SHA1(password), none = empty), then
@@ -159,7 +159,7 @@ async fn login_and_quit(
         auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
         ..Default::default()
     };
-    let io = |e: std::io::Error| LoginEnd::Io(e.to_string());
+    let io = LoginEnd::Io;
     conn.write_packet(1, &login.encode()).await.map_err(io)?;
     // Bounded: an auth switch or two, then OK or ERR.
     for _ in 0..3 {
@@ -208,7 +208,7 @@ struct Streak {
 fn apply(
     backend: &Backend,
     streak: &mut Streak,
-    result: Result<(String, u32), String>,
+    result: Result<(String, u32), ProbeError>,
     cfg: &HealthConfig,
 ) {
     match result {
@@ -221,7 +221,8 @@ fn apply(
                 crate::events::push("backend-up", format!("backend {} is up", backend.addr));
             }
         }
-        Err(reason) => {
+        Err(err) => {
+            let reason = err.to_string();
             streak.oks = 0;
             streak.fails = streak.fails.saturating_add(1);
             if streak.fails >= cfg.failure_threshold.max(1) && backend.mark_unhealthy(&reason) {
@@ -267,7 +268,7 @@ pub fn start(
                     let mut r = probe_sql(&b.addr, timeout, &account).await;
                     if let (Ok(_), Some(status_addr)) = (&r, status_addr) {
                         if let Err(e) = status::probe_status(&status_addr, timeout).await {
-                            r = Err(e);
+                            r = Err(e.into());
                         }
                     }
                     (b, r)
@@ -350,9 +351,9 @@ mod tests {
     fn thresholds_decide_transitions() {
         let b = Backend::new("x:1".into());
         let mut s = Streak::default();
-        apply(&b, &mut s, Err("refused".into()), &cfg());
+        apply(&b, &mut s, Err(ProbeError::Greeted("refused".into())), &cfg());
         assert!(b.is_healthy(), "one failure is below the threshold");
-        apply(&b, &mut s, Err("refused".into()), &cfg());
+        apply(&b, &mut s, Err(ProbeError::Greeted("refused".into())), &cfg());
         assert!(!b.is_healthy());
         apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
         assert!(
@@ -371,6 +372,7 @@ mod tests {
         let err = probe_sql(&addr, Duration::from_secs(2), &ServiceAccount::default())
             .await
             .unwrap_err();
-        assert!(!err.is_empty());
+        assert!(matches!(err, ProbeError::Io(_)), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
     }
 }

@@ -11,7 +11,7 @@ use crate::protocol::constants::{
     cap, AUTH_MORE_DATA_HEADER, EOF_HEADER, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
     UNKNOWN_AUTH_PLUGIN,
 };
-use crate::protocol::handshake::{ssl_request, Greeting, HandshakeResponse};
+use crate::protocol::handshake::{ssl_request, Greeting, HandshakeError, HandshakeResponse};
 use crate::protocol::response::{ok_status, ErrPacket};
 use crate::protocol::{PacketConn, Stream};
 use std::io;
@@ -21,11 +21,14 @@ use tokio::net::TcpStream;
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error("{0}")]
-    Connect(io::Error),
+    Connect(#[source] io::Error),
     #[error("backend refused the connection: {0}")]
     Refused(ErrPacket),
     #[error("backend greeting is malformed: {0}")]
-    Malformed(String),
+    Malformed(#[source] HandshakeError),
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(#[source] io::Error),
+    /// TLS to the backend is required but cannot be had (configuration or backend).
     #[error("{0}")]
     Tls(String),
 }
@@ -107,7 +110,7 @@ pub async fn greet(
         let err = ErrPacket::parse(&payload).unwrap_or_else(|| ErrPacket::new(0, "HY000", "?"));
         return Err(DialError::Refused(err));
     }
-    let greeting = Greeting::parse(&payload).map_err(|e| DialError::Malformed(e.to_string()))?;
+    let greeting = Greeting::parse(&payload).map_err(DialError::Malformed)?;
     backend.record_greeting(&greeting.server_version, greeting.capabilities);
     Ok((conn, greeting))
 }
@@ -142,7 +145,7 @@ pub async fn answer_greeting(
             conn.stream_mut()
                 .upgrade_client(connector, server_name(&backend.addr))
                 .await
-                .map_err(|e| DialError::Tls(format!("TLS handshake failed: {e}")))?;
+                .map_err(DialError::TlsHandshake)?;
         }
         (None, _) if require_tls => {
             return Err(DialError::Tls(
