@@ -245,12 +245,12 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let settings = Arc::new(settings);
-    tokio::spawn(watch_drains(
+    let drains = tokio::spawn(watch_drains(
         backends.clone(),
         settings.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(async move {
+    let probes = tokio::spawn(async move {
         let mut streaks: HashMap<String, Streak> = HashMap::new();
         loop {
             let probe = settings();
@@ -289,6 +289,10 @@ pub fn start(
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+    });
+    // One handle for both loops, so the App awaits the drain watcher too.
+    tokio::spawn(async move {
+        let _ = tokio::join!(drains, probes);
     })
 }
 
@@ -351,9 +355,19 @@ mod tests {
     fn thresholds_decide_transitions() {
         let b = Backend::new("x:1".into());
         let mut s = Streak::default();
-        apply(&b, &mut s, Err(ProbeError::Greeted("refused".into())), &cfg());
+        apply(
+            &b,
+            &mut s,
+            Err(ProbeError::Greeted("refused".into())),
+            &cfg(),
+        );
         assert!(b.is_healthy(), "one failure is below the threshold");
-        apply(&b, &mut s, Err(ProbeError::Greeted("refused".into())), &cfg());
+        apply(
+            &b,
+            &mut s,
+            Err(ProbeError::Greeted("refused".into())),
+            &cfg(),
+        );
         assert!(!b.is_healthy());
         apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
         assert!(
