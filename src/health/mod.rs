@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The user the SQL probe of a MySQL/MariaDB backend logs in as when no service account is
 /// configured. It normally does not exist: "access denied" ends the handshake without counting
@@ -281,6 +281,11 @@ pub fn start(
                 }
             }
             streaks.retain(|addr, _| list.iter().any(|b| &b.addr == addr));
+            drop(list);
+            // A backend that left the list keeps its series until its last session ends.
+            for addr in crate::metrics::prune_backends() {
+                debug!(backend = %addr, "removed the metric series of a backend no longer in the list");
+            }
             crate::metrics::get()
                 .health_check_seconds
                 .set(round.elapsed().as_secs_f64());
@@ -341,6 +346,32 @@ async fn watch_drains(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_backend_loses_its_series_once_its_sessions_are_gone() {
+        // An address no other test uses: the metrics registry is shared by the test binary.
+        let addr = "192.0.2.62:4000".to_owned();
+        let set = BackendSet::new(std::slice::from_ref(&addr));
+        let b = set.snapshot()[0].clone();
+        b.metrics.record(0x03, 0.001, true, (1, 1));
+        let lease = crate::balance::BackendLease::new(b);
+        let series = || {
+            crate::metrics::get()
+                .render()
+                .matches(&format!("backend=\"{addr}\""))
+                .count()
+        };
+        assert!(series() > 0);
+        set.set_addrs(&[]);
+        assert!(
+            !crate::metrics::prune_backends().contains(&addr),
+            "a session is still on it"
+        );
+        assert!(series() > 0);
+        drop(lease);
+        assert!(crate::metrics::prune_backends().contains(&addr));
+        assert_eq!(series(), 0);
+    }
 
     fn cfg() -> HealthConfig {
         HealthConfig {

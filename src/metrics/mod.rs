@@ -8,7 +8,7 @@ pub mod backend;
 pub mod batch;
 pub mod panics;
 
-pub use backend::{backend, BackendMetrics};
+pub use backend::{backend, prune_backends, BackendMetrics};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
