@@ -115,6 +115,7 @@ impl App {
                     status_addrs: cfg.proxy.backend_status_addrs.clone(),
                 }
             },
+            ctx.events.clone(),
             background.clone(),
         );
         track(&tasks, health_task);

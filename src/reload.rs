@@ -110,7 +110,7 @@ pub fn apply(running: &Running, next: Config) -> Result<ReloadReport, ReloadErro
         warn!(keys = ?report.restart_required, "config keys changed that take effect only after a restart");
     }
     info!(applied = ?report.applied, checksum = report.config_checksum, "config reloaded");
-    crate::events::push("config", msg);
+    running.ctx.events.push("config", msg);
     Ok(report)
 }
 

@@ -61,7 +61,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
         ),
         (Method::GET, "/api/events") => json_reply(
             StatusCode::OK,
-            &json!({ "events": crate::events::global().recent() }),
+            &json!({ "events": state.ctx.events.recent() }),
         ),
         (Method::GET, "/api/info") => json_reply(StatusCode::OK, &info(state)),
         (Method::GET, "/api/stats/history") => {

@@ -11,6 +11,7 @@ pub use error::{ProbeError, StatusError};
 
 use crate::balance::{Backend, BackendSet};
 use crate::config::{HealthConfig, ServiceAccount};
+use crate::events::EventLog;
 use crate::protocol::constants::{
     cap, cmd, DEFAULT_COLLATION, EOF_HEADER, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
 };
@@ -210,6 +211,7 @@ fn apply(
     streak: &mut Streak,
     result: Result<(String, u32), ProbeError>,
     cfg: &HealthConfig,
+    events: &EventLog,
 ) {
     match result {
         Ok((version, caps)) => {
@@ -218,7 +220,7 @@ fn apply(
             streak.oks = streak.oks.saturating_add(1);
             if streak.oks >= cfg.recovery_threshold.max(1) && backend.mark_healthy() {
                 info!(backend = %backend.addr, version = %version, "backend is up");
-                crate::events::push("backend-up", format!("backend {} is up", backend.addr));
+                events.push("backend-up", format!("backend {} is up", backend.addr));
             }
         }
         Err(err) => {
@@ -227,7 +229,7 @@ fn apply(
             streak.fails = streak.fails.saturating_add(1);
             if streak.fails >= cfg.failure_threshold.max(1) && backend.mark_unhealthy(&reason) {
                 warn!(backend = %backend.addr, %reason, "backend is down");
-                crate::events::push(
+                events.push(
                     "backend-down",
                     format!("backend {} is down: {reason}", backend.addr),
                 );
@@ -242,12 +244,14 @@ fn apply(
 pub fn start(
     backends: Arc<BackendSet>,
     settings: impl Fn() -> ProbeSettings + Send + Sync + 'static,
+    events: Arc<EventLog>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let settings = Arc::new(settings);
     let drains = tokio::spawn(watch_drains(
         backends.clone(),
         settings.clone(),
+        events.clone(),
         shutdown.clone(),
     ));
     let probes = tokio::spawn(async move {
@@ -277,7 +281,7 @@ pub fn start(
             while let Some(joined) = probes.join_next().await {
                 if let Ok((b, r)) = joined {
                     let streak = streaks.entry(b.addr.clone()).or_default();
-                    apply(&b, streak, r, &cfg);
+                    apply(&b, streak, r, &cfg, &events);
                 }
             }
             streaks.retain(|addr, _| list.iter().any(|b| &b.addr == addr));
@@ -309,6 +313,7 @@ pub fn start(
 async fn watch_drains(
     backends: Arc<BackendSet>,
     settings: Arc<impl Fn() -> ProbeSettings + Send + Sync + 'static>,
+    events: Arc<EventLog>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -332,7 +337,7 @@ async fn watch_drains(
                         format!("status port {addr} answered {code} (TiDB is shutting down)");
                     if b.mark_unhealthy(&reason) {
                         warn!(backend = %b.addr, %reason, "backend is down");
-                        crate::events::push(
+                        events.push(
                             "backend-down",
                             format!("backend {} is down: {reason}", b.addr),
                         );
@@ -386,27 +391,22 @@ mod tests {
     fn thresholds_decide_transitions() {
         let b = Backend::new("x:1".into());
         let mut s = Streak::default();
-        apply(
-            &b,
-            &mut s,
-            Err(ProbeError::Greeted("refused".into())),
-            &cfg(),
-        );
+        let events = EventLog::new(4);
+        let refused = || Err(ProbeError::Greeted("refused".into()));
+        apply(&b, &mut s, refused(), &cfg(), &events);
         assert!(b.is_healthy(), "one failure is below the threshold");
-        apply(
-            &b,
-            &mut s,
-            Err(ProbeError::Greeted("refused".into())),
-            &cfg(),
-        );
+        apply(&b, &mut s, refused(), &cfg(), &events);
         assert!(!b.is_healthy());
-        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
+        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg(), &events);
         assert!(
             !b.is_healthy(),
             "one success is below the recovery threshold"
         );
-        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
+        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg(), &events);
         assert!(b.is_healthy());
+        // The transitions land in the log this prober was given, newest first.
+        let kinds: Vec<&str> = events.recent().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["backend-up", "backend-down"]);
     }
 
     #[tokio::test]

@@ -353,11 +353,11 @@ fn not_for_new_sessions(
 }
 
 /// Counts a failed dial and marks the backend down until health checks see it again.
-fn dial_failed(backend: &crate::balance::Backend, reason: &str) {
+fn dial_failed(ctx: &ProxyContext, backend: &crate::balance::Backend, reason: &str) {
     backend.metrics.dial_fail.inc();
     if backend.mark_unhealthy(reason) {
         warn!(backend = %backend.addr, %reason, "backend marked down after a failed connection");
-        crate::events::push(
+        ctx.events.push(
             "backend-down",
             format!("backend {} is down: {reason}", backend.addr),
         );
@@ -386,7 +386,7 @@ async fn connect_backend(
     let mut tried = not_for_new_sessions(ctx, settings);
     let mut failures: Vec<String> = Vec::new();
     if let Some((backend, reason)) = earlier {
-        dial_failed(&backend, &reason);
+        dial_failed(ctx, &backend, &reason);
         failures.push(format!("{} ({reason})", backend.addr));
         tried.push(backend);
     }
@@ -419,7 +419,7 @@ async fn connect_backend(
                 settings.backend_connect_timeout.as_secs()
             ),
         };
-        dial_failed(&backend, &reason);
+        dial_failed(ctx, &backend, &reason);
         failures.push(format!("{} ({reason})", backend.addr));
     }
     crate::metrics::get().get_backend_fail.inc();

@@ -75,7 +75,7 @@ impl Session {
                     .with_label_values(&[&from, &to, "succeed"])
                     .observe(secs);
                 info!(conn = self.id, %from, %to, reason = req.reason, method, ms = (secs * 1000.0) as u64, "session moved");
-                crate::events::push(
+                ctx.events.push(
                     "migration",
                     format!("session {} moved {from} -> {to} ({})", self.id, req.reason),
                 );
