@@ -18,11 +18,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 /// How often the config file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the background tasks once they are told to stop; PD
+/// deregistration bounds itself below this, so only a stuck task reaches it.
+const TASKS_BOUND: Duration = Duration::from_secs(5);
+
+/// Puts a started service's task under `tasks`.
+fn track(tasks: &TaskTracker, task: JoinHandle<()>) {
+    tasks.spawn(async move {
+        let _ = task.await;
+    });
+}
 
 /// The running proxy: what a shutdown needs to reach.
 pub struct App {
@@ -36,8 +49,9 @@ pub struct App {
     /// Set first thing on shutdown; the health API answers 502 from then on.
     pub draining: CancellationToken,
     background: CancellationToken,
-    /// PD discovery and registration; awaited at shutdown so our PD keys are removed.
-    discovery: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The api, health, SQL server, rebalance, discovery and config-watch tasks; shutdown
+    /// awaits them (bounded) so PD keys are removed and no task outlives the App unseen.
+    tasks: TaskTracker,
     /// The threads sessions run on; they stop when the App is dropped.
     _workers: Arc<Workers>,
 }
@@ -85,9 +99,13 @@ impl App {
             running.clone(),
             draining.clone(),
         ));
-        api::start(api_listener, state, http_tls, background.clone());
+        let tasks = TaskTracker::new();
+        track(
+            &tasks,
+            api::start(api_listener, state, http_tls, background.clone()),
+        );
         let health_settings = running.clone();
-        health::start(
+        let health_task = health::start(
             backends.clone(),
             move || {
                 let cfg = health_settings.get();
@@ -97,14 +115,26 @@ impl App {
                     status_addrs: cfg.proxy.backend_status_addrs.clone(),
                 }
             },
+            ctx.events.clone(),
             background.clone(),
         );
+        track(&tasks, health_task);
         let workers = Arc::new(Workers::per_core().context("cannot start the session workers")?);
         info!(workers = workers.len(), "session workers started");
-        server::start(listener, ctx.clone(), workers.clone());
-        crate::proxy::rebalance::start(ctx.clone(), background.clone());
+        track(
+            &tasks,
+            server::start(listener, ctx.clone(), workers.clone()),
+        );
+        track(
+            &tasks,
+            crate::proxy::rebalance::start(ctx.clone(), background.clone()),
+        );
         let discovery = discovery::start(&config, backends, background.clone());
-        if config.proxy.backend_addrs.is_empty() && discovery.is_none() {
+        let no_pd = discovery.is_none();
+        if let Some(task) = discovery {
+            track(&tasks, task);
+        }
+        if config.proxy.backend_addrs.is_empty() && no_pd {
             warn!("no backend is configured: set [proxy] backend-addrs or --backend-addrs; clients will get error 9001 until one is");
         }
         Ok(App {
@@ -115,7 +145,7 @@ impl App {
             api_addr,
             draining,
             background,
-            discovery: std::sync::Mutex::new(discovery),
+            tasks,
             _workers: workers,
         })
     }
@@ -129,16 +159,22 @@ impl App {
     ) {
         let running = self.running.clone();
         let shown = path.display().to_string();
-        crate::config::watch::start(path, CONFIG_POLL, self.background.clone(), move |loaded| {
-            for w in &loaded.warnings {
-                warn!(file = %shown, "{w}");
-            }
-            let mut next = loaded.config;
-            overrides(&mut next);
-            if let Err(e) = reload::apply(&running, next) {
-                warn!(file = %shown, error = %e, "config file rejected; the running config stays");
-            }
-        });
+        let watcher = crate::config::watch::start(
+            path,
+            CONFIG_POLL,
+            self.background.clone(),
+            move |loaded| {
+                for w in &loaded.warnings {
+                    warn!(file = %shown, "{w}");
+                }
+                let mut next = loaded.config;
+                overrides(&mut next);
+                if let Err(e) = reload::apply(&running, next) {
+                    warn!(file = %shown, error = %e, "config file rejected; the running config stays");
+                }
+            },
+        );
+        track(&self.tasks, watcher);
     }
 
     /// Graceful shutdown: keep serving for graceful-wait-before-shutdown, then refuse new
@@ -181,10 +217,16 @@ impl App {
         }
         self.ctx.close_all_now();
         self.background.cancel();
-        let pd_task = self.discovery.lock().expect("discovery handle").take();
-        if let Some(task) = pd_task {
-            // Deregistration bounds itself; this bound only guards against a stuck task.
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        self.tasks.close();
+        if tokio::time::timeout(TASKS_BOUND, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = self.tasks.len(),
+                seconds = TASKS_BOUND.as_secs(),
+                "background tasks still running after shutdown asked them to stop"
+            );
         }
         wait_until_idle(&self.ctx, Duration::from_secs(2)).await;
         info!("proxy stopped");

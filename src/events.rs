@@ -1,9 +1,10 @@
 //! Recent operational events (backend up/down, config changes, later migrations) in a small
-//! bounded ring, for `/api/events` and the dashboard. Pushed rarely, never per query.
+//! bounded ring, for `/api/events` and the dashboard. Pushed rarely, never per query. Each
+//! proxy owns its log (`ProxyContext::events`); there is no process-wide one.
 
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 /// How many events are kept; older ones fall off.
 pub const CAPACITY: usize = 200;
@@ -61,17 +62,6 @@ impl EventLog {
             .cloned()
             .collect()
     }
-}
-
-/// The process's event log.
-pub fn global() -> &'static EventLog {
-    static LOG: OnceLock<EventLog> = OnceLock::new();
-    LOG.get_or_init(|| EventLog::new(CAPACITY))
-}
-
-/// Records an event in the process's log.
-pub fn push(kind: &'static str, message: impl Into<String>) {
-    global().push(kind, message);
 }
 
 #[cfg(test)]

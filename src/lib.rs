@@ -9,6 +9,8 @@ pub mod discovery;
 pub mod events;
 pub mod hardening;
 pub mod health;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

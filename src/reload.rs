@@ -3,8 +3,8 @@
 //! reported, and the new config becomes the one the API shows. Shared by `PUT
 //! /api/admin/config` and the config-file watcher.
 
-use crate::config::{is_hot_reloadable, Config};
-use crate::logging::LogHandle;
+use crate::config::{is_hot_reloadable, Config, ConfigError};
+use crate::logging::{LogError, LogHandle};
 use crate::proxy::{ProxyContext, SessionSettings};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -52,10 +52,23 @@ impl Running {
     }
 }
 
+/// Why a new config was not applied; the running config is then untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    #[error("{0}")]
+    LogLevel(#[from] LogError),
+    #[error("{0}")]
+    Compare(#[from] toml::ser::Error),
+    #[error("an earlier reload panicked; restart the proxy")]
+    Poisoned,
+}
+
 /// Validates `next` and makes it the running config; the running config is untouched on error.
-pub fn apply(running: &Running, next: Config) -> Result<ReloadReport, String> {
-    let _one = running.serial.lock().map_err(|e| e.to_string())?;
-    next.validate().map_err(|e| e.to_string())?;
+pub fn apply(running: &Running, next: Config) -> Result<ReloadReport, ReloadError> {
+    let _one = running.serial.lock().map_err(|_| ReloadError::Poisoned)?;
+    next.validate()?;
     let old = running.get();
     let changed = changed_keys(&old, &next)?;
     let mut report = ReloadReport {
@@ -69,7 +82,7 @@ pub fn apply(running: &Running, next: Config) -> Result<ReloadReport, String> {
     let log_changed = old.log.level != next.log.level;
     if log_changed {
         if let Some(h) = running.log.get() {
-            h.set_level(&next.log.level).map_err(|e| e.to_string())?;
+            h.set_level(&next.log.level)?;
         }
     }
     running
@@ -97,12 +110,12 @@ pub fn apply(running: &Running, next: Config) -> Result<ReloadReport, String> {
         warn!(keys = ?report.restart_required, "config keys changed that take effect only after a restart");
     }
     info!(applied = ?report.applied, checksum = report.config_checksum, "config reloaded");
-    crate::events::push("config", msg);
+    running.ctx.events.push("config", msg);
     Ok(report)
 }
 
 /// Leaf keys (`section.key`, arrays as leaves) whose values differ.
-fn changed_keys(old: &Config, new: &Config) -> Result<Vec<String>, String> {
+fn changed_keys(old: &Config, new: &Config) -> Result<Vec<String>, toml::ser::Error> {
     let a = flatten(old)?;
     let b = flatten(new)?;
     let mut keys: Vec<String> = a
@@ -116,8 +129,8 @@ fn changed_keys(old: &Config, new: &Config) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
-fn flatten(c: &Config) -> Result<BTreeMap<String, toml::Value>, String> {
-    let table = toml::Table::try_from(c).map_err(|e| e.to_string())?;
+fn flatten(c: &Config) -> Result<BTreeMap<String, toml::Value>, toml::ser::Error> {
+    let table = toml::Table::try_from(c)?;
     let mut out = BTreeMap::new();
     walk("", &table, &mut out);
     Ok(out)

@@ -1,11 +1,11 @@
 //! The status port: health, metrics, config GET/PUT, backends, connections, events, basic
 //! auth and HTTPS.
 
-mod support_ops;
+mod common;
 
+use common::ops::*;
 use mysql_async::prelude::Queryable;
 use std::collections::HashSet;
-use support_ops::*;
 use tiproxy::config::TlsConfig;
 use tiproxy::ctl::client::Target;
 

@@ -1,10 +1,10 @@
 //! /api/connections tells a session running a command from an idle one: `executing` while a
 //! `SELECT SLEEP` runs, `idle` once it returns.
 
-mod support_ops;
+mod common;
 
+use common::ops::*;
 use mysql_async::prelude::Queryable;
-use support_ops::*;
 
 async fn state_of_only_session(app: &tiproxy::app::App) -> String {
     let conns = json(&get(&plain(app), "/api/connections").await);

@@ -5,15 +5,14 @@
 //! makes no session return to a backend it left.
 
 mod common;
-mod support_disc;
 
 use common::mariadb::MariaDb;
+use common::pd::{wait_for, Etcd, Proxy};
 use etcd_client::PutOptions;
 use mysql_async::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support_disc::{wait_for, Etcd, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -1,9 +1,9 @@
 //! tiproxyctl against a running proxy: output, --json, config get/set, exit codes.
 
-mod support_ops;
+mod common;
 
+use common::ops::*;
 use std::process::Stdio;
-use support_ops::*;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 

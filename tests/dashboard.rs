@@ -2,12 +2,11 @@
 //! says so plainly when the API cannot be reached. Without Chromium it fails under `CI=true`
 //! and is skipped with a notice elsewhere (tests/common/tools.rs).
 
-mod support_ops;
-#[path = "common/tools.rs"]
-mod tools;
+mod common;
 
+use common::ops::*;
+use common::tools;
 use std::path::PathBuf;
-use support_ops::*;
 use tokio::process::Command;
 
 fn chromium() -> Option<PathBuf> {

@@ -2,11 +2,11 @@
 //! appear and leave with their ttl key or `/status`, the proxy registers itself and removes
 //! only its own keys on exit.
 
-mod support_disc;
+mod common;
 
+use common::pd::*;
 use etcd_client::GetOptions;
 use std::time::Duration;
-use support_disc::*;
 
 const SOON: Duration = Duration::from_secs(20);
 
@@ -45,7 +45,7 @@ async fn tidbs_follow_their_ttl_and_status_and_the_proxy_registers_itself() {
 
     let mut proxy = Proxy::start(&format!("pd-addrs = \"{}\"", etcd.endpoint()), "").await;
     register_tidb(&mut kv, &a.addr(), sa.port).await;
-    wait_landing(&proxy, a.port, "a registered TiDB to get sessions").await;
+    wait_landing(&proxy, a.port(), "a registered TiDB to get sessions").await;
 
     // Self-registration: info and ttl under our advertised address and SQL port.
     let ours = wait_for("our registration", SOON, || async {
@@ -74,24 +74,24 @@ async fn tidbs_follow_their_ttl_and_status_and_the_proxy_registers_itself() {
     } else {
         ((&b, &sb), (&a, &sa))
     };
-    wait_landing(&proxy, first.port, "the preferred TiDB to get sessions").await;
+    wait_landing(&proxy, first.port(), "the preferred TiDB to get sessions").await;
 
     // A TiDB answering 500 on /status (draining) gets no new sessions.
     s_first.set(500);
-    wait_landing(&proxy, second.port, "a TiDB answering 500 to be skipped").await;
+    wait_landing(&proxy, second.port(), "a TiDB answering 500 to be skipped").await;
     for _ in 0..5 {
-        assert_eq!(proxy.landing_port().await.unwrap(), second.port);
+        assert_eq!(proxy.landing_port().await.unwrap(), second.port());
     }
 
     // Back to 200 it is preferred again; once its ttl key is gone it gets no new sessions.
     s_first.set(200);
-    wait_landing(&proxy, first.port, "a recovered TiDB to get sessions").await;
+    wait_landing(&proxy, first.port(), "a recovered TiDB to get sessions").await;
     kv.delete(format!("/topology/tidb/{}/ttl", first.addr()), None)
         .await
         .unwrap();
-    wait_landing(&proxy, second.port, "a TiDB without ttl to be dropped").await;
+    wait_landing(&proxy, second.port(), "a TiDB without ttl to be dropped").await;
     for _ in 0..5 {
-        assert_eq!(proxy.landing_port().await.unwrap(), second.port);
+        assert_eq!(proxy.landing_port().await.unwrap(), second.port());
     }
     assert!(proxy.log().contains(&format!(
         "status port 127.0.0.1:{} answered 500",
@@ -121,7 +121,7 @@ async fn pd_outage_keeps_the_last_known_tidbs_and_is_logged_once() {
     let sa = StatusServer::start().await;
     register_tidb(&mut etcd.client().await, &a.addr(), sa.port).await;
     let proxy = Proxy::start(&format!("pd-addrs = \"{}\"", etcd.endpoint()), "").await;
-    wait_landing(&proxy, a.port, "the TiDB to get sessions").await;
+    wait_landing(&proxy, a.port(), "the TiDB to get sessions").await;
 
     etcd.kill();
     wait_for(
@@ -133,7 +133,7 @@ async fn pd_outage_keeps_the_last_known_tidbs_and_is_logged_once() {
     for _ in 0..5 {
         assert_eq!(
             proxy.landing_port().await.unwrap(),
-            a.port,
+            a.port(),
             "last known list is kept"
         );
     }
@@ -151,5 +151,5 @@ async fn pd_outage_keeps_the_last_known_tidbs_and_is_logged_once() {
         (k.len() == 2).then_some(())
     })
     .await;
-    assert_eq!(proxy.landing_port().await.unwrap(), a.port);
+    assert_eq!(proxy.landing_port().await.unwrap(), a.port());
 }

@@ -1,14 +1,11 @@
 //! PD unreachable from the start: the proxy still binds, serves static backends, explains
 //! itself to clients when nothing else is available, and logs the outage briefly even at debug.
 
-mod support_disc;
+mod common;
 
+use common::net::closed_port;
+use common::pd::*;
 use std::time::Duration;
-use support_disc::*;
-
-fn closed_port() -> u16 {
-    free_port()
-}
 
 /// Lines that mention PD or its client stack.
 fn pd_lines(log: &str) -> Vec<&str> {
@@ -35,7 +32,7 @@ async fn static_backends_are_served_while_pd_is_down_and_logs_stay_short() {
         "",
     )
     .await;
-    assert_eq!(proxy.landing_port().await.unwrap(), db.port);
+    assert_eq!(proxy.landing_port().await.unwrap(), db.port());
     wait_for(
         "the outage to be logged",
         Duration::from_secs(20),
@@ -44,7 +41,7 @@ async fn static_backends_are_served_while_pd_is_down_and_logs_stay_short() {
     .await;
     // Several seconds of retries (backoff 0.5 s, 1 s, 2 s, ...) at level debug.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(proxy.landing_port().await.unwrap(), db.port);
+    assert_eq!(proxy.landing_port().await.unwrap(), db.port());
     let log = proxy.log();
     let lines = pd_lines(&log);
     assert!(

@@ -5,7 +5,6 @@
 //! and Connector/J.
 
 mod common;
-mod support_disc;
 
 use common::cli::CmdOut;
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
@@ -138,8 +137,8 @@ fn no_backend_shows_9001_in_the_cli() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pd_unreachable_shows_9001_naming_pd_in_the_cli() {
-    let pd = support_disc::free_port();
-    let proxy = support_disc::Proxy::start(&format!("pd-addrs = \"127.0.0.1:{pd}\""), "").await;
+    let pd = common::pd::free_port();
+    let proxy = common::pd::Proxy::start(&format!("pd-addrs = \"127.0.0.1:{pd}\""), "").await;
     // The first connections may come before the proxy has tried PD once; it says so within seconds.
     let port = proxy.port;
     let out = tokio::task::spawn_blocking(move || {

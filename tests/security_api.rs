@@ -3,13 +3,12 @@
 //! must fail while real users keep logging in through the proxy to a real MariaDB.
 
 mod common;
-mod support_security;
 
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::RawConn;
+use common::security::*;
 use std::time::Duration;
-use support_security::*;
 
 const API_PASSWORD: &str = "api-s3cret-9f2";
 const SERVICE_PASSWORD: &str = "svc-s3cret-41c";

@@ -5,16 +5,15 @@
 //! refuse all three while the page's requests demonstrably arrive.
 
 mod common;
-mod support_security;
 
 use common::mariadb::MariaDb;
 use common::proxy::{Proxy, ProxyConfig};
+use common::security::*;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-use support_security::*;
 
 fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser"].iter().find_map(|name| {

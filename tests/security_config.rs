@@ -3,14 +3,13 @@
 //! cannot be read for a while does not, once back, silently undo changes made through the API.
 
 mod common;
-mod support_security;
 
 use common::cli::run;
 use common::mariadb::MariaDb;
 use common::proxy::{Proxy, ProxyConfig};
+use common::security::*;
 use std::process::Command;
 use std::time::Duration;
-use support_security::*;
 
 #[test]
 fn a_misspelt_security_or_api_key_refuses_to_start() {

@@ -3,17 +3,16 @@
 //! and let SQL users log in throughout, and close a half-sent request on its own.
 
 mod common;
-mod support_security;
 
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
 use common::net::poll_until;
 use common::procfs::{peak_rss_kib, rss_kib};
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::RawConn;
+use common::security::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use support_security::*;
 
 /// Half-sent requests opened by the attacker (the run used 21,000 to exhaust fds; a
 /// few thousand already exceed the cap many times over).

@@ -4,15 +4,14 @@
 //! and the flood must cost the backend only a small, fixed number of connections.
 
 mod common;
-mod support_security;
 
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
 use common::proxy::{Proxy, ProxyConfig};
 use common::raw::RawConn;
+use common::security::*;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
-use support_security::*;
 
 /// The attacker's loopback address; real users come from 127.0.0.1.
 const ATTACKER: [u8; 4] = [127, 0, 0, 2];

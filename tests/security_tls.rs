@@ -4,14 +4,13 @@
 //! (as TiUP writes it for the status port) keeps certificates optional.
 
 mod common;
-mod support_security;
 
 use common::cli::{mariadb, run};
 use common::mariadb::{MariaDb, APP_PASS, APP_USER};
 use common::proxy::{Proxy, ProxyConfig};
+use common::security::*;
 use std::process::Command;
 use std::time::Duration;
-use support_security::*;
 
 fn curl_health(port: u16, cert: Option<(&std::path::Path, &std::path::Path)>) -> String {
     let mut cmd = Command::new("curl");

@@ -2,13 +2,12 @@
 //! to a local mirror (release and nightly), installing both and running them against MariaDB.
 
 mod common;
-mod support_tiup;
 
 use common::mariadb::MariaDb;
+use common::tiup::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support_tiup::*;
 
 fn unpack(tarball: &Path, into: &Path) {
     let (ok, out) = run(
@@ -85,7 +84,7 @@ fn tarball_has_the_binaries_at_its_root_and_needs_glibc_2_17_at_most() {
 
 #[test]
 fn tiup_publishes_installs_and_runs_release_and_nightly() {
-    let tiup = match support_tiup::tiup() {
+    let tiup = match common::tiup::tiup() {
         Ok(t) => t,
         Err(why) => {
             common::tools::missing("tiup", &why);

@@ -2,13 +2,12 @@
 //! command lines, cwd, forced config keys, log file and stop signals, with PD absent.
 
 mod common;
-mod support_tiup;
 
 use common::mariadb::MariaDb;
+use common::tiup::*;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use support_tiup::*;
 
 fn tiproxy() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tiproxy"))

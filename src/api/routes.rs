@@ -61,7 +61,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
         ),
         (Method::GET, "/api/events") => json_reply(
             StatusCode::OK,
-            &json!({ "events": crate::events::global().recent() }),
+            &json!({ "events": state.ctx.events.recent() }),
         ),
         (Method::GET, "/api/info") => json_reply(StatusCode::OK, &info(state)),
         (Method::GET, "/api/stats/history") => {
@@ -75,7 +75,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
                     info!(client = %peer, who = %caller(state), from = ?params.get("from"), to = ?params.get("to"), session = ?params.get("session"), count = ?params.get("count"), requested = r.requested, "audit: API asked sessions to move");
                     json_reply(StatusCode::OK, &r)
                 }
-                Err(e) => error(StatusCode::BAD_REQUEST, e),
+                Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
         (Method::GET, "" | "/index.html") => {
@@ -259,7 +259,7 @@ async fn put_config(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
         }
         Err(e) => {
             warn!(client = %peer, who = %who, error = %e, "audit: API config change rejected");
-            error(StatusCode::BAD_REQUEST, e)
+            error(StatusCode::BAD_REQUEST, e.to_string())
         }
     }
 }

@@ -1,9 +1,12 @@
-//! Retry pacing for PD: exponential backoff between attempts, and a rate limiter that keeps
-//! repeated outage reports to one line per interval.
+//! Retry pacing for PD: exponential backoff with jitter between attempts, and how an outage's
+//! length reads in a log line.
 
-use std::time::{Duration, Instant};
+use rand::Rng;
+use std::time::Duration;
 
-/// Doubles the wait after each failed attempt, up to a cap; a success starts over.
+/// Doubles the wait after each failed attempt, up to a cap; a success starts over. Each wait
+/// is drawn from the upper half of the current step, so proxies that lost PD together do not
+/// reconnect in lockstep.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
@@ -23,42 +26,17 @@ impl Backoff {
 
     /// How long to wait before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
+        self.next_delay_with(&mut rand::thread_rng())
+    }
+
+    fn next_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
+        let step = self.next;
         self.next = self.next.saturating_mul(2).min(self.cap);
-        d
+        step / 2 + step.mul_f64(rng.gen_range(0.0..=0.5))
     }
 
     pub fn reset(&mut self) {
         self.next = self.base;
-    }
-}
-
-/// Allows one event per `every`; the caller passes the clock so tests need no sleeping.
-#[derive(Debug, Clone)]
-pub struct RateLimit {
-    every: Duration,
-    last: Option<Instant>,
-}
-
-impl RateLimit {
-    pub fn new(every: Duration) -> Self {
-        Self { every, last: None }
-    }
-
-    /// True when an event may be emitted now; emitting is assumed and starts a new interval.
-    pub fn allow(&mut self, now: Instant) -> bool {
-        match self.last {
-            Some(t) if now.saturating_duration_since(t) < self.every => false,
-            _ => {
-                self.last = Some(now);
-                true
-            }
-        }
-    }
-
-    /// Counts an event emitted by other means (the first report of an outage) as the last one.
-    pub fn mark(&mut self, now: Instant) {
-        self.last = Some(now);
     }
 }
 
@@ -80,24 +58,30 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-        let got: Vec<u128> = (0..8).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(got, [500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]);
+        let steps = [500, 1000, 2000, 4000, 8000, 10000, 10000, 10000];
+        for step in steps {
+            let d = b.next_delay().as_millis();
+            assert!(
+                step / 2 <= d && d <= step,
+                "{d} ms outside the step of {step} ms"
+            );
+        }
         b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(500));
+        assert!(b.next_delay() <= Duration::from_millis(500));
     }
 
     #[test]
-    fn rate_limit_allows_one_event_per_interval() {
-        let t0 = Instant::now();
-        let mut r = RateLimit::new(Duration::from_secs(60));
-        assert!(r.allow(t0));
-        assert!(!r.allow(t0 + Duration::from_secs(1)));
-        assert!(!r.allow(t0 + Duration::from_secs(59)));
-        assert!(r.allow(t0 + Duration::from_secs(60)));
-        assert!(!r.allow(t0 + Duration::from_secs(61)));
-        r.mark(t0 + Duration::from_secs(200));
-        assert!(!r.allow(t0 + Duration::from_secs(230)));
-        assert!(r.allow(t0 + Duration::from_secs(260)));
+    fn jitter_spreads_the_waits() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let waits: std::collections::BTreeSet<Duration> = (0..20)
+            .map(|_| Backoff::new(Duration::from_secs(4), Duration::from_secs(4)))
+            .map(|mut b| b.next_delay_with(&mut rng))
+            .collect();
+        assert!(
+            waits.len() > 1,
+            "twenty fresh backoffs all waited {waits:?}"
+        );
     }
 
     #[test]

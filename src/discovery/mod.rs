@@ -7,7 +7,7 @@ mod pd_status;
 mod register;
 mod topology;
 
-pub use backoff::{human_duration, Backoff, RateLimit};
+pub use backoff::{human_duration, Backoff};
 pub use pd_loop::Options;
 pub use pd_status::{PdSnapshot, PdState, PdStatus};
 pub use register::{advertise_ip, ProxyInfo, Registration, PROXY_PREFIX};

@@ -71,7 +71,7 @@ pub fn start(pd: Pd, shutdown: CancellationToken) -> JoinHandle<()> {
             match attempt {
                 None => break,
                 Some(Ok(())) => {}
-                Some(Err(e)) => pd.status.record_failure(&e),
+                Some(Err(e)) => pd.status.record_failure(&e.to_string()),
             }
             conn.client = None;
             tokio::select! {
@@ -81,6 +81,32 @@ pub fn start(pd: Pd, shutdown: CancellationToken) -> JoinHandle<()> {
         }
         pd.deregister(&mut conn).await;
     })
+}
+
+/// Why a connected period with PD ended; the text is what `/api/debug/health` and the
+/// outage log lines show.
+#[derive(Debug, thiserror::Error)]
+pub enum PdError {
+    #[error("cannot connect to {endpoint}: {source}")]
+    Dial {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {endpoint}: timed out")]
+    DialTimeout { endpoint: String },
+    #[error("no PD endpoint is configured")]
+    NoEndpoint,
+    #[error("{what}: {}", describe(.source))]
+    Request {
+        what: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("{what}: no answer within {} ms", .limit.as_millis())]
+    Timeout { what: &'static str, limit: Duration },
+    #[error("watch TiDB topology: PD closed the stream")]
+    WatchClosed,
 }
 
 /// The error and its causes on one line ("transport error: connection refused").
@@ -99,35 +125,36 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Pd {
-    async fn call<T, F>(&self, what: &str, fut: F) -> Result<T, String>
+    async fn call<T, F>(&self, what: &'static str, fut: F) -> Result<T, PdError>
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
         match tokio::time::timeout(self.opts.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
-            Err(_) => Err(format!(
-                "{what}: no answer within {} ms",
-                self.opts.request_timeout.as_millis()
-            )),
+            Ok(Err(source)) => Err(PdError::Request { what, source }),
+            Err(_) => Err(PdError::Timeout {
+                what,
+                limit: self.opts.request_timeout,
+            }),
         }
     }
 
     /// A plain TCP dial first: the gRPC channel would only say "timed out" where the socket
     /// says "connection refused".
-    async fn dial(&self) -> Result<(), String> {
-        let mut last = String::new();
+    async fn dial(&self) -> Result<(), PdError> {
+        let mut last = PdError::NoEndpoint;
         for ep in &self.endpoints {
+            let endpoint = ep.clone();
             match tokio::time::timeout(self.opts.request_timeout, TcpStream::connect(ep)).await {
                 Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => last = format!("cannot connect to {ep}: {e}"),
-                Err(_) => last = format!("cannot connect to {ep}: timed out"),
+                Ok(Err(source)) => last = PdError::Dial { endpoint, source },
+                Err(_) => last = PdError::DialTimeout { endpoint },
             }
         }
         Err(last)
     }
 
-    async fn connect(&self) -> Result<Client, String> {
+    async fn connect(&self) -> Result<Client, PdError> {
         self.dial().await?;
         let opts = ConnectOptions::new()
             .with_connect_timeout(self.opts.request_timeout)
@@ -138,7 +165,7 @@ impl Pd {
     }
 
     /// Grants a fresh lease and writes our keys under it.
-    async fn register(&self, client: &mut Client, reg: &Registration) -> Result<i64, String> {
+    async fn register(&self, client: &mut Client, reg: &Registration) -> Result<i64, PdError> {
         let lease = self
             .call(
                 "grant lease",
@@ -155,7 +182,7 @@ impl Pd {
         client: &mut Client,
         reg: &Registration,
         lease: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), PdError> {
         let with_lease = || Some(PutOptions::new().with_lease(lease));
         self.call(
             "register",
@@ -176,7 +203,7 @@ impl Pd {
 
     /// Refreshes the keys (PD may have restarted empty) and the lease; a lease PD no longer
     /// knows is replaced by a new registration.
-    async fn refresh(&self, client: &mut Client, conn: &mut Conn) -> Result<(), String> {
+    async fn refresh(&self, client: &mut Client, conn: &mut Conn) -> Result<(), PdError> {
         let Some(reg) = &self.registration else {
             return Ok(());
         };
@@ -220,7 +247,7 @@ impl Pd {
 
     /// One connected period: ends with the error that ended it, or Ok when PD asked for a
     /// fresh listing.
-    async fn serve(&self, conn: &mut Conn, backoff: &mut Backoff) -> Result<(), String> {
+    async fn serve(&self, conn: &mut Conn, backoff: &mut Backoff) -> Result<(), PdError> {
         let mut client = self.connect().await?;
         conn.client = Some(client.clone());
         if let Some(reg) = &self.registration {
@@ -258,8 +285,8 @@ impl Pd {
             tokio::select! {
                 msg = watch.message() => {
                     let msg = msg
-                        .map_err(|e| format!("watch TiDB topology: {}", describe(&e)))?
-                        .ok_or("watch TiDB topology: PD closed the stream")?;
+                        .map_err(|source| PdError::Request { what: "watch TiDB topology", source })?
+                        .ok_or(PdError::WatchClosed)?;
                     if msg.canceled() {
                         // Compaction, say: PD is fine, so no outage is reported; list again.
                         info!(reason = msg.cancel_reason(), "PD canceled the topology watch; listing again");

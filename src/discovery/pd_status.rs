@@ -2,7 +2,8 @@
 //! backend is available) and the health API, and the one place that logs PD outages, so an
 //! outage costs one WARN, one summary a minute, and one INFO when PD is back.
 
-use super::backoff::{human_duration, RateLimit};
+use super::backoff::human_duration;
+use crate::logging::rate::RateLimiter;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
@@ -50,7 +51,7 @@ struct Inner {
     since_at: Instant,
     last_error: String,
     attempts: u64,
-    summary: RateLimit,
+    summary: RateLimiter,
 }
 
 impl Inner {
@@ -61,7 +62,7 @@ impl Inner {
             since_at: now,
             last_error: String::new(),
             attempts: 0,
-            summary: RateLimit::new(SUMMARY_EVERY),
+            summary: RateLimiter::new(1, SUMMARY_EVERY),
         }
     }
 

@@ -4,10 +4,14 @@
 //! a graceful shutdown is seen within a second), with failure and recovery thresholds, marking
 //! backends up and down for routing.
 
+mod error;
 pub mod status;
+
+pub use error::{ProbeError, StatusError};
 
 use crate::balance::{Backend, BackendSet};
 use crate::config::{HealthConfig, ServiceAccount};
+use crate::events::EventLog;
 use crate::protocol::constants::{
     cap, cmd, DEFAULT_COLLATION, EOF_HEADER, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
 };
@@ -23,7 +27,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The user the SQL probe of a MySQL/MariaDB backend logs in as when no service account is
 /// configured. It normally does not exist: "access denied" ends the handshake without counting
@@ -67,27 +71,24 @@ pub async fn probe_sql(
     addr: &str,
     timeout: Duration,
     account: &ServiceAccount,
-) -> Result<(String, u32), String> {
+) -> Result<(String, u32), ProbeError> {
     let fut = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).await?;
         let mut conn = PacketConn::new(Stream::Plain(tcp), 1024);
-        let (_, p) = conn
-            .read_packet(64 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (_, p) = conn.read_packet(64 * 1024).await?;
         if p.first() == Some(&ERR_HEADER) {
             let e = ErrPacket::parse(&p)
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            return Err(format!("backend answered with an error: {e}"));
+            return Err(ProbeError::Greeted(e));
         }
-        let g = Greeting::parse(&p).map_err(|e| format!("malformed greeting: {e}"))?;
+        let g = Greeting::parse(&p).map_err(ProbeError::Malformed)?;
         sign_off(&mut conn, &g, account).await?;
         Ok((g.server_version, g.capabilities))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no greeting within {} ms", timeout.as_millis())),
+        Err(_) => Err(ProbeError::Timeout(timeout)),
     }
 }
 
@@ -101,7 +102,7 @@ pub async fn sign_off(
     conn: &mut PacketConn,
     g: &Greeting,
     account: &ServiceAccount,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     if is_tidb(&g.server_version) {
         conn.shutdown().await;
         return Ok(());
@@ -124,8 +125,8 @@ pub async fn sign_off(
         }
         // 1045/1698: access denied, the expected answer of a serving server.
         Err(LoginEnd::Refused(e)) if e.code == 1045 || e.code == 1698 => Ok(()),
-        Err(LoginEnd::Refused(e)) => Err(format!("backend refused a login: {e}")),
-        Err(LoginEnd::Io(e)) => Err(e),
+        Err(LoginEnd::Refused(e)) => Err(ProbeError::LoginRefused(e)),
+        Err(LoginEnd::Io(e)) => Err(ProbeError::Io(e)),
         Ok(()) => Ok(()),
     }
 }
@@ -134,7 +135,7 @@ static SERVICE_ACCOUNT_WARNED: AtomicBool = AtomicBool::new(false);
 
 enum LoginEnd {
     Refused(ErrPacket),
-    Io(String),
+    Io(std::io::Error),
 }
 
 /// A mysql_native_password login as `user` (`stage1` = SHA1(password), none = empty), then
@@ -159,7 +160,7 @@ async fn login_and_quit(
         auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
         ..Default::default()
     };
-    let io = |e: std::io::Error| LoginEnd::Io(e.to_string());
+    let io = LoginEnd::Io;
     conn.write_packet(1, &login.encode()).await.map_err(io)?;
     // Bounded: an auth switch or two, then OK or ERR.
     for _ in 0..3 {
@@ -208,8 +209,9 @@ struct Streak {
 fn apply(
     backend: &Backend,
     streak: &mut Streak,
-    result: Result<(String, u32), String>,
+    result: Result<(String, u32), ProbeError>,
     cfg: &HealthConfig,
+    events: &EventLog,
 ) {
     match result {
         Ok((version, caps)) => {
@@ -218,15 +220,16 @@ fn apply(
             streak.oks = streak.oks.saturating_add(1);
             if streak.oks >= cfg.recovery_threshold.max(1) && backend.mark_healthy() {
                 info!(backend = %backend.addr, version = %version, "backend is up");
-                crate::events::push("backend-up", format!("backend {} is up", backend.addr));
+                events.push("backend-up", format!("backend {} is up", backend.addr));
             }
         }
-        Err(reason) => {
+        Err(err) => {
+            let reason = err.to_string();
             streak.oks = 0;
             streak.fails = streak.fails.saturating_add(1);
             if streak.fails >= cfg.failure_threshold.max(1) && backend.mark_unhealthy(&reason) {
                 warn!(backend = %backend.addr, %reason, "backend is down");
-                crate::events::push(
+                events.push(
                     "backend-down",
                     format!("backend {} is down: {reason}", backend.addr),
                 );
@@ -241,15 +244,17 @@ fn apply(
 pub fn start(
     backends: Arc<BackendSet>,
     settings: impl Fn() -> ProbeSettings + Send + Sync + 'static,
+    events: Arc<EventLog>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let settings = Arc::new(settings);
-    tokio::spawn(watch_drains(
+    let drains = tokio::spawn(watch_drains(
         backends.clone(),
         settings.clone(),
+        events.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(async move {
+    let probes = tokio::spawn(async move {
         let mut streaks: HashMap<String, Streak> = HashMap::new();
         loop {
             let probe = settings();
@@ -267,7 +272,7 @@ pub fn start(
                     let mut r = probe_sql(&b.addr, timeout, &account).await;
                     if let (Ok(_), Some(status_addr)) = (&r, status_addr) {
                         if let Err(e) = status::probe_status(&status_addr, timeout).await {
-                            r = Err(e);
+                            r = Err(e.into());
                         }
                     }
                     (b, r)
@@ -276,10 +281,15 @@ pub fn start(
             while let Some(joined) = probes.join_next().await {
                 if let Ok((b, r)) = joined {
                     let streak = streaks.entry(b.addr.clone()).or_default();
-                    apply(&b, streak, r, &cfg);
+                    apply(&b, streak, r, &cfg, &events);
                 }
             }
             streaks.retain(|addr, _| list.iter().any(|b| &b.addr == addr));
+            drop(list);
+            // A backend that left the list keeps its series until its last session ends.
+            for addr in crate::metrics::prune_backends() {
+                debug!(backend = %addr, "removed the metric series of a backend no longer in the list");
+            }
             crate::metrics::get()
                 .health_check_seconds
                 .set(round.elapsed().as_secs_f64());
@@ -288,6 +298,10 @@ pub fn start(
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+    });
+    // One handle for both loops, so the App awaits the drain watcher too.
+    tokio::spawn(async move {
+        let _ = tokio::join!(drains, probes);
     })
 }
 
@@ -299,6 +313,7 @@ pub fn start(
 async fn watch_drains(
     backends: Arc<BackendSet>,
     settings: Arc<impl Fn() -> ProbeSettings + Send + Sync + 'static>,
+    events: Arc<EventLog>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -322,7 +337,7 @@ async fn watch_drains(
                         format!("status port {addr} answered {code} (TiDB is shutting down)");
                     if b.mark_unhealthy(&reason) {
                         warn!(backend = %b.addr, %reason, "backend is down");
-                        crate::events::push(
+                        events.push(
                             "backend-down",
                             format!("backend {} is down: {reason}", b.addr),
                         );
@@ -337,6 +352,32 @@ async fn watch_drains(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_removed_backend_loses_its_series_once_its_sessions_are_gone() {
+        // An address no other test uses: the metrics registry is shared by the test binary.
+        let addr = "192.0.2.62:4000".to_owned();
+        let set = BackendSet::new(std::slice::from_ref(&addr));
+        let b = set.snapshot()[0].clone();
+        b.metrics.record(0x03, 0.001, true, (1, 1));
+        let lease = crate::balance::BackendLease::new(b);
+        let series = || {
+            crate::metrics::get()
+                .render()
+                .matches(&format!("backend=\"{addr}\""))
+                .count()
+        };
+        assert!(series() > 0);
+        set.set_addrs(&[]);
+        assert!(
+            !crate::metrics::prune_backends().contains(&addr),
+            "a session is still on it"
+        );
+        assert!(series() > 0);
+        drop(lease);
+        assert!(crate::metrics::prune_backends().contains(&addr));
+        assert_eq!(series(), 0);
+    }
+
     fn cfg() -> HealthConfig {
         HealthConfig {
             interval_ms: 10,
@@ -350,17 +391,22 @@ mod tests {
     fn thresholds_decide_transitions() {
         let b = Backend::new("x:1".into());
         let mut s = Streak::default();
-        apply(&b, &mut s, Err("refused".into()), &cfg());
+        let events = EventLog::new(4);
+        let refused = || Err(ProbeError::Greeted("refused".into()));
+        apply(&b, &mut s, refused(), &cfg(), &events);
         assert!(b.is_healthy(), "one failure is below the threshold");
-        apply(&b, &mut s, Err("refused".into()), &cfg());
+        apply(&b, &mut s, refused(), &cfg(), &events);
         assert!(!b.is_healthy());
-        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
+        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg(), &events);
         assert!(
             !b.is_healthy(),
             "one success is below the recovery threshold"
         );
-        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg());
+        apply(&b, &mut s, Ok(("v".into(), 0)), &cfg(), &events);
         assert!(b.is_healthy());
+        // The transitions land in the log this prober was given, newest first.
+        let kinds: Vec<&str> = events.recent().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["backend-up", "backend-down"]);
     }
 
     #[tokio::test]
@@ -371,6 +417,7 @@ mod tests {
         let err = probe_sql(&addr, Duration::from_secs(2), &ServiceAccount::default())
             .await
             .unwrap_err();
-        assert!(!err.is_empty());
+        assert!(matches!(err, ProbeError::Io(_)), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
     }
 }

@@ -1,54 +1,56 @@
 //! The TiDB status-port probe: `GET /status` over plain HTTP/1.1. TiDB answers 200 while it
 //! serves and 500 once it starts a graceful shutdown, which is when sessions should leave it.
 
+use super::StatusError;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Ok when `<status_addr>/status` answers 200 within `timeout`; else a reason naming the check.
-pub async fn probe_status(status_addr: &str, timeout: Duration) -> Result<(), String> {
+pub async fn probe_status(status_addr: &str, timeout: Duration) -> Result<(), StatusError> {
     match status_code(status_addr, timeout).await? {
         200 => Ok(()),
-        code => Err(format!("status port {status_addr} answered {code}")),
+        code => Err(StatusError::Answered {
+            addr: status_addr.to_owned(),
+            code,
+        }),
     }
 }
 
 /// The HTTP status code `<status_addr>/status` answers within `timeout`; Err when it is not
 /// reachable or does not speak HTTP.
-pub async fn status_code(status_addr: &str, timeout: Duration) -> Result<u16, String> {
+pub async fn status_code(status_addr: &str, timeout: Duration) -> Result<u16, StatusError> {
+    let io = |source| StatusError::Io {
+        addr: status_addr.to_owned(),
+        source,
+    };
     let fut = async {
-        let mut tcp = TcpStream::connect(status_addr)
-            .await
-            .map_err(|e| format!("status port {status_addr}: {e}"))?;
+        let mut tcp = TcpStream::connect(status_addr).await.map_err(io)?;
         let req = format!(
             "GET /status HTTP/1.1\r\nHost: {status_addr}\r\nUser-Agent: tiproxy\r\nConnection: close\r\n\r\n"
         );
-        tcp.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("status port {status_addr}: {e}"))?;
+        tcp.write_all(req.as_bytes()).await.map_err(io)?;
         // Only the status line matters; it fits in the first read of any sane server, and the
         // rest of the answer is left unread when the socket drops.
         let mut buf = [0u8; 256];
         let mut len = 0;
         while len < buf.len() && !buf[..len].contains(&b'\n') {
-            let n = tcp
-                .read(&mut buf[len..])
-                .await
-                .map_err(|e| format!("status port {status_addr}: {e}"))?;
+            let n = tcp.read(&mut buf[len..]).await.map_err(io)?;
             if n == 0 {
                 break;
             }
             len += n;
         }
-        parse_status_code(&buf[..len])
-            .ok_or_else(|| format!("status port {status_addr} did not answer HTTP"))
+        parse_status_code(&buf[..len]).ok_or_else(|| StatusError::NotHttp {
+            addr: status_addr.to_owned(),
+        })
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "status port {status_addr} did not answer within {} ms",
-            timeout.as_millis()
-        )),
+        Err(_) => Err(StatusError::Timeout {
+            addr: status_addr.to_owned(),
+            limit: timeout,
+        }),
     }
 }
 
@@ -93,9 +95,9 @@ mod tests {
     async fn answers_decide_health() {
         let t = Duration::from_secs(5);
         let ok = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await;
-        assert_eq!(probe_status(&ok, t).await, Ok(()));
+        assert!(probe_status(&ok, t).await.is_ok());
         let draining = serve_once("HTTP/1.1 500 Internal Server Error\r\n\r\n").await;
-        let e = probe_status(&draining, t).await.unwrap_err();
+        let e = probe_status(&draining, t).await.unwrap_err().to_string();
         assert_eq!(e, format!("status port {draining} answered 500"));
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed = l.local_addr().unwrap().to_string();
@@ -103,6 +105,7 @@ mod tests {
         assert!(probe_status(&closed, t)
             .await
             .unwrap_err()
+            .to_string()
             .contains(&closed));
     }
 }

@@ -2,6 +2,7 @@
 
 mod fields;
 mod format;
+pub mod rate;
 mod rotate;
 
 use crate::config::{normalize_log_level, LogConfig};

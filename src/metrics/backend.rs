@@ -122,6 +122,57 @@ impl BackendMetrics {
     }
 }
 
+/// Removes the series (`tiproxy_*{backend=...}`) of every backend nothing refers to any more:
+/// it left the backend list and its last session ended, so its `Backend` and with it the
+/// only other holder of its handles are gone. Returns the addresses pruned. A backend added
+/// again later starts its series from zero, as after a restart.
+pub fn prune_backends() -> Vec<String> {
+    let mut map = cache();
+    let gone: Vec<String> = map
+        .iter()
+        .filter(|(_, b)| Arc::strong_count(b) == 1)
+        .map(|(addr, _)| addr.clone())
+        .collect();
+    for addr in &gone {
+        if let Some(b) = map.remove(addr) {
+            b.remove_series();
+        }
+    }
+    gone
+}
+
+impl BackendMetrics {
+    fn remove_series(&self) {
+        let m = get();
+        let l = &[self.addr.as_str()];
+        for vec in [
+            &m.query_errors,
+            &m.dial_fail,
+            &m.inbound_bytes,
+            &m.outbound_bytes,
+        ] {
+            let _ = vec.remove_label_values(l);
+        }
+        for vec in [&m.b_status, &m.b_conn] {
+            let _ = vec.remove_label_values(l);
+        }
+        let _ = m.handshake_duration.remove_label_values(l);
+        for (slot, handles) in self.cmds.iter().enumerate() {
+            if handles.get().is_none() {
+                continue;
+            }
+            let name = if slot == CMD_SLOTS {
+                "unknown"
+            } else {
+                crate::protocol::constants::cmd::name(slot as u8)
+            };
+            let l = &[self.addr.as_str(), name];
+            let _ = m.query_total.remove_label_values(l);
+            let _ = m.query_duration.remove_label_values(l);
+        }
+    }
+}
+
 impl std::fmt::Debug for BackendMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendMetrics")
@@ -130,13 +181,17 @@ impl std::fmt::Debug for BackendMetrics {
     }
 }
 
-/// The handles for a backend address; the first call for an address creates its series.
-pub fn backend(addr: &str) -> Arc<BackendMetrics> {
+fn cache() -> std::sync::MutexGuard<'static, HashMap<String, Arc<BackendMetrics>>> {
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<BackendMetrics>>>> = OnceLock::new();
-    let mut map = CACHE
+    CACHE
         .get_or_init(Default::default)
         .lock()
-        .expect("metrics cache");
+        .expect("metrics cache")
+}
+
+/// The handles for a backend address; the first call for an address creates its series.
+pub fn backend(addr: &str) -> Arc<BackendMetrics> {
+    let mut map = cache();
     if let Some(b) = map.get(addr) {
         return b.clone();
     }
@@ -149,6 +204,27 @@ pub fn backend(addr: &str) -> Arc<BackendMetrics> {
 mod tests {
     use super::*;
     use crate::protocol::constants::cmd;
+
+    #[test]
+    fn an_unreferenced_backend_loses_its_series() {
+        // An address no other test uses: the registry is shared by the whole test binary.
+        let addr = "192.0.2.61:4000";
+        let held = backend(addr);
+        held.record(cmd::QUERY, 0.001, false, (10, 20));
+        held.conns.set(1);
+        let series = |addr: &str| {
+            get()
+                .render()
+                .matches(&format!("backend=\"{addr}\""))
+                .count()
+        };
+        assert!(series(addr) >= 5, "{}", get().render());
+        assert!(!prune_backends().contains(&addr.to_owned()), "still held");
+        assert!(series(addr) >= 5);
+        drop(held);
+        assert!(prune_backends().contains(&addr.to_owned()));
+        assert_eq!(series(addr), 0);
+    }
 
     #[test]
     fn totals_sum_over_command_types() {

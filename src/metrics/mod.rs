@@ -8,7 +8,7 @@ pub mod backend;
 pub mod batch;
 pub mod panics;
 
-pub use backend::{backend, BackendMetrics};
+pub use backend::{backend, prune_backends, BackendMetrics};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -28,13 +28,34 @@ pub const REJECT_TOO_MANY: &str = "too_many_connections";
 pub const REJECT_SHUTTING_DOWN: &str = "shutting_down";
 
 /// How a session ended (`server_disconnection_total{type}`).
-pub const DISCONNECT_TYPES: [&str; 5] = [
-    "client_quit",
-    "client_gone",
-    "error",
-    "auth_denied",
-    "shutdown",
-];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    ClientQuit,
+    ClientGone,
+    Error,
+    AuthDenied,
+    Shutdown,
+}
+
+impl Disconnect {
+    pub const ALL: [Disconnect; 5] = [
+        Disconnect::ClientQuit,
+        Disconnect::ClientGone,
+        Disconnect::Error,
+        Disconnect::AuthDenied,
+        Disconnect::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Disconnect::ClientQuit => "client_quit",
+            Disconnect::ClientGone => "client_gone",
+            Disconnect::Error => "error",
+            Disconnect::AuthDenied => "auth_denied",
+            Disconnect::Shutdown => "shutdown",
+        }
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -45,7 +66,8 @@ pub struct Metrics {
     pub reject_too_many: IntCounter,
     pub reject_shutting_down: IntCounter,
     pub disconnection: IntCounterVec,
-    disconnect_handles: Vec<IntCounter>,
+    /// One handle per [`Disconnect`], in its declaration order.
+    disconnect_handles: [IntCounter; 5],
     pub server_err: IntCounterVec,
     pub query_total: IntCounterVec,
     pub query_duration: HistogramVec,
@@ -145,10 +167,8 @@ impl Metrics {
             reject_too_many: reject.with_label_values(&[REJECT_TOO_MANY]),
             reject_shutting_down: reject.with_label_values(&[REJECT_SHUTTING_DOWN]),
             reject,
-            disconnect_handles: DISCONNECT_TYPES
-                .iter()
-                .map(|t| disconnection.with_label_values(&[*t]))
-                .collect(),
+            disconnect_handles: Disconnect::ALL
+                .map(|d| disconnection.with_label_values(&[d.label()])),
             disconnection,
             server_err: reg!(IntCounterVec::new(
                 opts("server", "err", "Internal errors, by kind."),
@@ -313,9 +333,9 @@ impl Metrics {
         m
     }
 
-    /// The counter for one way a session can end; `kind` is one of [`DISCONNECT_TYPES`].
-    pub fn disconnected(&self, kind: usize) -> &IntCounter {
-        &self.disconnect_handles[kind.min(DISCONNECT_TYPES.len() - 1)]
+    /// The counter for one way a session can end.
+    pub fn disconnected(&self, how: Disconnect) -> &IntCounter {
+        &self.disconnect_handles[how as usize]
     }
 
     /// Every series in the Prometheus text format.

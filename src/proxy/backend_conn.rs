@@ -11,7 +11,7 @@ use crate::protocol::constants::{
     cap, AUTH_MORE_DATA_HEADER, EOF_HEADER, ERR_HEADER, NATIVE_PASSWORD_PLUGIN, OK_HEADER,
     UNKNOWN_AUTH_PLUGIN,
 };
-use crate::protocol::handshake::{ssl_request, Greeting, HandshakeResponse};
+use crate::protocol::handshake::{ssl_request, Greeting, HandshakeError, HandshakeResponse};
 use crate::protocol::response::{ok_status, ErrPacket};
 use crate::protocol::{PacketConn, Stream};
 use std::io;
@@ -21,11 +21,14 @@ use tokio::net::TcpStream;
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error("{0}")]
-    Connect(io::Error),
+    Connect(#[source] io::Error),
     #[error("backend refused the connection: {0}")]
     Refused(ErrPacket),
     #[error("backend greeting is malformed: {0}")]
-    Malformed(String),
+    Malformed(#[source] HandshakeError),
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(#[source] io::Error),
+    /// TLS to the backend is required but cannot be had (configuration or backend).
     #[error("{0}")]
     Tls(String),
 }
@@ -107,7 +110,7 @@ pub async fn greet(
         let err = ErrPacket::parse(&payload).unwrap_or_else(|| ErrPacket::new(0, "HY000", "?"));
         return Err(DialError::Refused(err));
     }
-    let greeting = Greeting::parse(&payload).map_err(|e| DialError::Malformed(e.to_string()))?;
+    let greeting = Greeting::parse(&payload).map_err(DialError::Malformed)?;
     backend.record_greeting(&greeting.server_version, greeting.capabilities);
     Ok((conn, greeting))
 }
@@ -142,7 +145,7 @@ pub async fn answer_greeting(
             conn.stream_mut()
                 .upgrade_client(connector, server_name(&backend.addr))
                 .await
-                .map_err(|e| DialError::Tls(format!("TLS handshake failed: {e}")))?;
+                .map_err(DialError::TlsHandshake)?;
         }
         (None, _) if require_tls => {
             return Err(DialError::Tls(
@@ -274,27 +277,40 @@ pub async fn relay_auth(
     )))
 }
 
+/// Why a login the proxy composed itself did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the backend refused the login: {0}")]
+    Refused(ErrPacket),
+    #[error("the backend wants plugin {0}, not mysql_native_password")]
+    Plugin(String),
+    #[error("unexpected packet {0:#04x} during login")]
+    Unexpected(u8),
+    #[error("empty packet during login")]
+    Empty,
+    #[error("login did not finish")]
+    Unfinished,
+}
+
 /// Reads the answer to a response the proxy composed itself (`AuthAnswer::Native` or
 /// `SessionToken`), answering a native-password auth switch; returns the OK's status flags.
-pub async fn finish_auth(conn: &mut PacketConn, answer: AuthAnswer<'_>) -> Result<u16, String> {
+pub async fn finish_auth(conn: &mut PacketConn, answer: AuthAnswer<'_>) -> Result<u16, AuthError> {
     for _ in 0..4 {
-        let (seq, p) = conn
-            .read_packet(HANDSHAKE_PACKET_LIMIT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (seq, p) = conn.read_packet(HANDSHAKE_PACKET_LIMIT).await?;
         match (p.first(), answer) {
             (Some(&OK_HEADER), _) => return Ok(ok_status(&p).unwrap_or(0)),
             (Some(&ERR_HEADER), _) => {
                 let e = ErrPacket::parse(&p).unwrap_or_else(|| ErrPacket::new(0, "HY000", ""));
-                return Err(format!("the backend refused the login: {e}"));
+                return Err(AuthError::Refused(e));
             }
             (Some(&EOF_HEADER), AuthAnswer::Native(_) | AuthAnswer::EmptyPassword) => {
                 let rest = &p[1..];
                 let nul = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
                 if &rest[..nul] != NATIVE_PASSWORD_PLUGIN.as_bytes() {
-                    return Err(format!(
-                        "the backend wants plugin {}, not mysql_native_password",
-                        String::from_utf8_lossy(&rest[..nul])
+                    return Err(AuthError::Plugin(
+                        String::from_utf8_lossy(&rest[..nul]).into_owned(),
                     ));
                 }
                 let data = rest.get(nul + 1..).unwrap_or_default();
@@ -303,13 +319,11 @@ pub async fn finish_auth(conn: &mut PacketConn, answer: AuthAnswer<'_>) -> Resul
                     AuthAnswer::Native(stage1) => native_reply(stage1, scramble),
                     _ => Vec::new(),
                 };
-                conn.write_packet(seq.wrapping_add(1), &reply)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                conn.write_packet(seq.wrapping_add(1), &reply).await?;
             }
-            (Some(h), _) => return Err(format!("unexpected packet {h:#04x} during login")),
-            (None, _) => return Err("empty packet during login".into()),
+            (Some(h), _) => return Err(AuthError::Unexpected(*h)),
+            (None, _) => return Err(AuthError::Empty),
         }
     }
-    Err("login did not finish".into())
+    Err(AuthError::Unfinished)
 }

@@ -6,6 +6,7 @@ use super::registry::Registry;
 use crate::balance::policy::{Mode, Policy, Routing};
 use crate::balance::{BackendSelector, BackendSet};
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::protocol::constants::cap;
 use crate::protocol::stream::TlsContext;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,6 +84,9 @@ pub struct ProxyContext {
     pub selector: Arc<dyn BackendSelector>,
     pub registry: Arc<Registry>,
     pub query_errors: QueryErrorLog,
+    /// This proxy's recent events (`/api/events`): owned here, so two proxies in one process
+    /// keep their own.
+    pub events: Arc<EventLog>,
     /// Connections per client IP still in their handshake (`max-handshakes-per-source`).
     pub handshakes: Arc<super::per_source::Handshakes>,
     next_conn_id: AtomicU64,
@@ -113,6 +117,7 @@ impl ProxyContext {
             backends,
             registry: Arc::new(Registry::default()),
             query_errors,
+            events: Arc::new(EventLog::new(crate::events::CAPACITY)),
             handshakes: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             active: AtomicU64::new(0),

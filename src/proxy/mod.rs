@@ -7,6 +7,7 @@ pub mod client_handshake;
 pub mod context;
 pub mod digest;
 pub mod error;
+pub mod error_source;
 pub mod migrate;
 pub mod per_source;
 pub mod query_log;

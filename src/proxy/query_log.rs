@@ -5,66 +5,14 @@
 //! `ALTER USER ... IDENTIFIED BY '...'` or a duplicate key would otherwise put a password or
 //! a row's value in the log. The code and the statement digest say what failed.
 
+pub use crate::logging::rate::{Admit, RateLimiter};
 use crate::logging::QUERY_ERROR_TARGET;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
 /// Lines per window in the main log.
 const LINES_PER_WINDOW: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(1);
-
-/// Fixed-window limiter that reports how many lines it dropped when the next window opens.
-pub struct RateLimiter {
-    state: Mutex<Window>,
-    limit: u32,
-    window: Duration,
-}
-
-struct Window {
-    start: Option<Instant>,
-    used: u32,
-    dropped: u64,
-}
-
-pub enum Admit {
-    /// Log it; `dropped` lines were suppressed since the last admitted one.
-    Yes {
-        dropped: u64,
-    },
-    No,
-}
-
-impl RateLimiter {
-    pub fn new(limit: u32, window: Duration) -> Self {
-        Self {
-            state: Mutex::new(Window {
-                start: None,
-                used: 0,
-                dropped: 0,
-            }),
-            limit,
-            window,
-        }
-    }
-
-    pub fn admit(&self, now: Instant) -> Admit {
-        let mut w = self.state.lock().expect("rate limiter");
-        if w.start.is_none_or(|s| now.duration_since(s) >= self.window) {
-            w.start = Some(now);
-            w.used = 0;
-        }
-        if w.used < self.limit {
-            w.used += 1;
-            Admit::Yes {
-                dropped: std::mem::take(&mut w.dropped),
-            }
-        } else {
-            w.dropped += 1;
-            Admit::No
-        }
-    }
-}
 
 pub struct QueryErrorLog {
     limiter: Option<RateLimiter>,

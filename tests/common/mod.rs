@@ -1,4 +1,5 @@
-//! Shared test harness: private MariaDB servers, the proxy process, clients and a scripted backend.
+//! The one test harness: private MariaDB servers, etcd and PD topology, the proxy as a process
+//! or in process, clients, raw HTTP, the TiUP package, and scripted backends.
 // Every test binary compiles this module but uses only part of it; the unused rest is not dead code.
 #![allow(dead_code)]
 
@@ -6,13 +7,18 @@ pub mod bystander;
 pub mod cli;
 pub mod client;
 pub mod go;
+pub mod http;
 pub mod mariadb;
 pub mod net;
+pub mod ops;
+pub mod pd;
 pub mod procfs;
 pub mod proxy;
 pub mod raw;
 pub mod scripted;
+pub mod security;
 pub mod tidb;
+pub mod tiup;
 pub mod tls;
 pub mod tools;
 pub mod wire;

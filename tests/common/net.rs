@@ -15,6 +15,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port nothing listens on (bound, then released): where a server that is gone
+/// would have been.
+pub fn closed_port() -> u16 {
+    free_port()
+}
+
 /// `n` distinct ports that were free a moment ago: all are held until the last is picked, so
 /// no two can be the same port.
 pub fn free_ports(n: usize) -> Vec<u16> {

@@ -1,6 +1,5 @@
 //! The one rule for tests that need an outside tool: under `CI=true` a missing tool fails the
 //! test and names it; elsewhere the test may skip, but says which tool and how to get it.
-//! Standalone (no other harness module), so the support_* harnesses include it by path too.
 
 use std::path::PathBuf;
 

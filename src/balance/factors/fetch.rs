@@ -10,10 +10,31 @@ use tokio::net::TcpStream;
 /// A TiDB's exposition is a few hundred KiB; anything past this is cut and the rest ignored.
 pub const MAX_BODY: usize = 8 << 20;
 
+/// Why a TiDB's figures could not be read; the text names the status address.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("metrics at {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics at {addr}: no HTTP answer")]
+    NotHttp { addr: String },
+    #[error("metrics at {addr} answered {code}")]
+    Answered { addr: String, code: u16 },
+    #[error("metrics at {addr}: no answer within {} ms", .limit.as_millis())]
+    Timeout { addr: String, limit: Duration },
+}
+
 /// The factor figures at `<status_addr>/metrics`, or why there are none.
-pub async fn fetch_sample(status_addr: &str, timeout: Duration) -> Result<Sample, String> {
+pub async fn fetch_sample(status_addr: &str, timeout: Duration) -> Result<Sample, FetchError> {
+    let addr = || status_addr.to_owned();
     let fut = async {
-        let err = |e: std::io::Error| format!("metrics at {status_addr}: {e}");
+        let err = |source| FetchError::Io {
+            addr: addr(),
+            source,
+        };
         let mut tcp = TcpStream::connect(status_addr).await.map_err(err)?;
         let req =
             format!("GET /metrics HTTP/1.0\r\nHost: {status_addr}\r\nUser-Agent: tiproxy\r\n\r\n");
@@ -27,24 +48,24 @@ pub async fn fetch_sample(status_addr: &str, timeout: Duration) -> Result<Sample
         let text = String::from_utf8_lossy(&body);
         let (head, rest) = text
             .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("metrics at {status_addr}: no HTTP answer"))?;
+            .ok_or_else(|| FetchError::NotHttp { addr: addr() })?;
         let code = head
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok());
         match code {
             Some(200) => Ok(parse(rest)),
-            Some(c) => Err(format!("metrics at {status_addr} answered {c}")),
-            None => Err(format!("metrics at {status_addr}: no HTTP answer")),
+            Some(code) => Err(FetchError::Answered { addr: addr(), code }),
+            None => Err(FetchError::NotHttp { addr: addr() }),
         }
     };
     tokio::time::timeout(timeout, fut)
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "metrics at {status_addr}: no answer within {} ms",
-                timeout.as_millis()
-            ))
+            Err(FetchError::Timeout {
+                addr: addr(),
+                limit: timeout,
+            })
         })
 }
 
@@ -76,7 +97,8 @@ mod tests {
         let bad = serve_once("HTTP/1.0 404 Not Found\r\n\r\n").await;
         let e = fetch_sample(&bad, Duration::from_secs(2))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("404"), "{e}");
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone = closed.local_addr().unwrap().to_string();

@@ -3,12 +3,12 @@
 //! user on another backend.
 
 use super::credential::{parse_stored_hash, recover_stage1, stage1_from_password, Proof};
-use super::sql::{query, quote};
+use super::sql::{query, quote, SqlError};
 use crate::balance::Backend;
 use crate::config::ServiceAccount;
 use crate::protocol::constants::{cap, cmd, DEFAULT_COLLATION};
 use crate::protocol::handshake::HandshakeResponse;
-use crate::proxy::backend_conn::{dial, finish_auth, AuthAnswer, Identity};
+use crate::proxy::backend_conn::{dial, finish_auth, AuthAnswer, AuthError, DialError, Identity};
 use crate::proxy::context::ProxyContext;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,28 @@ pub enum Login {
     EmptyPassword,
 }
 
+/// Why the proxy cannot log a moving session in on another MySQL/MariaDB backend.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error(
+        "the user logged in with {0}, which the proxy cannot replay; only \
+         mysql_native_password sessions can move between MySQL/MariaDB backends"
+    )]
+    Plugin(String),
+    #[error("no [proxy.service-account] is configured, so MySQL/MariaDB sessions cannot be moved")]
+    NoServiceAccount,
+    #[error("{0}")]
+    Dial(#[from] DialError),
+    #[error("service account login failed: {0}")]
+    ServiceLogin(#[source] AuthError),
+    #[error("reading mysql.user with the service account failed: {0}")]
+    Lookup(#[source] SqlError),
+    #[error("no stored mysql_native_password hash of user {0} matches the session's login")]
+    NoMatch(String),
+    #[error("the service account lookup timed out")]
+    Timeout,
+}
+
 /// Works out the login for `user` from what the proxy observed, reading the stored hash
 /// through the service account on `via`.
 pub async fn login_for(
@@ -39,22 +61,14 @@ pub async fn login_for(
     proof: &Proof,
     account: &ServiceAccount,
     timeout: Duration,
-) -> Result<Login, String> {
+) -> Result<Login, LoginError> {
     let (scramble, reply) = match proof {
         Proof::EmptyPassword => return Ok(Login::EmptyPassword),
-        Proof::Other(plugin) => {
-            return Err(format!(
-                "the user logged in with {plugin}, which the proxy cannot replay; only \
-                 mysql_native_password sessions can move between MySQL/MariaDB backends"
-            ))
-        }
+        Proof::Other(plugin) => return Err(LoginError::Plugin(plugin.clone())),
         Proof::Native { scramble, reply } => (scramble, reply),
     };
     if account.user.is_empty() {
-        return Err(
-            "no [proxy.service-account] is configured, so MySQL/MariaDB sessions cannot be moved"
-                .into(),
-        );
+        return Err(LoginError::NoServiceAccount);
     }
     let fut = async {
         // A plain client: NO_SCHEMA or IGNORE_SPACE would change how `mysql.user` parses.
@@ -77,12 +91,10 @@ pub async fn login_for(
             capabilities: identity.capabilities,
         };
         let settings = ctx.settings();
-        let mut d = dial(via, who, answer, ctx, 4096, settings.require_backend_tls)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut d = dial(via, who, answer, ctx, 4096, settings.require_backend_tls).await?;
         finish_auth(&mut d.conn, answer)
             .await
-            .map_err(|e| format!("service account login failed: {e}"))?;
+            .map_err(LoginError::ServiceLogin)?;
         let deprecate_eof = d.capabilities & cap::DEPRECATE_EOF != 0;
         let sql = format!(
             "SELECT authentication_string FROM mysql.user WHERE user = {}",
@@ -90,7 +102,7 @@ pub async fn login_for(
         );
         let rows = query(&mut d.conn, &sql, deprecate_eof)
             .await
-            .map_err(|e| format!("reading mysql.user with the service account failed: {e}"))?;
+            .map_err(LoginError::Lookup)?;
         let _ = d.conn.write_packet(0, &[cmd::QUIT]).await;
         for r in rows {
             let stored = String::from_utf8_lossy(
@@ -103,12 +115,11 @@ pub async fn login_for(
                 }
             }
         }
-        Err(format!(
-            "no stored mysql_native_password hash of user {} matches the session's login",
-            String::from_utf8_lossy(user)
+        Err(LoginError::NoMatch(
+            String::from_utf8_lossy(user).into_owned(),
         ))
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .unwrap_or_else(|_| Err("the service account lookup timed out".into()))
+        .unwrap_or(Err(LoginError::Timeout))
 }

@@ -3,6 +3,7 @@
 //! `tidb_session_token` auth plugin, then `SET SESSION_STATES` restores the state.
 
 use super::sql::{query, SqlError};
+use crate::protocol::response::ErrPacket;
 use crate::protocol::PacketConn;
 
 pub struct SessionStates {
@@ -28,21 +29,33 @@ pub fn move_method(server_version: &str) -> &'static str {
     }
 }
 
-pub async fn show(old: &mut PacketConn, deprecate_eof: bool) -> Result<SessionStates, String> {
+/// Why a TiDB session's state could not be exported for a move.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("TiDB cannot export this session: {0}")]
+    Refused(ErrPacket),
+    #[error("{0}")]
+    Sql(#[source] SqlError),
+    #[error("SHOW SESSION_STATES returned no row")]
+    NoRow,
+    #[error(
+        "TiDB returned no session token: set security.session-token-signing-cert/key on every TiDB"
+    )]
+    NoToken,
+}
+
+pub async fn show(old: &mut PacketConn, deprecate_eof: bool) -> Result<SessionStates, ExportError> {
     let rows = query(old, "SHOW SESSION_STATES", deprecate_eof)
         .await
         .map_err(|e| match e {
-            SqlError::Server(e) => format!("TiDB cannot export this session: {e}"),
-            other => other.to_string(),
+            SqlError::Server(e) => ExportError::Refused(e),
+            other => ExportError::Sql(other),
         })?;
-    let row = rows.first().ok_or("SHOW SESSION_STATES returned no row")?;
+    let row = rows.first().ok_or(ExportError::NoRow)?;
     let json = row.first().cloned().flatten().unwrap_or_default();
     let token = row.get(1).cloned().flatten().unwrap_or_default();
     if token.is_empty() {
-        return Err(
-            "TiDB returned no session token: set security.session-token-signing-cert/key on every TiDB"
-                .into(),
-        );
+        return Err(ExportError::NoToken);
     }
     Ok(SessionStates { json, token })
 }

@@ -133,7 +133,9 @@ impl Early {
                 );
                 Ok(Some((dialed, lease, proof)))
             }
-            Ok(Err(DialError::Tls(detail))) => Err(super::tls_unavailable(&self.backend, detail)),
+            Ok(Err(e @ (DialError::Tls(_) | DialError::TlsHandshake(_)))) => {
+                Err(super::tls_unavailable(&self.backend, e.to_string()))
+            }
             Ok(Err(e)) => {
                 debug!(backend = %self.backend.addr, error = %e, "connection opened before the login is gone; dialing again");
                 Ok(None)

@@ -15,12 +15,14 @@ use super::backend_conn::{
 use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
+use super::error_source::ErrorSource;
 use super::migrate::credential::{Proof, ProofCapture};
 use super::migrate::service::Login;
 use super::migrate::state::Tracked;
 use super::registry::SessionEntry;
 use super::txn::TxnState;
 use crate::balance::BackendLease;
+use crate::metrics::Disconnect;
 use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::cap;
 use crate::protocol::handshake::HandshakeResponse;
@@ -139,26 +141,34 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
         }
         Err(end) => end,
     };
-    match &end {
-        End::Told(e) => {
-            debug!(conn = id, client = %peer, error = %e, kind = e.kind(), "session closed")
+    let level = end
+        .origin()
+        .map_or(tracing::Level::DEBUG, ErrorSource::level);
+    match (&end, level) {
+        (End::Told(e), tracing::Level::DEBUG) => {
+            debug!(conn = id, client = %peer, error = %e, kind = e.kind(), source = e.origin().label(), "session closed")
         }
-        End::ClientGone(why) => {
+        (End::Told(e), _) => {
+            info!(conn = id, client = %peer, error = %e, kind = e.kind(), source = e.origin().label(), "session closed")
+        }
+        (End::ClientGone(why), _) => {
             debug!(conn = id, client = %peer, reason = %why, "session closed: client connection ended")
         }
-        End::ClientStalled(why) => {
+        (End::ClientStalled(why), _) => {
             info!(conn = id, client = %peer, reason = %why, "session closed: the client stopped sending mid-command")
         }
-        End::ClientQuit => debug!(conn = id, client = %peer, "session closed: client quit"),
-        End::AuthDenied => {
+        (End::ClientQuit, _) => debug!(conn = id, client = %peer, "session closed: client quit"),
+        (End::AuthDenied, _) => {
             debug!(conn = id, client = %peer, "session closed: authentication denied")
         }
-        End::Shutdown => debug!(conn = id, client = %peer, "session closed: proxy shutting down"),
+        (End::Shutdown, _) => {
+            debug!(conn = id, client = %peer, "session closed: proxy shutting down")
+        }
     }
     client.shutdown().await;
     m.connections.dec();
     m.conn_lifetime.observe(born.elapsed().as_secs_f64());
-    m.disconnected(end.metric_index()).inc();
+    m.disconnected(end.disconnect()).inc();
 }
 
 impl End {
@@ -171,14 +181,24 @@ impl End {
         }
     }
 
-    /// Position in `metrics::DISCONNECT_TYPES`.
-    fn metric_index(&self) -> usize {
+    /// The series of `server_disconnection_total` this end counts in.
+    fn disconnect(&self) -> Disconnect {
         match self {
-            End::ClientQuit => 0,
-            End::ClientGone(_) | End::ClientStalled(_) => 1,
-            End::Told(_) => 2,
-            End::AuthDenied => 3,
-            End::Shutdown => 4,
+            End::ClientQuit => Disconnect::ClientQuit,
+            End::ClientGone(_) | End::ClientStalled(_) => Disconnect::ClientGone,
+            End::Told(_) => Disconnect::Error,
+            End::AuthDenied => Disconnect::AuthDenied,
+            End::Shutdown => Disconnect::Shutdown,
+        }
+    }
+
+    /// Where the failure that ended the session came from; none for an orderly end.
+    fn origin(&self) -> Option<ErrorSource> {
+        match self {
+            End::ClientQuit | End::Shutdown => None,
+            End::ClientGone(_) | End::ClientStalled(_) => Some(ErrorSource::ClientNetwork),
+            End::AuthDenied => Some(ErrorSource::ClientHandshake),
+            End::Told(e) => Some(e.origin()),
         }
     }
 }
@@ -333,11 +353,11 @@ fn not_for_new_sessions(
 }
 
 /// Counts a failed dial and marks the backend down until health checks see it again.
-fn dial_failed(backend: &crate::balance::Backend, reason: &str) {
+fn dial_failed(ctx: &ProxyContext, backend: &crate::balance::Backend, reason: &str) {
     backend.metrics.dial_fail.inc();
     if backend.mark_unhealthy(reason) {
         warn!(backend = %backend.addr, %reason, "backend marked down after a failed connection");
-        crate::events::push(
+        ctx.events.push(
             "backend-down",
             format!("backend {} is down: {reason}", backend.addr),
         );
@@ -366,7 +386,7 @@ async fn connect_backend(
     let mut tried = not_for_new_sessions(ctx, settings);
     let mut failures: Vec<String> = Vec::new();
     if let Some((backend, reason)) = earlier {
-        dial_failed(&backend, &reason);
+        dial_failed(ctx, &backend, &reason);
         failures.push(format!("{} ({reason})", backend.addr));
         tried.push(backend);
     }
@@ -390,14 +410,16 @@ async fn connect_backend(
                 crate::metrics::get().get_backend_ok.inc();
                 return Ok((d, lease));
             }
-            Ok(Err(DialError::Tls(detail))) => return Err(tls_unavailable(&backend, detail)),
+            Ok(Err(e @ (DialError::Tls(_) | DialError::TlsHandshake(_)))) => {
+                return Err(tls_unavailable(&backend, e.to_string()))
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!(
                 "timed out after {} s",
                 settings.backend_connect_timeout.as_secs()
             ),
         };
-        dial_failed(&backend, &reason);
+        dial_failed(ctx, &backend, &reason);
         failures.push(format!("{} ({reason})", backend.addr));
     }
     crate::metrics::get().get_backend_fail.inc();

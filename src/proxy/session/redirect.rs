@@ -75,7 +75,7 @@ impl Session {
                     .with_label_values(&[&from, &to, "succeed"])
                     .observe(secs);
                 info!(conn = self.id, %from, %to, reason = req.reason, method, ms = (secs * 1000.0) as u64, "session moved");
-                crate::events::push(
+                ctx.events.push(
                     "migration",
                     format!("session {} moved {from} -> {to} ({})", self.id, req.reason),
                 );
@@ -224,10 +224,14 @@ impl Session {
             if source == StateSource::Tracked {
                 return Err("a TiDB session cannot be rebuilt once its backend is gone".into());
             }
-            let states = tidb::show(&mut self.backend, deprecate_eof).await?;
+            let states = tidb::show(&mut self.backend, deprecate_eof)
+                .await
+                .map_err(|e| e.to_string())?;
             let answer = AuthAnswer::SessionToken(&states.token);
             let mut d = open(answer).await.map_err(|e| e.to_string())?;
-            finish_auth(&mut d.conn, answer).await?;
+            finish_auth(&mut d.conn, answer)
+                .await
+                .map_err(|e| e.to_string())?;
             let de = d.capabilities & cap::DEPRECATE_EOF != 0;
             sql::exec(&mut d.conn, &tidb::set_statement(&states.json), de)
                 .await
@@ -245,7 +249,8 @@ impl Session {
                     &settings.service_account,
                     settings.backend_connect_timeout,
                 )
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
                 self.login = Some(l);
                 l
             }
@@ -274,7 +279,9 @@ impl Session {
             Login::EmptyPassword => AuthAnswer::EmptyPassword,
         };
         let mut d = open(answer).await.map_err(|e| e.to_string())?;
-        finish_auth(&mut d.conn, answer).await?;
+        finish_auth(&mut d.conn, answer)
+            .await
+            .map_err(|e| e.to_string())?;
         let de = d.capabilities & cap::DEPRECATE_EOF != 0;
         let ids = restore::replay(&mut d.conn, &statements, &self.tracked, de).await?;
         Ok((d, Some(ids)))

@@ -1,9 +1,10 @@
 //! Helpers for the ops tests (API, dashboard, tiproxyctl): an in-process proxy on port 0,
-//! a private MariaDB, and status-port requests.
-#![allow(dead_code)]
+//! status-port requests through the tiproxyctl client, and a session through the proxy.
 
-use std::path::PathBuf;
-use std::process::Command;
+#[allow(unused_imports)]
+pub use super::mariadb::MariaDb;
+#[allow(unused_imports)]
+pub use super::net::closed_port;
 use std::time::Duration;
 use tiproxy::app::App;
 use tiproxy::config::{Config, TlsConfig};
@@ -52,12 +53,6 @@ pub fn json(a: &Answer) -> serde_json::Value {
     serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", a.body))
 }
 
-/// A port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Polls `cond` up to `tries` times, 100 ms apart.
 pub async fn eventually<F, Fut>(tries: usize, mut cond: F) -> bool
 where
@@ -71,53 +66,6 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
-}
-
-/// A private MariaDB (user app / secret) on a free loopback port, stopped on drop.
-pub struct MariaDb {
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-}
-
-impl MariaDb {
-    pub fn start() -> MariaDb {
-        let dir = tempfile::tempdir().unwrap();
-        let port = closed_port();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/mariadb-instance.sh");
-        let out = Command::new(&script)
-            .arg("start")
-            .arg(dir.path())
-            .arg(port.to_string())
-            .env(
-                "PATH",
-                format!(
-                    "/usr/sbin:/usr/bin:/sbin:/bin:{}",
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .output()
-            .expect("run mariadb-instance.sh");
-        assert!(
-            out.status.success(),
-            "MariaDB did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        MariaDb { dir, port }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for MariaDb {
-    fn drop(&mut self) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/mariadb-instance.sh");
-        let _ = Command::new(script)
-            .arg("stop")
-            .arg(self.dir.path())
-            .output();
-    }
 }
 
 /// A client session through the proxy as app/secret.

@@ -1,27 +1,23 @@
-//! Helpers for the discovery tests: a real etcd, MariaDB servers standing in for TiDB SQL
-//! ports, a switchable `/status` endpoint, topology writes shaped like TiDB's, and the proxy
+//! Helpers for the discovery tests: a real etcd, MariaDB servers (`mariadb.rs`) standing in
+//! for TiDB SQL ports, a switchable `/status` endpoint, topology writes shaped like TiDB's, and the proxy
 //! binary started from a config file. Everything listens on 127.0.0.1 and free ports, and
 //! every wait is bounded.
-#![allow(dead_code)]
+
+#[allow(unused_imports)]
+pub use super::mariadb::MariaDb as Mariadb;
+#[allow(unused_imports)]
+pub use super::net::free_port;
 
 use etcd_client::{Client, PutOptions};
 use mysql_async::prelude::*;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Polls `check` every 100 ms until it yields a value or `limit` passes.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
@@ -117,55 +113,6 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mariadb-instance.sh")
-}
-
-/// A MariaDB server with user app / secret, playing a TiDB's SQL port.
-pub struct Mariadb {
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-}
-
-impl Mariadb {
-    pub fn start() -> Mariadb {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        // A private TMPDIR (the server's default tmpdir): bootstraps running in parallel in the
-        // shared /tmp collide on their temporary table files.
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).unwrap();
-        let out = Command::new("bash")
-            .env("TMPDIR", &tmp)
-            .arg(scripts())
-            .arg("start")
-            .arg(dir.path())
-            .arg(port.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mariadb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Mariadb { dir, port }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(scripts())
-            .arg("stop")
-            .arg(self.dir.path())
-            .output();
     }
 }
 

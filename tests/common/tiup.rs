@@ -1,10 +1,13 @@
 //! Helpers for the TiUP tests: the packaged tarball (built once), a go-built tiup with a private
 //! TIUP_HOME and local mirror, the config TiUP writes, and the proxy process TiUP would run.
-#![allow(dead_code)]
 
+#[allow(unused_imports)]
+pub use super::http::http_get;
+#[allow(unused_imports)]
+pub use super::net::closed_port;
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,14 +22,6 @@ pub const STOP_BOUND: Duration = Duration::from_secs(10);
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A loopback port that nothing listens on: where a PD that is gone would have been.
-pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// Runs a command to completion within `timeout`, returning (success, stdout + stderr). The
@@ -194,48 +189,6 @@ pub fn wait_listening(port: u16, timeout: Duration, proc: &mut Daemon) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
-}
-
-/// A plain HTTP/1.1 GET to 127.0.0.1:`port`: (status code, body). Enough for the status port,
-/// and it keeps the tests free of an HTTP client crate.
-pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((code, if chunked { dechunk(body) } else { body.into() }))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    for _ in 0..100_000 {
-        let Some((size, rest)) = body.split_once("\r\n") else {
-            break;
-        };
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// The ports one proxy instance listens on.

@@ -1,60 +1,13 @@
-//! What the security tests share: raw HTTP requests with chosen headers, and a fake backend
-//! that asks every client for its password in clear text and counts who came.
-#![allow(dead_code)]
+//! What the security tests share: a fake backend that asks every client for its password in
+//! clear text and counts who came, PROXY headers, and a PKI (raw HTTP is in `http.rs`).
 
-use base64::Engine;
+#[allow(unused_imports)]
+pub use super::http::{basic, http, Reply};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The status code and body of a raw HTTP/1.1 request (Connection: close).
-pub struct Reply {
-    pub status: u16,
-    pub head: String,
-    pub body: String,
-}
-
-/// Sends `method path` with `headers` (each "Name: value") and `body` to the status port.
-pub fn http(port: u16, method: &str, path: &str, headers: &[String], body: &str) -> Reply {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("status port");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers
-        .iter()
-        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
-    {
-        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
-    }
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).expect("send request");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Reply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
-
-pub fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Authorization: Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
 
 /// A server that greets like MySQL but names `mysql_clear_password` as its auth plugin, so
 /// any client sent to it would hand over its password in clear. It only counts connections.
