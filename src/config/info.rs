@@ -122,6 +122,10 @@ const KEYS: &[(&str, &str)] = &[
         "minimum TLS version for SQL clients (\"\" = 1.2)",
     ),
     (
+        "security.server-tls.cert-allowed-cn",
+        "common names a client certificate must carry; empty = any the CA signed",
+    ),
+    (
         "security.server-http-tls.ca",
         "CA to verify HTTP API clients",
     ),
@@ -144,6 +148,10 @@ const KEYS: &[(&str, &str)] = &[
     (
         "security.server-http-tls.min-tls-version",
         "minimum TLS version for the HTTP API (\"\" = 1.2)",
+    ),
+    (
+        "security.server-http-tls.cert-allowed-cn",
+        "common names a client certificate must carry; empty = any the CA signed",
     ),
     (
         "security.cluster-tls.ca",
@@ -170,6 +178,10 @@ const KEYS: &[(&str, &str)] = &[
         "minimum TLS version towards PD/TiDB status (\"\" = 1.2)",
     ),
     (
+        "security.cluster-tls.cert-allowed-cn",
+        "not used on a client side (refused when set)",
+    ),
+    (
         "security.sql-tls.ca",
         "CA to verify backends' SQL certificates",
     ),
@@ -189,6 +201,10 @@ const KEYS: &[(&str, &str)] = &[
     (
         "security.sql-tls.min-tls-version",
         "minimum TLS version towards backends (\"\" = 1.2)",
+    ),
+    (
+        "security.sql-tls.cert-allowed-cn",
+        "not used on a client side (refused when set)",
     ),
     (
         "security.require-backend-tls",

@@ -230,6 +230,9 @@ pub struct TlsConfig {
     pub skip_ca: bool,
     pub auto_certs: bool,
     pub min_tls_version: String,
+    /// Common names a client certificate must carry (server sides only); empty = any name the
+    /// CA signed. Set, it makes a client certificate mandatory even with skip-ca.
+    pub cert_allowed_cn: Vec<String>,
 }
 
 impl TlsConfig {

@@ -3,6 +3,7 @@
 //! sessions run on.
 
 pub mod backend_conn;
+pub mod cert_cn;
 pub mod client_handshake;
 pub mod context;
 pub mod digest;

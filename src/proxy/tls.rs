@@ -78,8 +78,11 @@ fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
 
 /// Whether clients must present a certificate: a CA is configured and skip-ca is not set (as
 /// TiProxy reads these keys; TiUP writes skip-ca = true beside the CA of the status port).
+/// `cert-allowed-cn` makes a certificate mandatory even with skip-ca, as in TiProxy.
 pub fn requires_client_cert(cfg: &TlsConfig) -> bool {
-    cfg.enabled_for_server() && !cfg.ca.is_empty() && !cfg.skip_ca
+    cfg.enabled_for_server()
+        && !cfg.ca.is_empty()
+        && (!cfg.skip_ca || !cfg.cert_allowed_cn.is_empty())
 }
 
 /// `[security.sql-tls]` with a client certificate but neither a CA nor skip-ca encrypts to the
@@ -116,7 +119,14 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| TlsError::General(e.to_string()))?;
-        builder.with_client_cert_verifier(verifier)
+        if cfg.cert_allowed_cn.is_empty() {
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_client_cert_verifier(Arc::new(super::cert_cn::AllowedCnVerifier {
+                inner: verifier,
+                allowed: cfg.cert_allowed_cn.clone(),
+            }))
+        }
     } else {
         builder.with_no_client_auth()
     };
