@@ -146,7 +146,7 @@ pub(super) fn apply(
                 _ => return Err(invalid("expected a non-negative number")),
             },
             CountRatio => match number(item) {
-                Some(v) if v == 0.0 => {}
+                Some(0.0) => {}
                 Some(v) if v > 1.0 => config.balance.conn_count_ratio = v,
                 _ => return Err(invalid("expected 0 (the default) or a number above 1")),
             },
