@@ -87,6 +87,12 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     stats::start(state.stats.clone(), state.ctx.clone(), shutdown.clone());
+    crate::metrics::monitor::start();
+    let draining = state.draining.clone();
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        crate::metrics::monitor::closing();
+    });
     let acceptor = tls.map(TlsAcceptor::from);
     tokio::spawn(async move {
         if let Ok(addr) = listener.local_addr() {

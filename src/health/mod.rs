@@ -264,7 +264,9 @@ pub fn start(
                 let status_addr = probe.status_addr_of(&b);
                 let account = probe.account.clone();
                 probes.spawn(async move {
+                    let pinged = std::time::Instant::now();
                     let mut r = probe_sql(&b.addr, timeout, &account).await;
+                    b.metrics.ping.set(pinged.elapsed().as_secs_f64());
                     if let (Ok(_), Some(status_addr)) = (&r, status_addr) {
                         if let Err(e) = status::probe_status(&status_addr, timeout).await {
                             r = Err(e);

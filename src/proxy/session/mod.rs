@@ -363,6 +363,7 @@ async fn connect_backend(
     settings: &super::context::SessionSettings,
     earlier: Option<early::Failed>,
 ) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
+    let looking = std::time::Instant::now();
     let mut tried = not_for_new_sessions(ctx, settings);
     let mut failures: Vec<String> = Vec::new();
     if let Some((backend, reason)) = earlier {
@@ -387,7 +388,10 @@ async fn connect_backend(
         .await;
         let reason = match attempt {
             Ok(Ok(d)) => {
-                crate::metrics::get().get_backend_ok.inc();
+                let m = crate::metrics::get();
+                m.get_backend_ok.inc();
+                m.get_backend_duration
+                    .observe(looking.elapsed().as_secs_f64());
                 return Ok((d, lease));
             }
             Ok(Err(DialError::Tls(detail))) => return Err(tls_unavailable(&backend, detail)),
@@ -400,7 +404,10 @@ async fn connect_backend(
         dial_failed(&backend, &reason);
         failures.push(format!("{} ({reason})", backend.addr));
     }
-    crate::metrics::get().get_backend_fail.inc();
+    let m = crate::metrics::get();
+    m.get_backend_fail.inc();
+    m.get_backend_duration
+        .observe(looking.elapsed().as_secs_f64());
     if failures.is_empty() {
         Err(ClientError::NoBackendAvailable {
             detail: ctx.selector.unavailable_reason(),
