@@ -36,6 +36,10 @@ const KEYS: &[(&str, &str)] = &[
         "sources trusted to send a PROXY header (CIDR, IP or \"*\"); empty = loopback only",
     ),
     (
+        "proxy.backend-proxy-protocol",
+        "PROXY v2 header to backends: \"\" as proxy-protocol (TiProxy), \"v2\" or \"off\"",
+    ),
+    (
         "proxy.max-handshakes-per-source",
         "connections from one IP address still in the handshake at once, 0 = unlimited",
     ),

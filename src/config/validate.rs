@@ -54,6 +54,13 @@ impl Config {
                 "expected \"\" (off) or \"v2\"",
             ));
         }
+        if !matches!(p.backend_proxy_protocol.as_str(), "" | "v2" | "off") {
+            return Err(ConfigError::invalid(
+                "proxy.backend-proxy-protocol",
+                quoted(&p.backend_proxy_protocol),
+                "expected \"\" (as proxy-protocol), \"v2\" or \"off\"",
+            ));
+        }
         if let Err(reason) = super::networks::TrustedNetworks::parse(&p.proxy_protocol_networks) {
             return Err(ConfigError::invalid(
                 "proxy.proxy-protocol-networks",

@@ -85,6 +85,15 @@ pub(crate) struct Session {
 pub(crate) const STATEMENT_PREFIX: usize = 1024;
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
+    let origin = if ctx.settings().backend_proxy_header {
+        tcp.local_addr().ok().map(|local| (peer, local))
+    } else {
+        None
+    };
+    super::backend_conn::with_client_origin(origin, run_session(tcp, peer, ctx, guard)).await
+}
+
+async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
     let mut guard = guard;
     let born = std::time::Instant::now();
     let m = crate::metrics::get();
