@@ -177,8 +177,13 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
         .with_protocol_versions(versions(&cfg.min_tls_version)?)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
+    // A client certificate (sql-tls) is re-read when its files change, as server ones are.
     let config = if cfg.has_cert() {
-        builder.with_client_auth_cert(load_certs(&cfg.cert)?, load_key(&cfg.key)?)?
+        builder.with_client_cert_resolver(Arc::new(super::cert_reload::ReloadingCert::new(
+            &cfg.cert,
+            &cfg.key,
+            self::provider(),
+        )?))
     } else {
         builder.with_no_client_auth()
     };
