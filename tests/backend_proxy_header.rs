@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiproxy::protocol::proxy_protocol::{encode_v2, parse};
 
-/// Accepts for at most `lifetime`; records the PROXY source of each connection that sent one.
-fn header_reader(lifetime: Duration) -> (String, Arc<Mutex<Vec<SocketAddr>>>) {
+/// Accepts for at most `lifetime`; records the PROXY source of each connection that sent one
+/// (`None` for a LOCAL header).
+fn header_reader(lifetime: Duration) -> (String, Arc<Mutex<Vec<Option<SocketAddr>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -35,9 +36,7 @@ fn header_reader(lifetime: Duration) -> (String, Arc<Mutex<Vec<SocketAddr>>>) {
                 for _ in 0..20 {
                     match parse(&buf) {
                         Ok(Some(h)) => {
-                            if let Some(src) = h.source {
-                                seen.lock().unwrap().push(src);
-                            }
+                            seen.lock().unwrap().push(h.source);
                             return;
                         }
                         Ok(None) => {}
@@ -71,11 +70,16 @@ fn backends_are_told_the_clients_address() {
     // The backend only reads the header, so the login fails; what it read is the point.
     let _ = c.handshake("app", "secret", None);
     let got = common::net::poll_until(Duration::from_secs(10), || {
-        seen.lock().unwrap().contains(&client).then_some(())
+        seen.lock().unwrap().contains(&Some(client)).then_some(())
     });
     let seen = seen.lock().unwrap().clone();
     eprintln!("PROXY sources the backend read: {seen:?}");
     assert!(got.is_some(), "the backend never read {client}: {seen:?}");
+    // The health probe (first round at start) announced itself as LOCAL.
+    assert!(
+        seen.contains(&None),
+        "no LOCAL header from the probe: {seen:?}"
+    );
 }
 
 #[test]

@@ -80,6 +80,13 @@ pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A v2 LOCAL header: the proxy's own connection (a health probe), no client to name.
+pub fn encode_v2_local() -> Vec<u8> {
+    let mut out = SIGNATURE.to_vec();
+    out.extend_from_slice(&[0x20 | CMD_LOCAL, FAM_UNSPEC << 4, 0, 0]);
+    out
+}
+
 /// Parses a header at the start of `buf`. `Ok(None)` means more bytes are needed; the bytes
 /// seen so far were valid. Never reads past the header, so what follows stays for MySQL.
 pub fn parse(buf: &[u8]) -> Result<Option<Header>, ProxyHeaderError> {
@@ -283,5 +290,8 @@ mod tests {
         let src6: SocketAddr = "[2001:db8::9]:4000".parse().unwrap();
         let h = encode_v2(src6, dst);
         assert_eq!(parse(&h).unwrap().unwrap().source, Some(src6));
+        let local = encode_v2_local();
+        let parsed = parse(&local).unwrap().unwrap();
+        assert_eq!((parsed.len, parsed.source), (FIXED_LEN, None));
     }
 }
