@@ -113,6 +113,7 @@ impl App {
                     health: cfg.health.clone(),
                     account: cfg.proxy.service_account.clone(),
                     status_addrs: cfg.proxy.backend_status_addrs.clone(),
+                    proxy_header: cfg.proxy.sends_proxy_header(),
                 }
             },
             ctx.events.clone(),

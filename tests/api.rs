@@ -316,7 +316,7 @@ async fn live_backends_connections_and_data_plane_metrics() {
     };
     let live_addr = db.addr();
     assert!(has("tiproxy_session_query_total", "backend", &live_addr));
-    assert!(has("tiproxy_session_query_total", "cmd_type", "query"));
+    assert!(has("tiproxy_session_query_total", "cmd_type", "Query"));
     assert!(has(
         "tiproxy_session_query_duration_seconds",
         "backend",

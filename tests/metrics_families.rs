@@ -40,7 +40,48 @@ const FAMILIES: &[(&str, bool)] = &[
     ("traffic_outbound_bytes", true),
     ("traffic_inbound_packets", true),
     ("traffic_outbound_packets", true),
+    // TiProxy's dashboard and alert rules (our reading of them, issue 18).
+    ("traffic_cross_location_bytes", false),
+    ("backend_get_backend_duration_seconds", true),
+    ("backend_ping_duration_seconds", true),
+    ("balance_pending_migrate", true),
+    // TiProxy's alert: fires on any increase; zero here.
+    ("monitor_time_jump_back_total", false),
+    ("monitor_keep_alive_total", true),
+    ("server_event", true),
+    ("session_query_time_since_conn_creation_seconds", true),
 ];
+
+/// Labels TiProxy's panels group or filter by, per family: each must be on some series.
+const LABELS: &[(&str, &[&str])] = &[
+    ("session_query_total", &["backend", "cmd_type"]),
+    (
+        "session_query_duration_seconds",
+        &["backend", "cmd_type", "le"],
+    ),
+    ("server_disconnection_total", &["type"]),
+    (
+        "balance_migrate_total",
+        &["from", "to", "reason", "migrate_res"],
+    ),
+    ("balance_pending_migrate", &["from", "to", "reason"]),
+    ("backend_ping_duration_seconds", &["backend"]),
+    ("backend_dial_backend_fail", &["backend"]),
+    ("backend_get_backend", &["res"]),
+    ("balance_b_conn", &["backend"]),
+    ("traffic_inbound_bytes", &["backend"]),
+    ("traffic_outbound_bytes", &["backend"]),
+    ("traffic_inbound_packets", &["backend"]),
+    ("traffic_outbound_packets", &["backend"]),
+    ("server_event", &["type"]),
+];
+
+/// Families TiProxy's dashboard queries that have no series here on purpose, and why.
+pub const ABSENT_BY_DESIGN: &[(&str, &str)] = &[(
+    "server_owner",
+    "TiProxy elects owners among its instances (VIP, backend-metrics reader); every proxy here \
+     does its own work, so it owns nothing, as a TiProxy that lost every election",
+)];
 
 #[test]
 fn the_list_covers_our_grafana_dashboard() {
@@ -138,9 +179,21 @@ fn every_dashboard_family_is_served_and_moves() {
     // One session ends: its lifetime and how it ended are counted.
     sessions.pop();
 
+    // Open transactions hold the moves below pending until they commit.
+    for s in &mut sessions {
+        s.query("BEGIN").unwrap();
+    }
     // Move every session off the first backend.
     cfg.fail_backend_list = vec![dbs[0].addr()];
     proxy.rewrite_config(&cfg);
+    let pending = poll_until(Duration::from_secs(8), || {
+        let f = families(&scrape(proxy.api_port()));
+        (f.get("balance_pending_migrate").map_or(0.0, |e| e.1) > 0.0).then_some(())
+    });
+    for s in &mut sessions {
+        s.query("COMMIT").unwrap();
+    }
+    assert!(pending.is_some(), "no pending migration was ever shown");
     let moved = poll_until(Duration::from_secs(30), || {
         let f = families(&scrape(proxy.api_port()));
         (f.get("balance_migrate_total").map_or(0.0, |e| e.1) > 0.0).then_some(())
@@ -170,4 +223,22 @@ fn every_dashboard_family_is_served_and_moves() {
         moved.is_some()
     );
     assert_eq!(got["server_err"].1, 0.0, "a panic was counted:\n{text}");
+    for (family, labels) in LABELS {
+        let prefix = format!("tiproxy_{family}");
+        for label in *labels {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&prefix) && l.contains(&format!("{label}=\""))),
+                "tiproxy_{family} has no series with the label {label}"
+            );
+        }
+    }
+    // TiProxy's command names, which its "QPS by command" panel shows.
+    assert!(
+        text.contains("cmd_type=\"Query\""),
+        "cmd_type values are not TiProxy's:\n{text}"
+    );
+    for (family, _) in ABSENT_BY_DESIGN {
+        assert!(!got.contains_key(*family), "{family} now has series");
+    }
 }

@@ -136,7 +136,8 @@ fn a_proxy_header_from_an_untrusted_source_is_not_believed() {
     let db = MariaDb::start();
     let mut cfg = ProxyConfig::new(vec![db.addr()]);
     cfg.proxy_protocol = "v2".into();
-    cfg.extra_proxy = "proxy-protocol-networks = [\"127.0.0.2/32\"]\n".into();
+    cfg.extra_proxy =
+        "proxy-protocol-networks = [\"127.0.0.2/32\"]\nbackend-proxy-protocol = \"off\"\n".into();
     let proxy = Proxy::start(&cfg);
     let dst = sql_addr(&proxy);
 

@@ -12,6 +12,7 @@ pub mod migrate;
 mod routes;
 mod slots;
 pub mod stats;
+mod tiproxy_paths;
 
 use crate::proxy::ProxyContext;
 use crate::reload::Running;
@@ -53,6 +54,8 @@ pub struct ApiState {
     pub auth_failures: auth::Failures,
     /// Host names of this machine, accepted on state-changing requests.
     pub local_names: Vec<String>,
+    /// `PUT /api/debug/health`: an operator's verdict, until `DELETE` clears it.
+    pub manual_health: tiproxy_paths::ManualHealth,
 }
 
 impl ApiState {
@@ -70,6 +73,7 @@ impl ApiState {
             credentials,
             auth_failures: Default::default(),
             local_names: access::local_names(&config.proxy.advertise_addr),
+            manual_health: Default::default(),
             running,
         }
     }
@@ -83,6 +87,12 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     stats::start(state.stats.clone(), state.ctx.clone(), shutdown.clone());
+    crate::metrics::monitor::start();
+    let draining = state.draining.clone();
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        crate::metrics::monitor::closing();
+    });
     let acceptor = tls.map(TlsAcceptor::from);
     tokio::spawn(async move {
         if let Ok(addr) = listener.local_addr() {

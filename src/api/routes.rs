@@ -1,6 +1,6 @@
 //! Request routing and the handlers of every status-port path.
 
-use super::{access, auth, dashboard, ApiState, Body};
+use super::{access, auth, dashboard, tiproxy_paths, ApiState, Body};
 use crate::balance::BackendSelector;
 use crate::config::merge_partial;
 use bytes::Bytes;
@@ -39,6 +39,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 
 pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
+    // TiProxy serves its debug group both under /api and at the root.
+    let path = match path.strip_prefix("/debug") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/api/debug{rest}"),
+        _ => path,
+    };
     if !access::is_open(req.method(), &path) {
         if let Some(refusal) = admit(state, &req, &path, peer) {
             return refusal;
@@ -47,6 +52,29 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
     let method = req.method().clone();
     match (method, path.as_str()) {
         (Method::GET, "/api/debug/health") => health(state),
+        (Method::PUT, "/api/debug/health") => put_health(state, req, peer).await,
+        (Method::DELETE, "/api/debug/health") => {
+            let was = state.manual_health.clear();
+            info!(client = %peer, who = %caller(state), cleared = was, "audit: API cleared the manual health override");
+            json_reply(StatusCode::OK, &"")
+        }
+        (Method::POST, "/api/debug/redirect") => {
+            let n = tiproxy_paths::redirect_all(&state.ctx);
+            info!(client = %peer, who = %caller(state), requested = n, "audit: API asked every session to be routed again");
+            json_reply(StatusCode::OK, &json!({ "requested": n }))
+        }
+        (Method::GET, "/api/backend/metrics") => {
+            json_reply(StatusCode::OK, &tiproxy_paths::backend_metrics(&state.ctx))
+        }
+        (_, p) if p == "/api/traffic" || p.starts_with("/api/traffic/") => {
+            error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::TRAFFIC_WHY)
+        }
+        (_, p) if p == "/api/admin/namespace" || p.starts_with("/api/admin/namespace/") => {
+            error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::NAMESPACE_WHY)
+        }
+        (_, p) if p == "/api/debug/pprof" || p.starts_with("/api/debug/pprof/") => {
+            error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::PPROF_WHY)
+        }
         (Method::GET, "/api/metrics" | "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -83,7 +111,9 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
         }
         (_, "/api/debug/health" | "/api/metrics" | "/metrics" | "/api/admin/config")
         | (_, "/api/backends" | "/api/connections" | "/api/events" | "/api/info" | "")
-        | (_, "/api/admin/migrate") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        | (_, "/api/admin/migrate" | "/api/debug/redirect" | "/api/backend/metrics") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => error(StatusCode::NOT_FOUND, format!("no such path: {path}")),
     }
 }
@@ -159,6 +189,22 @@ fn health(state: &ApiState) -> Response<Body> {
             &json!({ "unhealthy_reason": "the proxy is shutting down" }),
         );
     }
+    // An operator's override (TiProxy's PUT /api/debug/health) wins over the backends' state,
+    // but never hides a shutdown: a balancer must not keep sending clients to a closing proxy.
+    if let Some(o) = state.manual_health.get() {
+        let checksum = state.running.get().checksum();
+        return if o.healthy {
+            json_reply(
+                StatusCode::OK,
+                &json!({ "config_checksum": checksum, "manual_override": true }),
+            )
+        } else {
+            json_reply(
+                StatusCode::BAD_GATEWAY,
+                &json!({ "config_checksum": checksum, "unhealthy_reason": o.reason, "manual_override": true }),
+            )
+        };
+    }
     // As TiProxy: 502 while no backend can take a session, so load balancers route around
     // this proxy and `tiup cluster display` shows it down; the reason says what is missing.
     let mut body = json!({ "config_checksum": state.running.get().checksum() });
@@ -212,26 +258,44 @@ fn get_config(state: &ApiState, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// The request body, bounded in size and time; Err is the reply to send.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(super::BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s",
+                super::BODY_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+async fn put_health(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match state.manual_health.set_from_json(&body) {
+        Ok(o) => {
+            info!(client = %peer, who = %caller(state), healthy = o.healthy, reason = %o.reason, "audit: API set the manual health override");
+            json_reply(StatusCode::OK, &"")
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
 async fn put_config(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let who = caller(state);
-    let read = Limited::new(req.into_body(), MAX_BODY).collect();
-    let body = match tokio::time::timeout(super::BODY_TIMEOUT, read).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}"),
-            )
-        }
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the body did not arrive within {} s",
-                    super::BODY_TIMEOUT.as_secs()
-                ),
-            )
-        }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the body is not UTF-8 TOML");

@@ -93,6 +93,14 @@ pub fn start(stats: Arc<Stats>, ctx: Arc<ProxyContext>, shutdown: CancellationTo
                     .record_backend(&b.addr, t_ms, rates, b.sessions());
             }
             stats.history.record_sessions(t_ms, ctx.active_sessions());
+            let mut pending = std::collections::HashMap::new();
+            for e in ctx.registry.entries() {
+                if let Some(r) = e.pending_redirect() {
+                    let to = r.target.unwrap_or_default();
+                    *pending.entry((e.backend(), to, r.reason)).or_insert(0) += 1;
+                }
+            }
+            crate::metrics::monitor::set_pending_migrations(&pending);
             stats.retain(|a| list.iter().any(|b| b.addr == a));
             stats.history.retain(|a| list.iter().any(|b| b.addr == a));
             tokio::select! {

@@ -36,6 +36,10 @@ const KEYS: &[(&str, &str)] = &[
         "sources trusted to send a PROXY header (CIDR, IP or \"*\"); empty = loopback only",
     ),
     (
+        "proxy.backend-proxy-protocol",
+        "PROXY v2 header to backends: \"\" as proxy-protocol (TiProxy), \"v2\" or \"off\"",
+    ),
+    (
         "proxy.max-handshakes-per-source",
         "connections from one IP address still in the handshake at once, 0 = unlimited",
     ),
@@ -122,6 +126,10 @@ const KEYS: &[(&str, &str)] = &[
         "minimum TLS version for SQL clients (\"\" = 1.2)",
     ),
     (
+        "security.server-tls.cert-allowed-cn",
+        "common names a client certificate must carry; empty = any the CA signed",
+    ),
+    (
         "security.server-http-tls.ca",
         "CA to verify HTTP API clients",
     ),
@@ -144,6 +152,10 @@ const KEYS: &[(&str, &str)] = &[
     (
         "security.server-http-tls.min-tls-version",
         "minimum TLS version for the HTTP API (\"\" = 1.2)",
+    ),
+    (
+        "security.server-http-tls.cert-allowed-cn",
+        "common names a client certificate must carry; empty = any the CA signed",
     ),
     (
         "security.cluster-tls.ca",
@@ -170,6 +182,10 @@ const KEYS: &[(&str, &str)] = &[
         "minimum TLS version towards PD/TiDB status (\"\" = 1.2)",
     ),
     (
+        "security.cluster-tls.cert-allowed-cn",
+        "not used on a client side (refused when set)",
+    ),
+    (
         "security.sql-tls.ca",
         "CA to verify backends' SQL certificates",
     ),
@@ -189,6 +205,10 @@ const KEYS: &[(&str, &str)] = &[
     (
         "security.sql-tls.min-tls-version",
         "minimum TLS version towards backends (\"\" = 1.2)",
+    ),
+    (
+        "security.sql-tls.cert-allowed-cn",
+        "not used on a client side (refused when set)",
     ),
     (
         "security.require-backend-tls",

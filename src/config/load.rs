@@ -23,6 +23,7 @@ pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
     let mut config: Config = toml::from_str(text).map_err(|e| type_error(&doc, text, &e))?;
     config.proxy.pd_addrs_explicit = find(&doc, &["proxy", "pd-addrs"]).is_some();
     apply_legacy(&doc, text, &mut config, &mut warnings)?;
+    super::tiproxy_keys::apply(&doc, text, &mut config, &mut warnings)?;
     finish(config, &doc, text, warnings)
 }
 
@@ -54,6 +55,7 @@ pub fn merge_partial(base: &Config, partial_toml: &str) -> Result<Loaded, Config
         base.proxy.pd_addrs_explicit || find(&doc, &["proxy", "pd-addrs"]).is_some();
     keep_redacted_secrets(base, &mut config);
     apply_legacy(&doc, partial_toml, &mut config, &mut warnings)?;
+    super::tiproxy_keys::apply(&doc, partial_toml, &mut config, &mut warnings)?;
     finish(config, &doc, partial_toml, warnings)
 }
 
@@ -90,7 +92,7 @@ fn parse_doc(text: &str) -> Result<ImDocument<&str>, ConfigError> {
     })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
         .iter()
@@ -119,7 +121,10 @@ fn finish(
 }
 
 /// The key's span start (if known) and its item, following tables and inline tables.
-fn find<'a>(doc: &'a ImDocument<&str>, path: &[&str]) -> Option<(Option<usize>, &'a Item)> {
+pub(super) fn find<'a>(
+    doc: &'a ImDocument<&str>,
+    path: &[&str],
+) -> Option<(Option<usize>, &'a Item)> {
     let mut table: &dyn TableLike = doc.as_table();
     let (last, parents) = path.split_last()?;
     for p in parents {
@@ -131,7 +136,7 @@ fn find<'a>(doc: &'a ImDocument<&str>, path: &[&str]) -> Option<(Option<usize>, 
 
 /// The copy of `Config::default()` as a TOML tree is the schema: it cannot drift
 /// from the structs because it is generated from them.
-fn schema() -> toml::Table {
+pub(super) fn schema() -> toml::Table {
     toml::Table::try_from(Config::default()).expect("the default config serializes")
 }
 
@@ -179,6 +184,7 @@ fn walk_unknown(
             }
             Some(_) => {}
             None if dotted == LEGACY_BACKEND_TLS.join(".") => {}
+            None if super::tiproxy_keys::is_tiproxy_key(&dotted) => {}
             None => {
                 let line = table
                     .get_key_value(name)

@@ -7,6 +7,7 @@ mod info;
 mod load;
 pub mod networks;
 pub mod secret;
+mod tiproxy_keys;
 mod types;
 mod validate;
 pub mod watch;

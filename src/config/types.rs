@@ -68,6 +68,10 @@ pub struct ProxyConfig {
     /// Sources allowed to send a PROXY protocol header (CIDR or IP; "*" = any). Empty: loopback
     /// only, so nobody who reaches the port directly can pose as another address.
     pub proxy_protocol_networks: Vec<String>,
+    /// PROXY header towards the backends: "" follows `proxy-protocol` (as TiProxy does),
+    /// "v2" always, "off" never (backends that do not accept one, e.g. MariaDB without
+    /// `proxy_protocol_networks`).
+    pub backend_proxy_protocol: String,
     /// Connections from one IP address that may be in the handshake (not yet logged in) at
     /// once; 0 = no limit. Bounds what one host's silent connects cost everyone else.
     pub max_handshakes_per_source: u64,
@@ -100,6 +104,7 @@ impl Default for ProxyConfig {
             conn_buffer_size: 32 * 1024,
             proxy_protocol: String::new(),
             proxy_protocol_networks: Vec::new(),
+            backend_proxy_protocol: String::new(),
             max_handshakes_per_source: 100,
             graceful_wait_before_shutdown: 0,
             graceful_close_conn_timeout: 15,
@@ -123,6 +128,15 @@ pub struct ServiceAccount {
 }
 
 impl ProxyConfig {
+    /// Whether backend connections start with a PROXY v2 header naming the client.
+    pub fn sends_proxy_header(&self) -> bool {
+        match self.backend_proxy_protocol.as_str() {
+            "v2" => true,
+            "off" => false,
+            _ => self.proxy_protocol == "v2",
+        }
+    }
+
     /// Store `pd-addrs` and remember that the user asked for it.
     pub fn set_pd_addrs(&mut self, v: impl Into<String>) {
         self.pd_addrs = v.into();
@@ -230,6 +244,9 @@ pub struct TlsConfig {
     pub skip_ca: bool,
     pub auto_certs: bool,
     pub min_tls_version: String,
+    /// Common names a client certificate must carry (server sides only); empty = any name the
+    /// CA signed. Set, it makes a client certificate mandatory even with skip-ca.
+    pub cert_allowed_cn: Vec<String>,
 }
 
 impl TlsConfig {

@@ -54,6 +54,13 @@ impl Config {
                 "expected \"\" (off) or \"v2\"",
             ));
         }
+        if !matches!(p.backend_proxy_protocol.as_str(), "" | "v2" | "off") {
+            return Err(ConfigError::invalid(
+                "proxy.backend-proxy-protocol",
+                quoted(&p.backend_proxy_protocol),
+                "expected \"\" (as proxy-protocol), \"v2\" or \"off\"",
+            ));
+        }
         if let Err(reason) = super::networks::TrustedNetworks::parse(&p.proxy_protocol_networks) {
             return Err(ConfigError::invalid(
                 "proxy.proxy-protocol-networks",
@@ -99,6 +106,7 @@ impl Config {
             ("cluster-tls", &s.cluster_tls),
             ("sql-tls", &s.sql_tls),
         ] {
+            check_allowed_cn(name, tls)?;
             if normalize_tls_version(&tls.min_tls_version).is_none() {
                 return Err(ConfigError::invalid(
                     &format!("security.{name}.min-tls-version"),
@@ -115,6 +123,34 @@ impl Config {
         positive("health.recovery-threshold", u64::from(h.recovery_threshold))?;
         Ok(())
     }
+}
+
+/// `cert-allowed-cn` narrows who may connect; a setting that cannot be enforced must not
+/// start, or the restriction would silently vanish.
+fn check_allowed_cn(name: &str, tls: &super::types::TlsConfig) -> Result<(), ConfigError> {
+    if tls.cert_allowed_cn.is_empty() {
+        return Ok(());
+    }
+    let key = format!("security.{name}.cert-allowed-cn");
+    let value = format!("{:?}", tls.cert_allowed_cn);
+    if !name.starts_with("server") {
+        return Err(ConfigError::invalid(
+            &key,
+            value,
+            "only the server sides (server-tls, server-http-tls) check client certificates",
+        ));
+    }
+    if !tls.enabled_for_server() || tls.ca.is_empty() {
+        return Err(ConfigError::invalid(
+            &key,
+            value,
+            "needs cert/key (or auto-certs) and a ca to verify client certificates with",
+        ));
+    }
+    if tls.cert_allowed_cn.iter().any(|cn| cn.trim().is_empty()) {
+        return Err(ConfigError::invalid(&key, value, "a name is empty"));
+    }
+    Ok(())
 }
 
 /// A misspelt policy would otherwise fall back to the default without a word.

@@ -89,6 +89,60 @@ pub enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// TiProxy's namespaces: list, get NAME, put [-i FILE], del NAME, commit.
+    Namespace {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// TiProxy's traffic capture and replay: capture, replay, cancel, show.
+    Traffic {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The method, path and body of a TiProxy namespace or traffic subcommand.
+fn tiproxy_request(command: &Command) -> Result<(&'static str, String, Option<Vec<u8>>), String> {
+    let (group, args) = match command {
+        Command::Namespace { args } => ("namespace", args),
+        Command::Traffic { args } => ("traffic", args),
+        _ => return Err("not a TiProxy group".into()),
+    };
+    let verb = args.first().map(String::as_str).unwrap_or("");
+    let name = args.get(1).cloned().unwrap_or_default();
+    let post = Some(Vec::new());
+    Ok(match (group, verb) {
+        ("namespace", "list") => ("GET", "/api/admin/namespace".into(), None),
+        ("namespace", "get") => ("GET", format!("/api/admin/namespace/{name}"), None),
+        ("namespace", "del") => ("DELETE", format!("/api/admin/namespace/{name}"), None),
+        ("namespace", "commit") => ("POST", "/api/admin/namespace/commit".into(), post),
+        ("namespace", "put") => {
+            let file = args
+                .iter()
+                .skip_while(|a| *a != "-i" && *a != "--input")
+                .nth(1)
+                .map(std::path::Path::new);
+            (
+                "PUT",
+                "/api/admin/namespace".into(),
+                Some(read_input(file)?),
+            )
+        }
+        ("traffic", "show") => ("GET", "/api/traffic/show".into(), None),
+        ("traffic", v @ ("capture" | "replay" | "cancel")) => {
+            ("POST", format!("/api/traffic/{v}"), post)
+        }
+        _ => {
+            return Err(format!(
+                "{group} needs a subcommand: {}",
+                if group == "namespace" {
+                    "list, get NAME, put -i FILE, del NAME, commit"
+                } else {
+                    "capture, replay, cancel, show"
+                }
+            ))
+        }
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,7 +187,7 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
         return EXIT_OK;
     }
     let Some(command) = cli.command else {
-        eprintln!("{argv0}: a subcommand is needed: config get|set, health, backends, connections, events, migrate (see --help)");
+        eprintln!("{argv0}: a subcommand is needed: config get|set, health, backends, connections, events, migrate, namespace, traffic (see --help)");
         return EXIT_USAGE;
     };
     let tls = TlsConfig {
@@ -165,7 +219,18 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
         }
     };
     let migrate_path;
+    let tiproxy_path;
     let (method, path, body) = match &command {
+        Command::Namespace { .. } | Command::Traffic { .. } => match tiproxy_request(&command) {
+            Ok((m, p, b)) => {
+                tiproxy_path = p;
+                (m, tiproxy_path.as_str(), b)
+            }
+            Err(e) => {
+                eprintln!("{argv0}: {e}");
+                return EXIT_USAGE;
+            }
+        },
         Command::Config(ConfigCommand::Get) if cli.json => {
             ("GET", "/api/admin/config?format=json", None)
         }
@@ -235,6 +300,7 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
         Command::Backends => table::backends(&v),
         Command::Connections => table::connections(&v),
         Command::Events => table::events(&v),
+        Command::Namespace { .. } | Command::Traffic { .. } => answer.body.clone(),
         Command::Migrate { .. } => format!(
             "{} session(s) asked to move; each moves at its next transaction boundary",
             v["requested"]

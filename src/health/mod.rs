@@ -55,6 +55,9 @@ pub struct ProbeSettings {
     pub account: ServiceAccount,
     /// `[proxy] backend-status-addrs`: TiDB status addresses of static backends.
     pub status_addrs: BTreeMap<String, String>,
+    /// Backends expect a PROXY v2 header first (TiDB with `proxy-protocol.networks` refuses
+    /// connections from listed sources without one): probes send a LOCAL header.
+    pub proxy_header: bool,
 }
 
 impl ProbeSettings {
@@ -72,8 +75,23 @@ pub async fn probe_sql(
     timeout: Duration,
     account: &ServiceAccount,
 ) -> Result<(String, u32), ProbeError> {
+    probe_sql_with(addr, timeout, account, false).await
+}
+
+/// `probe_sql`, starting with a PROXY v2 LOCAL header when `proxy_header`.
+pub async fn probe_sql_with(
+    addr: &str,
+    timeout: Duration,
+    account: &ServiceAccount,
+    proxy_header: bool,
+) -> Result<(String, u32), ProbeError> {
     let fut = async {
-        let tcp = TcpStream::connect(addr).await?;
+        let mut tcp = TcpStream::connect(addr).await?;
+        if proxy_header {
+            use tokio::io::AsyncWriteExt;
+            tcp.write_all(&crate::protocol::proxy_protocol::encode_v2_local())
+                .await?;
+        }
         let mut conn = PacketConn::new(Stream::Plain(tcp), 1024);
         let (_, p) = conn.read_packet(64 * 1024).await?;
         if p.first() == Some(&ERR_HEADER) {
@@ -268,8 +286,11 @@ pub fn start(
                 let b = b.clone();
                 let status_addr = probe.status_addr_of(&b);
                 let account = probe.account.clone();
+                let proxy_header = probe.proxy_header;
                 probes.spawn(async move {
-                    let mut r = probe_sql(&b.addr, timeout, &account).await;
+                    let pinged = std::time::Instant::now();
+                    let mut r = probe_sql_with(&b.addr, timeout, &account, proxy_header).await;
+                    b.metrics.ping.set(pinged.elapsed().as_secs_f64());
                     if let (Ok(_), Some(status_addr)) = (&r, status_addr) {
                         if let Err(e) = status::probe_status(&status_addr, timeout).await {
                             r = Err(e.into());

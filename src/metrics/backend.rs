@@ -20,20 +20,67 @@ pub struct CmdHandles {
     /// The backend's traffic series, kept here too so a thread's batch holds one slot a series.
     pub(super) inbound_bytes: IntCounter,
     pub(super) outbound_bytes: IntCounter,
+    pub(super) inbound_packets: IntCounter,
+    pub(super) outbound_packets: IntCounter,
 }
 
 impl CmdHandles {
-    pub(super) fn new(total: IntCounter, duration: Histogram, traffic: [IntCounter; 2]) -> Self {
+    /// `traffic`: the backend's inbound and outbound bytes, then packets.
+    pub(super) fn new(total: IntCounter, duration: Histogram, traffic: [IntCounter; 4]) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        let [inbound_bytes, outbound_bytes] = traffic;
+        let [inbound_bytes, outbound_bytes, inbound_packets, outbound_packets] = traffic;
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             total,
             duration,
             inbound_bytes,
             outbound_bytes,
+            inbound_packets,
+            outbound_packets,
         }
     }
+}
+
+/// The `cmd_type` label as TiProxy (and TiDB) spell it, so their dashboards' queries match.
+pub fn cmd_type_label(command: u8) -> &'static str {
+    const NAMES: [&str; 0x20] = [
+        "Sleep",
+        "Quit",
+        "InitDB",
+        "Query",
+        "FieldList",
+        "CreateDB",
+        "DropDB",
+        "Refresh",
+        "Shutdown",
+        "Statistics",
+        "ProcessInfo",
+        "Connect",
+        "ProcessKill",
+        "Debug",
+        "Ping",
+        "Time",
+        "DelayedInsert",
+        "ChangeUser",
+        "BinlogDump",
+        "TableDump",
+        "ConnectOut",
+        "RegisterSlave",
+        "StmtPrepare",
+        "StmtExecute",
+        "StmtSendLongData",
+        "StmtClose",
+        "StmtReset",
+        "SetOption",
+        "StmtFetch",
+        "Daemon",
+        "BinlogDumpGtid",
+        "ResetConnect",
+    ];
+    NAMES
+        .get(usize::from(command))
+        .copied()
+        .unwrap_or("Unknown")
 }
 
 pub struct BackendMetrics {
@@ -46,6 +93,10 @@ pub struct BackendMetrics {
     pub conns: IntGauge,
     pub inbound_bytes: IntCounter,
     pub outbound_bytes: IntCounter,
+    inbound_packets: IntCounter,
+    outbound_packets: IntCounter,
+    /// The last SQL-port probe's time.
+    pub ping: prometheus::Gauge,
 }
 
 /// Cumulative numbers for one backend, summed over command types, for rate windows.
@@ -71,6 +122,9 @@ impl BackendMetrics {
             conns: m.b_conn.with_label_values(l),
             inbound_bytes: m.inbound_bytes.with_label_values(l),
             outbound_bytes: m.outbound_bytes.with_label_values(l),
+            inbound_packets: m.inbound_packets.with_label_values(l),
+            outbound_packets: m.outbound_packets.with_label_values(l),
+            ping: m.ping_duration.with_label_values(l),
         }
     }
 
@@ -79,16 +133,21 @@ impl BackendMetrics {
         let slot = usize::from(command).min(CMD_SLOTS);
         self.cmds[slot].get_or_init(|| {
             let name = if slot == CMD_SLOTS {
-                "unknown"
+                "Unknown"
             } else {
-                crate::protocol::constants::cmd::name(command)
+                cmd_type_label(command)
             };
             let m = get();
             let l = &[self.addr.as_str(), name];
             CmdHandles::new(
                 m.query_total.with_label_values(l),
                 m.query_duration.with_label_values(l),
-                [self.inbound_bytes.clone(), self.outbound_bytes.clone()],
+                [
+                    self.inbound_bytes.clone(),
+                    self.outbound_bytes.clone(),
+                    self.inbound_packets.clone(),
+                    self.outbound_packets.clone(),
+                ],
             )
         })
     }

@@ -26,6 +26,8 @@ struct Slot {
     duration: LocalHistogram,
     inbound_bytes: LocalIntCounter,
     outbound_bytes: LocalIntCounter,
+    inbound_packets: LocalIntCounter,
+    outbound_packets: LocalIntCounter,
 }
 
 impl Slot {
@@ -34,6 +36,8 @@ impl Slot {
         self.duration.observe(seconds);
         self.inbound_bytes.inc_by(read);
         self.outbound_bytes.inc_by(written);
+        self.inbound_packets.inc();
+        self.outbound_packets.inc();
     }
 
     fn flush(&self) {
@@ -41,6 +45,8 @@ impl Slot {
         self.duration.flush();
         self.inbound_bytes.flush();
         self.outbound_bytes.flush();
+        self.inbound_packets.flush();
+        self.outbound_packets.flush();
     }
 }
 
@@ -49,8 +55,10 @@ struct Pending {
     /// Set by [`batch_on_this_thread`]; otherwise counts go straight to the shared series.
     batching: bool,
     slots: Vec<Slot>,
-    /// Queries held, which is also the packets held each way (one command, one response).
+    /// Queries held.
     queries: u32,
+    /// `query_time_since_conn_creation_seconds`, held like the rest.
+    age: Option<LocalHistogram>,
 }
 
 impl Pending {
@@ -61,9 +69,9 @@ impl Pending {
         for slot in &self.slots {
             slot.flush();
         }
-        let m = super::get();
-        m.inbound_packets.inc_by(u64::from(self.queries));
-        m.outbound_packets.inc_by(u64::from(self.queries));
+        if let Some(age) = &self.age {
+            age.flush();
+        }
         self.queries = 0;
     }
 }
@@ -108,6 +116,8 @@ pub(super) fn count_query(handles: &CmdHandles, seconds: f64, traffic: (u64, u64
                     duration: handles.duration.local(),
                     inbound_bytes: handles.inbound_bytes.local(),
                     outbound_bytes: handles.outbound_bytes.local(),
+                    inbound_packets: handles.inbound_packets.local(),
+                    outbound_packets: handles.outbound_packets.local(),
                 };
                 slot.count(seconds, traffic);
                 p.slots.push(slot);
@@ -130,9 +140,29 @@ fn count_directly(handles: &CmdHandles, seconds: f64, (read, written): (u64, u64
     handles.duration.observe(seconds);
     handles.inbound_bytes.inc_by(read);
     handles.outbound_bytes.inc_by(written);
-    let m = super::get();
-    m.inbound_packets.inc();
-    m.outbound_packets.inc();
+    handles.inbound_packets.inc();
+    handles.outbound_packets.inc();
+}
+
+/// Observes how long after its connection was created a query started (TiProxy's
+/// `query_time_since_conn_creation_seconds`); batched with the query's own counts, and
+/// flushed with them (a query is always counted right after).
+pub fn observe_query_age(seconds: f64) {
+    let held = PENDING.try_with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return false;
+        };
+        if !p.batching {
+            return false;
+        }
+        p.age
+            .get_or_insert_with(|| super::get().query_since_creation.local())
+            .observe(seconds);
+        true
+    });
+    if held != Ok(true) {
+        super::get().query_since_creation.observe(seconds);
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +179,8 @@ mod tests {
             [
                 m.inbound_bytes.with_label_values(backend),
                 m.outbound_bytes.with_label_values(backend),
+                m.inbound_packets.with_label_values(backend),
+                m.outbound_packets.with_label_values(backend),
             ],
         )
     }

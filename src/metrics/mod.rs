@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod monitor;
 pub mod panics;
 
 pub use backend::{backend, prune_backends, BackendMetrics};
@@ -89,8 +90,22 @@ pub struct Metrics {
     /// Each backend's score per balancing factor, as the balancer last saw it.
     pub b_score: IntGaugeVec,
     pub cross_location_bytes: IntCounter,
-    pub inbound_packets: IntCounter,
-    pub outbound_packets: IntCounter,
+    pub inbound_packets: IntCounterVec,
+    pub outbound_packets: IntCounterVec,
+    /// Time to find a backend that takes a new session (routing and dialling), as TiProxy.
+    pub get_backend_duration: Histogram,
+    /// Each backend's last SQL-port probe time.
+    pub ping_duration: prometheus::GaugeVec,
+    /// Sessions asked to move that have not moved yet, by from, to and reason.
+    pub pending_migrate: IntGaugeVec,
+    /// 1 for each job this proxy owns; no series while it owns none (TiProxy's elections).
+    pub owner: IntGaugeVec,
+    pub time_jump_back: IntCounter,
+    pub keep_alive: IntCounter,
+    /// Process events: start, close.
+    pub server_event: IntCounterVec,
+    /// How long after its connection was made each query started.
+    pub query_since_creation: Histogram,
 }
 
 fn opts(subsystem: &str, name: &str, help: &str) -> Opts {
@@ -305,16 +320,80 @@ impl Metrics {
                 "Bytes to and from backends in another zone than the proxy's."
             ))
             .unwrap()),
-            inbound_packets: reg!(IntCounter::with_opts(opts(
-                "traffic",
-                "inbound_packets",
-                "Commands received from clients."
+            inbound_packets: reg!(IntCounterVec::new(
+                opts(
+                    "traffic",
+                    "inbound_packets",
+                    "Packets received from backends (one response per command)."
+                ),
+                &["backend"]
+            )
+            .unwrap()),
+            outbound_packets: reg!(IntCounterVec::new(
+                opts(
+                    "traffic",
+                    "outbound_packets",
+                    "Packets sent to backends (one per command)."
+                ),
+                &["backend"]
+            )
+            .unwrap()),
+            get_backend_duration: reg!(Histogram::with_opts(hopts(
+                "backend",
+                "get_backend_duration_seconds",
+                "Time (s) to find and connect a backend for a new session.",
+                prometheus::exponential_buckets(0.000001, 2.0, 26).expect("valid buckets"),
             ))
             .unwrap()),
-            outbound_packets: reg!(IntCounter::with_opts(opts(
-                "traffic",
-                "outbound_packets",
-                "Commands sent to backends."
+            ping_duration: reg!(prometheus::GaugeVec::new(
+                opts(
+                    "backend",
+                    "ping_duration_seconds",
+                    "Time (s) of the last probe of each backend's SQL port."
+                ),
+                &["backend"]
+            )
+            .unwrap()),
+            pending_migrate: reg!(IntGaugeVec::new(
+                opts(
+                    "balance",
+                    "pending_migrate",
+                    "Sessions asked to move that have not moved yet."
+                ),
+                &["from", "to", "reason"]
+            )
+            .unwrap()),
+            owner: reg!(IntGaugeVec::new(
+                opts(
+                    "server",
+                    "owner",
+                    "1 for each job type this proxy owns among its peers."
+                ),
+                &["type"]
+            )
+            .unwrap()),
+            time_jump_back: reg!(IntCounter::with_opts(opts(
+                "monitor",
+                "time_jump_back_total",
+                "Times the system clock was seen to go backwards."
+            ))
+            .unwrap()),
+            keep_alive: reg!(IntCounter::with_opts(opts(
+                "monitor",
+                "keep_alive_total",
+                "Ticks of the liveness monitor (one every 5 s while the process is responsive)."
+            ))
+            .unwrap()),
+            server_event: reg!(IntCounterVec::new(
+                opts("server", "event", "Process events (start, close)."),
+                &["type"]
+            )
+            .unwrap()),
+            query_since_creation: reg!(Histogram::with_opts(hopts(
+                "session",
+                "query_time_since_conn_creation_seconds",
+                "Time (s) from a connection's creation to the start of each of its queries.",
+                prometheus::exponential_buckets(1.0, 2.0, 21).expect("valid buckets"),
             ))
             .unwrap()),
             registry: r,

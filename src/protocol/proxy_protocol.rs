@@ -50,6 +50,43 @@ pub struct Header {
     pub source: Option<SocketAddr>,
 }
 
+/// A v2 PROXY header saying a TCP connection came from `source` to `destination`, as a
+/// backend that trusts us reads it. Mixed families are written as IPv6 (IPv4-mapped).
+pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FIXED_LEN + INET6_LEN);
+    out.extend_from_slice(&SIGNATURE);
+    out.push(0x20 | CMD_PROXY);
+    const STREAM: u8 = 0x1;
+    match (source.ip(), destination.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            out.push((FAM_INET << 4) | STREAM);
+            out.extend_from_slice(&(INET_LEN as u16).to_be_bytes());
+            out.extend_from_slice(&s.octets());
+            out.extend_from_slice(&d.octets());
+        }
+        (s, d) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            out.push((FAM_INET6 << 4) | STREAM);
+            out.extend_from_slice(&(INET6_LEN as u16).to_be_bytes());
+            out.extend_from_slice(&v6(s).octets());
+            out.extend_from_slice(&v6(d).octets());
+        }
+    }
+    out.extend_from_slice(&source.port().to_be_bytes());
+    out.extend_from_slice(&destination.port().to_be_bytes());
+    out
+}
+
+/// A v2 LOCAL header: the proxy's own connection (a health probe), no client to name.
+pub fn encode_v2_local() -> Vec<u8> {
+    let mut out = SIGNATURE.to_vec();
+    out.extend_from_slice(&[0x20 | CMD_LOCAL, FAM_UNSPEC << 4, 0, 0]);
+    out
+}
+
 /// Parses a header at the start of `buf`. `Ok(None)` means more bytes are needed; the bytes
 /// seen so far were valid. Never reads past the header, so what follows stays for MySQL.
 pub fn parse(buf: &[u8]) -> Result<Option<Header>, ProxyHeaderError> {
@@ -241,5 +278,20 @@ mod tests {
         let got = read_header(&mut r, Duration::from_secs(1)).await.unwrap();
         assert_eq!(got.source, Some("1.2.3.4:80".parse().unwrap()));
         assert_eq!(r, b"rest");
+    }
+
+    #[test]
+    fn encoded_headers_parse_back() {
+        let src: SocketAddr = "192.0.2.7:51234".parse().unwrap();
+        let dst: SocketAddr = "10.0.0.1:6000".parse().unwrap();
+        let h = encode_v2(src, dst);
+        let parsed = parse(&h).unwrap().unwrap();
+        assert_eq!((parsed.len, parsed.source), (h.len(), Some(src)));
+        let src6: SocketAddr = "[2001:db8::9]:4000".parse().unwrap();
+        let h = encode_v2(src6, dst);
+        assert_eq!(parse(&h).unwrap().unwrap().source, Some(src6));
+        let local = encode_v2_local();
+        let parsed = parse(&local).unwrap().unwrap();
+        assert_eq!((parsed.len, parsed.source), (FIXED_LEN, None));
     }
 }

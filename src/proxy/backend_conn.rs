@@ -92,15 +92,38 @@ pub async fn dial(
     answer_greeting(conn, &greeting, backend, who, answer, ctx, require_tls).await
 }
 
+tokio::task_local! {
+    /// The client's (source, destination) addresses, set for a session's task when
+    /// `proxy-protocol = "v2"`: every backend connection it opens (first login, moves) then
+    /// starts with a PROXY header, so the backend sees the client's address, as with TiProxy.
+    static CLIENT_ORIGIN: (std::net::SocketAddr, std::net::SocketAddr);
+}
+
+/// Runs `session` with its backend connections announcing `origin` in a PROXY v2 header.
+pub async fn with_client_origin<F: std::future::Future>(
+    origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    session: F,
+) -> F::Output {
+    match origin {
+        Some(o) => CLIENT_ORIGIN.scope(o, session).await,
+        None => session.await,
+    }
+}
+
 /// Connects to `backend` and reads its greeting.
 pub async fn greet(
     backend: &Arc<Backend>,
     buf_size: usize,
 ) -> Result<(PacketConn, Greeting), DialError> {
-    let tcp = TcpStream::connect(&backend.addr)
+    let mut tcp = TcpStream::connect(&backend.addr)
         .await
         .map_err(DialError::Connect)?;
     let _ = tcp.set_nodelay(true);
+    if let Ok((source, destination)) = CLIENT_ORIGIN.try_with(|o| *o) {
+        use tokio::io::AsyncWriteExt;
+        let header = crate::protocol::proxy_protocol::encode_v2(source, destination);
+        tcp.write_all(&header).await.map_err(DialError::Connect)?;
+    }
     let mut conn = PacketConn::new(Stream::Plain(tcp), buf_size);
     let (_, payload) = conn
         .read_packet(HANDSHAKE_PACKET_LIMIT)

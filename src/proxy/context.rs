@@ -35,6 +35,8 @@ pub struct SessionSettings {
     pub policy: Policy,
     /// Every client connection starts with a PROXY protocol v2 header.
     pub proxy_protocol_v2: bool,
+    /// Backend connections start with a PROXY v2 header naming the client.
+    pub backend_proxy_header: bool,
     /// Who may send that header (`[proxy] proxy-protocol-networks`).
     pub proxy_protocol_networks: crate::config::networks::TrustedNetworks,
     /// Connections from one IP still in their handshake; 0 = no limit.
@@ -65,6 +67,7 @@ impl SessionSettings {
                 hold: MOVE_HOLD,
             },
             proxy_protocol_v2: c.proxy.proxy_protocol == "v2",
+            backend_proxy_header: c.proxy.sends_proxy_header(),
             // Validated with the config; an invalid list here trusts only loopback.
             proxy_protocol_networks: crate::config::networks::TrustedNetworks::parse(
                 &c.proxy.proxy_protocol_networks,

@@ -3,6 +3,8 @@
 //! sessions run on.
 
 pub mod backend_conn;
+pub mod cert_cn;
+pub mod cert_reload;
 pub mod client_handshake;
 pub mod context;
 pub mod digest;

@@ -98,6 +98,14 @@ impl SessionEntry {
         r.take()
     }
 
+    /// The move asked for and not yet taken up, for the pending-migration gauge.
+    pub fn pending_redirect(&self) -> Option<Redirect> {
+        if !self.has_redirect() {
+            return None;
+        }
+        self.redirect.lock().expect("redirect").clone()
+    }
+
     pub fn has_redirect(&self) -> bool {
         self.redirect_pending.load(Ordering::Acquire)
     }

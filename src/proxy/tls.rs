@@ -45,7 +45,7 @@ fn versions(
     }
 }
 
-fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+pub(super) fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsSetupError::File {
             what: "certificate",
@@ -68,7 +68,7 @@ fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError>
     Ok(certs)
 }
 
-fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+pub(super) fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsSetupError::File {
         what: "private key",
         path: path.into(),
@@ -78,8 +78,11 @@ fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
 
 /// Whether clients must present a certificate: a CA is configured and skip-ca is not set (as
 /// TiProxy reads these keys; TiUP writes skip-ca = true beside the CA of the status port).
+/// `cert-allowed-cn` makes a certificate mandatory even with skip-ca, as in TiProxy.
 pub fn requires_client_cert(cfg: &TlsConfig) -> bool {
-    cfg.enabled_for_server() && !cfg.ca.is_empty() && !cfg.skip_ca
+    cfg.enabled_for_server()
+        && !cfg.ca.is_empty()
+        && (!cfg.skip_ca || !cfg.cert_allowed_cn.is_empty())
 }
 
 /// `[security.sql-tls]` with a client certificate but neither a CA nor skip-ca encrypts to the
@@ -96,16 +99,16 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
     if !cfg.enabled_for_server() {
         return Ok(None);
     }
-    let (certs, key) = if cfg.has_cert() {
-        (load_certs(&cfg.cert)?, load_key(&cfg.key)?)
-    } else {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
-        let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der())
-            .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
-        (vec![ck.cert.der().clone()], key)
-    };
     let provider = provider();
+    let files = if cfg.has_cert() {
+        Some(Arc::new(super::cert_reload::ReloadingCert::new(
+            &cfg.cert,
+            &cfg.key,
+            provider.clone(),
+        )?))
+    } else {
+        None
+    };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(&cfg.min_tls_version)?)?;
     let builder = if requires_client_cert(cfg) {
@@ -116,12 +119,36 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| TlsError::General(e.to_string()))?;
-        builder.with_client_cert_verifier(verifier)
+        if cfg.cert_allowed_cn.is_empty() {
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_client_cert_verifier(Arc::new(super::cert_cn::AllowedCnVerifier {
+                inner: verifier,
+                allowed: cfg.cert_allowed_cn.clone(),
+            }))
+        }
     } else {
         builder.with_no_client_auth()
     };
-    let config = builder.with_single_cert(certs, key)?;
+    // Files are re-read when they change (rotation without a restart); a generated
+    // certificate lives as long as the process.
+    let config = match files {
+        Some(resolver) => builder.with_cert_resolver(resolver),
+        None => {
+            let (certs, key) = self_signed()?;
+            builder.with_single_cert(certs, key)?
+        }
+    };
     Ok(Some(Arc::new(config)))
+}
+
+/// A certificate for `auto-certs`, valid for localhost.
+fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der())
+        .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
+    Ok((vec![ck.cert.der().clone()], key))
 }
 
 /// The client side for backends; `None` when TLS to backends is not configured.
@@ -150,8 +177,13 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
         .with_protocol_versions(versions(&cfg.min_tls_version)?)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
+    // A client certificate (sql-tls) is re-read when its files change, as server ones are.
     let config = if cfg.has_cert() {
-        builder.with_client_auth_cert(load_certs(&cfg.cert)?, load_key(&cfg.key)?)?
+        builder.with_client_cert_resolver(Arc::new(super::cert_reload::ReloadingCert::new(
+            &cfg.cert,
+            &cfg.key,
+            self::provider(),
+        )?))
     } else {
         builder.with_no_client_auth()
     };

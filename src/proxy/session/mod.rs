@@ -87,6 +87,15 @@ pub(crate) struct Session {
 pub(crate) const STATEMENT_PREFIX: usize = 1024;
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
+    let origin = if ctx.settings().backend_proxy_header {
+        tcp.local_addr().ok().map(|local| (peer, local))
+    } else {
+        None
+    };
+    super::backend_conn::with_client_origin(origin, run_session(tcp, peer, ctx, guard)).await
+}
+
+async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
     let mut guard = guard;
     let born = std::time::Instant::now();
     let m = crate::metrics::get();
@@ -383,6 +392,7 @@ async fn connect_backend(
     settings: &super::context::SessionSettings,
     earlier: Option<early::Failed>,
 ) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
+    let looking = std::time::Instant::now();
     let mut tried = not_for_new_sessions(ctx, settings);
     let mut failures: Vec<String> = Vec::new();
     if let Some((backend, reason)) = earlier {
@@ -407,7 +417,10 @@ async fn connect_backend(
         .await;
         let reason = match attempt {
             Ok(Ok(d)) => {
-                crate::metrics::get().get_backend_ok.inc();
+                let m = crate::metrics::get();
+                m.get_backend_ok.inc();
+                m.get_backend_duration
+                    .observe(looking.elapsed().as_secs_f64());
                 return Ok((d, lease));
             }
             Ok(Err(e @ (DialError::Tls(_) | DialError::TlsHandshake(_)))) => {
@@ -422,7 +435,10 @@ async fn connect_backend(
         dial_failed(ctx, &backend, &reason);
         failures.push(format!("{} ({reason})", backend.addr));
     }
-    crate::metrics::get().get_backend_fail.inc();
+    let m = crate::metrics::get();
+    m.get_backend_fail.inc();
+    m.get_backend_duration
+        .observe(looking.elapsed().as_secs_f64());
     if failures.is_empty() {
         Err(ClientError::NoBackendAvailable {
             detail: ctx.selector.unavailable_reason(),
