@@ -32,6 +32,8 @@ pub struct App {
     pub running: Arc<Running>,
     /// The bound SQL and status ports (useful when the config asked for port 0).
     pub sql_addr: SocketAddr,
+    /// Every SQL port, in `[proxy] addr` order (the first is `sql_addr`).
+    pub sql_addrs: Vec<SocketAddr>,
     pub api_addr: SocketAddr,
     /// Set first thing on shutdown; the health API answers 502 from then on.
     pub draining: CancellationToken,
@@ -66,13 +68,22 @@ impl App {
             backends.clone(),
             QueryErrorLog::new(!config.log.query_error_file.filename.is_empty()),
         ));
-        let listener = TcpListener::bind(&config.proxy.addr)
-            .await
-            .with_context(|| format!("cannot listen on [proxy] addr = {:?}", config.proxy.addr))?;
+        let mut listeners = Vec::new();
+        for addr in crate::config::routes::listen_addrs(&config.proxy.addr) {
+            let l = TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on [proxy] addr = {addr:?}"))?;
+            listeners.push(l);
+        }
+        anyhow::ensure!(!listeners.is_empty(), "[proxy] addr names no address");
         let api_listener = TcpListener::bind(&config.api.addr)
             .await
             .with_context(|| format!("cannot listen on [api] addr = {:?}", config.api.addr))?;
-        let sql_addr = listener.local_addr()?;
+        let sql_addrs = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
+        let sql_addr = sql_addrs[0];
         let api_addr = api_listener.local_addr()?;
         let running = Arc::new(Running::new(config.clone(), ctx.clone()));
         if let Some(h) = log {
@@ -101,7 +112,9 @@ impl App {
         );
         let workers = Arc::new(Workers::per_core().context("cannot start the session workers")?);
         info!(workers = workers.len(), "session workers started");
-        server::start(listener, ctx.clone(), workers.clone());
+        for listener in listeners {
+            server::start(listener, ctx.clone(), workers.clone());
+        }
         crate::proxy::rebalance::start(ctx.clone(), background.clone());
         let discovery = discovery::start(&config, backends, background.clone());
         if config.proxy.backend_addrs.is_empty() && discovery.is_none() {
@@ -112,6 +125,7 @@ impl App {
             config: Arc::new(config),
             running,
             sql_addr,
+            sql_addrs,
             api_addr,
             draining,
             background,

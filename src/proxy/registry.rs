@@ -4,7 +4,7 @@
 use atomic_waker::AtomicWaker;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::SystemTime;
@@ -31,6 +31,8 @@ pub struct SessionEntry {
     wake: AtomicWaker,
     /// Why the last attempt to move the session failed; cleared when a move succeeds.
     move_blocked: Mutex<Option<String>>,
+    /// The proxy port the client reached (0 until known), for port routing rules.
+    local_port: AtomicU16,
 }
 
 /// A request to move a session to another backend.
@@ -120,6 +122,18 @@ impl SessionEntry {
         .await
     }
 
+    pub fn set_local_port(&self, port: u16) {
+        self.local_port.store(port, Ordering::Relaxed);
+    }
+
+    /// Where the session came in, as routing rules see it.
+    pub fn origin(&self) -> crate::balance::policy::Origin {
+        crate::balance::policy::Origin {
+            port: self.local_port.load(Ordering::Relaxed),
+            client: Some(self.client.ip()),
+        }
+    }
+
     /// The backend the session is on ("" during the handshake).
     pub fn backend(&self) -> String {
         self.details
@@ -197,6 +211,7 @@ impl Registry {
             signalled: AtomicBool::new(false),
             wake: AtomicWaker::new(),
             move_blocked: Mutex::new(None),
+            local_port: AtomicU16::new(0),
         });
         self.sessions
             .lock()
