@@ -262,6 +262,11 @@ async fn establish(
             let err = ClientError::HandshakeMalformed { reason };
             return Err(tell(client, seq.wrapping_add(1), err).await);
         }
+        Ok(Err(ClientHandshakeError::TlsRequired { seq })) => {
+            debug!(conn = id, client = %peer, "plaintext client refused: TLS with a client certificate is required");
+            let err = ClientError::ClientTlsRequired;
+            return Err(tell(client, seq.wrapping_add(1), err).await);
+        }
         Ok(Err(ClientHandshakeError::Io(e))) => return Err(End::ClientGone(e.to_string())),
         Ok(Ok(h)) => h,
     };

@@ -247,8 +247,8 @@ impl Session {
                 .map_err(|e| format!("SET SESSION_STATES failed: {e}"))?;
             return Ok((d, None));
         }
-        let login = match self.login {
-            Some(l) => l,
+        let login = match &self.login {
+            Some(l) => l.clone(),
             None => {
                 let l = login_for(
                     ctx,
@@ -259,7 +259,7 @@ impl Session {
                     settings.backend_connect_timeout,
                 )
                 .await?;
-                self.login = Some(l);
+                self.login = Some(l.clone());
                 l
             }
         };
