@@ -2,7 +2,7 @@
 //! backend, in what state. Updated at session start, backend choice and end, never per query.
 
 use atomic_waker::AtomicWaker;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -266,6 +266,27 @@ impl Registry {
         counts
     }
 
+    /// Per backend, the sessions asked to move that have not, by what holds them: the reason
+    /// their last attempt failed, or an open transaction (moves wait for its end).
+    pub fn blocked_by_backend(&self) -> HashMap<String, BTreeMap<String, u64>> {
+        let mut out: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+        for e in self.entries() {
+            let backend = e.backend();
+            if backend.is_empty() {
+                continue;
+            }
+            let why = match e.move_blocked() {
+                Some(why) => why,
+                None if e.has_redirect() && e.in_transaction() => {
+                    "waiting for its transaction to end".to_string()
+                }
+                None => continue,
+            };
+            *out.entry(backend).or_default().entry(why).or_insert(0) += 1;
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.lock().expect("registry").len()
     }
@@ -310,5 +331,40 @@ mod tests {
         assert_eq!(reg.sessions_by_backend().get("127.0.0.1:3307"), Some(&2));
         drop(a);
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn blocked_sessions_are_counted_by_backend_and_cause() {
+        let reg = Arc::new(Registry::default());
+        let on = |id: u64| {
+            let s = reg.register(id, "127.0.0.1:5000".parse().unwrap());
+            s.entry.set_identity("app", "a:1");
+            s
+        };
+        let (t1, t2, txn, free) = (on(1), on(2), on(3), on(4));
+        t1.entry
+            .set_move_blocked(Some("the session holds a temporary table"));
+        t2.entry
+            .set_move_blocked(Some("the session holds a temporary table"));
+        txn.entry.set_in_transaction(true);
+        txn.entry.request_redirect(Redirect {
+            target: None,
+            reason: "fail-backend-list",
+        });
+        free.entry.set_in_transaction(true);
+        let blocked = reg.blocked_by_backend();
+        let a = &blocked["a:1"];
+        assert_eq!(a["the session holds a temporary table"], 2);
+        assert_eq!(a["waiting for its transaction to end"], 1);
+        assert_eq!(
+            a.len(),
+            2,
+            "a transaction nobody asked to move blocks nothing"
+        );
+        t1.entry.set_move_blocked(None);
+        assert_eq!(
+            reg.blocked_by_backend()["a:1"]["the session holds a temporary table"],
+            1
+        );
     }
 }
