@@ -78,4 +78,18 @@ fn ports_and_client_networks_route_to_their_own_backends() {
         "routing: replica down: read-only port refused ({}), main port served",
         refused.err().unwrap_or_default()
     );
+    // Once the probes mark it down, the refusal names the rule, not "all backends unhealthy"
+    // (the main backend is up).
+    let mut last = String::new();
+    let named = (0..40).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        last = login_from([127, 0, 0, 1], read_only)
+            .err()
+            .unwrap_or_default();
+        // `last` is the ERR packet's Debug form, so the rule's quotes come escaped.
+        last.contains("9001") && last.contains("routing rule") && last.contains("read-only port")
+    });
+    assert!(named, "the refusal does not name the rule: {last}");
+    assert!(!last.contains("all 2 backends"), "{last}");
+    eprintln!("routing: after the probe: {last}");
 }

@@ -29,6 +29,10 @@ pub trait BackendSelector: Send + Sync {
     }
     /// Why `select` found nothing, for the client's error and the logs.
     fn unavailable_reason(&self) -> String;
+    /// Why `select_for` found nothing for a session from `origin`.
+    fn unavailable_reason_for(&self, _origin: &policy::Origin) -> String {
+        self.unavailable_reason()
+    }
 }
 
 /// What the control plane asks of a live session; the data plane implements it.
@@ -223,6 +227,29 @@ impl BackendSelector for BackendSet {
         origin: &policy::Origin,
     ) -> Option<Arc<Backend>> {
         pick_for(&self.snapshot(), exclude, &self.route_view(), origin)
+    }
+
+    fn unavailable_reason_for(&self, origin: &policy::Origin) -> String {
+        let view = self.route_view();
+        let Some(rule) = policy::route_for(&view.policy, origin) else {
+            return self.unavailable_reason();
+        };
+        // Other backends may be healthy: say only what is true of the rule's own.
+        let list = self.snapshot();
+        let states: Vec<String> = rule
+            .backends
+            .iter()
+            .map(|addr| match list.iter().find(|b| &b.addr == addr) {
+                Some(b) if b.is_healthy() => format!("{addr} (not taking new sessions)"),
+                Some(b) => format!("{addr} ({})", b.last_error_or("unhealthy")),
+                None => format!("{addr} (not a known backend)"),
+            })
+            .collect();
+        format!(
+            "routing rule {:?} allows only its own backends and none of them is available: {}",
+            rule.name,
+            states.join(", ")
+        )
     }
 
     fn unavailable_reason(&self) -> String {

@@ -413,7 +413,7 @@ async fn connect_backend(
     crate::metrics::get().get_backend_fail.inc();
     if failures.is_empty() {
         Err(ClientError::NoBackendAvailable {
-            detail: ctx.selector.unavailable_reason(),
+            detail: ctx.selector.unavailable_reason_for(origin),
         })
     } else {
         Err(ClientError::BackendConnectFailed {
