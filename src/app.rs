@@ -45,6 +45,8 @@ pub struct App {
     pub running: Arc<Running>,
     /// The bound SQL and status ports (useful when the config asked for port 0).
     pub sql_addr: SocketAddr,
+    /// Every SQL port, in `[proxy] addr` order (the first is `sql_addr`).
+    pub sql_addrs: Vec<SocketAddr>,
     pub api_addr: SocketAddr,
     /// Set first thing on shutdown; the health API answers 502 from then on.
     pub draining: CancellationToken,
@@ -80,13 +82,22 @@ impl App {
             backends.clone(),
             QueryErrorLog::new(!config.log.query_error_file.filename.is_empty()),
         ));
-        let listener = TcpListener::bind(&config.proxy.addr)
-            .await
-            .with_context(|| format!("cannot listen on [proxy] addr = {:?}", config.proxy.addr))?;
+        let mut listeners = Vec::new();
+        for addr in crate::config::routes::listen_addrs(&config.proxy.addr) {
+            let l = TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on [proxy] addr = {addr:?}"))?;
+            listeners.push(l);
+        }
+        anyhow::ensure!(!listeners.is_empty(), "[proxy] addr names no address");
         let api_listener = TcpListener::bind(&config.api.addr)
             .await
             .with_context(|| format!("cannot listen on [api] addr = {:?}", config.api.addr))?;
-        let sql_addr = listener.local_addr()?;
+        let sql_addrs = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
+        let sql_addr = sql_addrs[0];
         let api_addr = api_listener.local_addr()?;
         let running = Arc::new(Running::new(config.clone(), ctx.clone()));
         if let Some(h) = log {
@@ -122,10 +133,12 @@ impl App {
         track(&tasks, health_task);
         let workers = Arc::new(Workers::per_core().context("cannot start the session workers")?);
         info!(workers = workers.len(), "session workers started");
-        track(
-            &tasks,
-            server::start(listener, ctx.clone(), workers.clone()),
-        );
+        for listener in listeners {
+            track(
+                &tasks,
+                server::start(listener, ctx.clone(), workers.clone()),
+            );
+        }
         track(
             &tasks,
             crate::proxy::rebalance::start(ctx.clone(), background.clone()),
@@ -143,6 +156,7 @@ impl App {
             config: Arc::new(config),
             running,
             sql_addr,
+            sql_addrs,
             api_addr,
             draining,
             background,

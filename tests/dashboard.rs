@@ -98,7 +98,11 @@ async fn dashboard_graphs_each_backend_and_offers_the_operator_actions() {
     };
     let dbs = [MariaDb::start(), MariaDb::start()];
     let addrs: Vec<String> = dbs.iter().map(|d| d.addr()).collect();
-    let app = start(test_config(&addrs)).await;
+    let mut config = test_config(&addrs);
+    // The account scripts/mariadb-instance.sh creates, so a session can move.
+    config.proxy.service_account.user = "tiproxy_svc".into();
+    config.proxy.service_account.password = "svcsecret".into();
+    let app = start(config).await;
     use mysql_async::prelude::Queryable;
     let mut conns = Vec::new();
     for _ in 0..4 {
@@ -126,9 +130,37 @@ async fn dashboard_graphs_each_backend_and_offers_the_operator_actions() {
         );
     }
     assert!(!history["sessions"].as_array().unwrap().is_empty());
+    // One real move for balance, so the page has a reason to show.
+    let entry = app.ctx.registry.entries().into_iter().next().unwrap();
+    let (from, to) = {
+        let on = entry.backend();
+        let other = addrs.iter().find(|a| **a != on).unwrap().clone();
+        (on, other)
+    };
+    entry.request_redirect(tiproxy::proxy::registry::Redirect {
+        target: Some(to.clone()),
+        reason: "conn",
+    });
+    let moved = eventually(40, || {
+        let entry = entry.clone();
+        let to = to.clone();
+        async move { entry.backend() == to }
+    })
+    .await;
+    assert!(moved, "the session did not move {from} -> {to}");
 
     let url = format!("http://127.0.0.1:{}/", app.api_addr.port());
     let dom = run_chromium(&bin, &url, &["--dump-dom"]).await;
+    assert!(
+        dom.contains(&format!("<td class=\"moves\">conn → {to} ×1</td>")),
+        "the move's reason is not shown:\n{dom}"
+    );
+    for column in ["scores", "blocked"] {
+        assert!(
+            dom.contains(&format!("<td class=\"{column}\">")),
+            "{column}"
+        );
+    }
     for chart in ["c-qps", "c-p99", "c-err", "c-sessions"] {
         assert!(
             dom.contains(&format!("id=\"{chart}\"><svg")),

@@ -348,3 +348,71 @@ async fn session_stuck_on_a_failed_backend_is_closed_with_1152() {
         "{text}"
     );
 }
+
+/// `/api/backends` body, parsed.
+fn backends_json(api_port: u16) -> serde_json::Value {
+    let resp = http(api_port, "GET", "/api/backends");
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+fn blocked_on(v: &serde_json::Value, port: u16, why: &str) -> u64 {
+    let addr = format!("127.0.0.1:{port}");
+    v["backends"]
+        .as_array()
+        .and_then(|l| l.iter().find(|b| b["addr"] == addr.as_str()))
+        .and_then(|b| b["blocked"][why].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_drain_reports_what_still_blocks_each_session() {
+    let (dbs, proxy, mut temp) = two_backends_one_session().await;
+    let mut txn = connect(proxy.port()).await;
+    let (temp_on, txn_on) = (port_of(&mut temp).await, port_of(&mut txn).await);
+    assert_ne!(
+        temp_on, txn_on,
+        "fewest-sessions routing spreads two sessions"
+    );
+    temp.query_drop("CREATE TEMPORARY TABLE test.scratch (id INT)")
+        .await
+        .unwrap();
+    txn.query_drop("BEGIN").await.unwrap();
+    txn.query_drop("INSERT INTO test.t VALUES (7, 7)")
+        .await
+        .unwrap();
+    for from in [temp_on, txn_on] {
+        http(
+            proxy.api_port(),
+            "POST",
+            &format!("/api/admin/migrate?from=127.0.0.1:{from}"),
+        );
+    }
+    let (temp_why, txn_why) = (
+        "the session holds a temporary table",
+        "waiting for its transaction to end",
+    );
+    let mut last = serde_json::Value::Null;
+    let mut seen = false;
+    for _ in 0..40 {
+        last = backends_json(proxy.api_port());
+        if blocked_on(&last, temp_on, temp_why) == 1 && blocked_on(&last, txn_on, txn_why) == 1 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(seen, "blocked sessions not reported: {last}");
+    eprintln!("drain: /api/backends while blocked: {last}");
+    // The transaction ends: that session moves and is no longer counted.
+    txn.query_drop("COMMIT").await.unwrap();
+    assert!(
+        wait_for_port(&mut txn, temp_on).await,
+        "never moved after COMMIT"
+    );
+    assert_eq!(
+        blocked_on(&backends_json(proxy.api_port()), txn_on, txn_why),
+        0
+    );
+    drop(dbs);
+}

@@ -339,6 +339,8 @@ struct BackendView {
     sessions: u64,
     /// The balancer's score per factor (docs/balance.md); empty while unavailable.
     scores: std::collections::BTreeMap<&'static str, u32>,
+    /// Sessions asked to move off this backend that have not, by what holds them.
+    blocked: std::collections::BTreeMap<String, u64>,
     #[serde(flatten)]
     rates: super::stats::Rates,
 }
@@ -346,6 +348,7 @@ struct BackendView {
 fn backends(state: &ApiState) -> serde_json::Value {
     let route = state.ctx.backends.route_view();
     let mut held = state.ctx.registry.sessions_by_backend();
+    let mut blocked = state.ctx.registry.blocked_by_backend();
     let mut list: Vec<BackendView> = state
         .ctx
         .backends
@@ -367,6 +370,7 @@ fn backends(state: &ApiState) -> serde_json::Value {
                 server_version: info.server_version,
                 sessions: held.remove(&b.addr).unwrap_or(0),
                 scores: route.scores.get(&b.addr).cloned().unwrap_or_default(),
+                blocked: blocked.remove(&b.addr).unwrap_or_default(),
                 rates: state.stats.rates(&b.addr),
             }
         })
@@ -381,6 +385,7 @@ fn backends(state: &ApiState) -> serde_json::Value {
             server_version: String::new(),
             sessions,
             scores: Default::default(),
+            blocked: blocked.remove(&addr).unwrap_or_default(),
             rates: state.stats.rates(&addr),
             addr,
         });

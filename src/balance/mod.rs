@@ -19,8 +19,20 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 pub trait BackendSelector: Send + Sync {
     /// The best healthy backend by the policy's scores, skipping `exclude` (already tried).
     fn select(&self, exclude: &[Arc<Backend>]) -> Option<Arc<Backend>>;
+    /// Like `select`, for a session from `origin`: only backends its routing rule allows.
+    fn select_for(
+        &self,
+        exclude: &[Arc<Backend>],
+        _origin: &policy::Origin,
+    ) -> Option<Arc<Backend>> {
+        self.select(exclude)
+    }
     /// Why `select` found nothing, for the client's error and the logs.
     fn unavailable_reason(&self) -> String;
+    /// Why `select_for` found nothing for a session from `origin`.
+    fn unavailable_reason_for(&self, _origin: &policy::Origin) -> String {
+        self.unavailable_reason()
+    }
 }
 
 /// What the control plane asks of a live session; the data plane implements it.
@@ -35,6 +47,10 @@ pub trait SessionHandle: Send + Sync {
     fn redirect(&self, to: Option<String>, reason: &'static str);
     /// End the session.
     fn close(&self);
+    /// Where the session came in, for routing rules.
+    fn origin(&self) -> policy::Origin {
+        policy::Origin::default()
+    }
 }
 
 /// A discovery source's own state, so routing can say when it is why nothing is available.
@@ -131,6 +147,14 @@ impl BackendSet {
         *self.route.write().expect("route view lock") = Arc::new(view);
     }
 
+    /// Replaces the policy new-session routing uses, keeping the last load figures and scores.
+    pub fn set_route_policy(&self, policy: Policy) {
+        let mut guard = self.route.write().expect("route view lock");
+        let mut next = RouteView::clone(&guard);
+        next.policy = policy;
+        *guard = Arc::new(next);
+    }
+
     pub fn route_view(&self) -> Arc<RouteView> {
         self.route.read().expect("route view lock").clone()
     }
@@ -159,6 +183,16 @@ pub fn pick(
     exclude: &[Arc<Backend>],
     view: &RouteView,
 ) -> Option<Arc<Backend>> {
+    pick_for(list, exclude, view, &policy::Origin::default())
+}
+
+/// Like [`pick`], within the backends the routing rule for `origin` allows.
+pub fn pick_for(
+    list: &[Arc<Backend>],
+    exclude: &[Arc<Backend>],
+    view: &RouteView,
+    origin: &policy::Origin,
+) -> Option<Arc<Backend>> {
     let cands: Vec<&Arc<Backend>> = list
         .iter()
         .filter(|b| b.is_healthy() && !exclude.iter().any(|e| Arc::ptr_eq(e, b)))
@@ -179,12 +213,43 @@ pub fn pick(
     } else {
         0
     };
-    policy::choose(&refs, &view.policy, roll).map(|i| cands[i].clone())
+    policy::choose_for(&refs, &view.policy, roll, origin).map(|i| cands[i].clone())
 }
 
 impl BackendSelector for BackendSet {
     fn select(&self, exclude: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         pick(&self.snapshot(), exclude, &self.route_view())
+    }
+
+    fn select_for(
+        &self,
+        exclude: &[Arc<Backend>],
+        origin: &policy::Origin,
+    ) -> Option<Arc<Backend>> {
+        pick_for(&self.snapshot(), exclude, &self.route_view(), origin)
+    }
+
+    fn unavailable_reason_for(&self, origin: &policy::Origin) -> String {
+        let view = self.route_view();
+        let Some(rule) = policy::route_for(&view.policy, origin) else {
+            return self.unavailable_reason();
+        };
+        // Other backends may be healthy: say only what is true of the rule's own.
+        let list = self.snapshot();
+        let states: Vec<String> = rule
+            .backends
+            .iter()
+            .map(|addr| match list.iter().find(|b| &b.addr == addr) {
+                Some(b) if b.is_healthy() => format!("{addr} (not taking new sessions)"),
+                Some(b) => format!("{addr} ({})", b.last_error_or("unhealthy")),
+                None => format!("{addr} (not a known backend)"),
+            })
+            .collect();
+        format!(
+            "routing rule {:?} allows only its own backends and none of them is available: {}",
+            rule.name,
+            states.join(", ")
+        )
     }
 
     fn unavailable_reason(&self) -> String {

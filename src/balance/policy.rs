@@ -5,7 +5,9 @@
 //! drops out for that decision. No I/O, no clock, no metrics: the driver passes `now` in.
 
 use super::factors::Load;
+use crate::config::networks::Network;
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// `[balance] policy`: which factors count.
@@ -128,6 +130,49 @@ pub struct Policy {
     /// A session moved for balance is not moved again within this, and no session moves back
     /// along a pair of backends within it.
     pub hold: Duration,
+    /// `[[balance.routes]]`, in order: the first rule a session's origin matches confines it
+    /// to that rule's backends.
+    pub routes: Vec<RouteRule>,
+}
+
+/// Where a session came in: the listening port it reached and the client's address (the one
+/// a trusted PROXY header names, behind a balancer). Routing rules match on these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// 0 when unknown; matches only rules that name no port.
+    pub port: u16,
+    pub client: Option<IpAddr>,
+}
+
+/// One `[[balance.routes]]` entry: sessions whose origin matches every criterion given (an
+/// empty list matches anything) may use only `backends`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteRule {
+    pub name: String,
+    pub ports: Vec<u16>,
+    pub client_networks: Vec<Network>,
+    pub backends: Vec<String>,
+}
+
+impl RouteRule {
+    fn matches(&self, origin: &Origin) -> bool {
+        let port_ok = self.ports.is_empty() || self.ports.contains(&origin.port);
+        let client_ok = self.client_networks.is_empty()
+            || origin
+                .client
+                .is_some_and(|ip| self.client_networks.iter().any(|n| n.contains(ip)));
+        port_ok && client_ok
+    }
+}
+
+/// The rule that confines a session from `origin`, if any: the first that matches.
+pub fn route_for<'a>(policy: &'a Policy, origin: &Origin) -> Option<&'a RouteRule> {
+    policy.routes.iter().find(|r| r.matches(origin))
+}
+
+/// Whether a session from `origin` may use the backend at `addr`.
+pub fn route_allows(policy: &Policy, origin: &Origin, addr: &str) -> bool {
+    route_for(policy, origin).is_none_or(|r| r.backends.iter().any(|b| b == addr))
 }
 
 impl Default for Policy {
@@ -141,6 +186,7 @@ impl Default for Policy {
             max_migrations_per_second: 10,
             failover_timeout: Duration::from_secs(60),
             hold: Duration::from_secs(30),
+            routes: Vec::new(),
         }
     }
 }
@@ -197,6 +243,8 @@ pub struct SessionInput {
     pub backend: String,
     pub in_txn: bool,
     pub redirect_pending: bool,
+    /// Where it came in, so moves keep it within its routing rule's backends.
+    pub origin: Origin,
 }
 
 /// Why a session moves: the `reason` label of `tiproxy_balance_migrate_total`.
@@ -307,6 +355,22 @@ pub fn choose(cands: &[&BackendInput], policy: &Policy, roll: u64) -> Option<usi
     }
 }
 
+/// Like [`choose`], for a session from `origin`: only the backends its routing rule allows
+/// are candidates, and none at all when the rule's backends are all down (a read-only port
+/// must never fall back to the primary).
+pub fn choose_for(
+    cands: &[&BackendInput],
+    policy: &Policy,
+    roll: u64,
+    origin: &Origin,
+) -> Option<usize> {
+    let allowed: Vec<usize> = (0..cands.len())
+        .filter(|i| route_allows(policy, origin, &cands[*i].addr))
+        .collect();
+    let subset: Vec<&BackendInput> = allowed.iter().map(|i| cands[*i]).collect();
+    choose(&subset, policy, roll).map(|k| allowed[k])
+}
+
 /// Why a session on `addr` must leave it, if it must.
 pub fn drain_reason(addr: &str, backends: &[BackendInput]) -> Option<Reason> {
     match backends.iter().find(|b| b.addr == addr) {
@@ -368,7 +432,9 @@ impl Planner {
                 });
                 continue;
             }
-            let has_target = backends.iter().any(|b| b.eligible() && b.addr != s.backend);
+            let has_target = backends.iter().any(|b| {
+                b.eligible() && b.addr != s.backend && route_allows(policy, &s.origin, &b.addr)
+            });
             if has_target && !s.redirect_pending {
                 actions.push(Action::Move {
                     session: s.id,
@@ -390,6 +456,7 @@ impl Planner {
                     && !s.in_txn
                     && !s.redirect_pending
                     && !self.moved_at.contains_key(&s.id)
+                    && route_allows(policy, &s.origin, to)
             })
             .take(shift.count)
             .collect();

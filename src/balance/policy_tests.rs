@@ -1,6 +1,7 @@
 //! Table tests of the policy: routing of new sessions and the moves of each round.
 
 use super::*;
+use crate::config::networks::Network;
 
 fn zone(z: &str) -> BTreeMap<String, String> {
     [("zone".to_string(), z.to_string())].into()
@@ -40,6 +41,7 @@ fn sessions_on(addr: &str, ids: std::ops::Range<u64>) -> Vec<SessionInput> {
         backend: addr.into(),
         in_txn: false,
         redirect_pending: false,
+        origin: Origin::default(),
     })
     .collect()
 }
@@ -397,6 +399,7 @@ fn oscillating_load_does_not_ping_pong() {
                 backend: addr.clone(),
                 in_txn: false,
                 redirect_pending: false,
+                origin: Origin::default(),
             })
             .collect();
         sessions.sort_by_key(|s| s.id);
@@ -484,5 +487,128 @@ fn scores_name_only_the_factors_that_count() {
     assert_eq!(
         (Mode::parse("location"), Routing::parse("random")),
         (Mode::Location, Routing::Random)
+    );
+}
+
+fn routed_policy() -> Policy {
+    let net = |s: &str| Network::parse(s).unwrap();
+    Policy {
+        routes: vec![
+            RouteRule {
+                name: "replicas".into(),
+                ports: vec![6001],
+                backends: vec!["r1".into(), "r2".into()],
+                ..RouteRule::default()
+            },
+            RouteRule {
+                name: "batch clients".into(),
+                client_networks: vec![net("10.9.0.0/16")],
+                backends: vec!["batch".into()],
+                ..RouteRule::default()
+            },
+            RouteRule {
+                name: "reporting on 6002".into(),
+                ports: vec![6002],
+                client_networks: vec![net("127.0.0.2")],
+                backends: vec!["r2".into()],
+            },
+        ],
+        ..Policy::default()
+    }
+}
+
+fn origin(port: u16, client: &str) -> Origin {
+    Origin {
+        port,
+        client: Some(client.parse().unwrap()),
+    }
+}
+
+#[test]
+fn routing_rules_confine_new_sessions() {
+    let p = routed_policy();
+    let all = [b("primary", 5), b("r1", 9), b("r2", 3), b("batch", 0)];
+    let down = |x: BackendInput| BackendInput {
+        healthy: false,
+        ..x
+    };
+    // (origin, backends, expected): the first matching rule wins; no rule, every backend.
+    let cases: Vec<(Origin, Vec<BackendInput>, Option<&str>)> = vec![
+        // No rule matches port 6000 from 10.1.1.1: fewest sessions overall.
+        (origin(6000, "10.1.1.1"), all.to_vec(), Some("batch")),
+        // The read-only port: the idler replica, never the primary.
+        (origin(6001, "10.1.1.1"), all.to_vec(), Some("r2")),
+        // Port rule first, so a batch client on 6001 still gets a replica.
+        (origin(6001, "10.9.3.4"), all.to_vec(), Some("r2")),
+        // A client network rule on the default port.
+        (origin(6000, "10.9.3.4"), all.to_vec(), Some("batch")),
+        // IPv4-mapped client addresses of a dual-stack listener match IPv4 networks.
+        (origin(6000, "::ffff:10.9.3.4"), all.to_vec(), Some("batch")),
+        // Both criteria must match: 127.0.0.2 on 6002 only.
+        (origin(6002, "127.0.0.2"), all.to_vec(), Some("r2")),
+        (origin(6002, "127.0.0.1"), all.to_vec(), Some("batch")),
+        // All of a rule's backends down: nothing, not a fallback to the primary.
+        (
+            origin(6001, "10.1.1.1"),
+            vec![b("primary", 0), down(b("r1", 0)), down(b("r2", 0))],
+            None,
+        ),
+        // An unknown origin (port 0, no client) matches only rules without criteria.
+        (Origin::default(), all.to_vec(), Some("batch")),
+    ];
+    for (o, list, want) in cases {
+        let eligible: Vec<&BackendInput> = list.iter().filter(|x| x.healthy).collect();
+        let got = choose_for(&eligible, &p, 0, &o).map(|i| eligible[i].addr.clone());
+        assert_eq!(got.as_deref(), want, "origin {o:?}");
+    }
+}
+
+#[test]
+fn moves_keep_routed_sessions_within_their_rule() {
+    let p = Policy {
+        routes: vec![RouteRule {
+            ports: vec![6001],
+            backends: vec!["r1".into(), "r2".into()],
+            ..RouteRule::default()
+        }],
+        ..Policy::default()
+    };
+    // r1 holds ten read-only-port sessions; the primary is the idlest backend but not theirs.
+    let backends = [b("r1", 10), b("primary", 0), b("r2", 6)];
+    let mut sessions = sessions_on("r1", 0..10);
+    for s in &mut sessions {
+        s.origin = origin(6001, "10.1.1.1");
+    }
+    let mut planner = Planner::default();
+    let actions = planner.plan(&backends, &sessions, &p, Instant::now());
+    assert!(
+        moves(&actions).iter().all(|(_, to, _)| to != "primary"),
+        "{actions:?}"
+    );
+    // Drained from r1 with r2 down too: no target the rule allows, so no move is asked for.
+    let failing = [
+        BackendInput {
+            fail_listed: true,
+            ..b("r1", 10)
+        },
+        b("primary", 0),
+        BackendInput {
+            healthy: false,
+            ..b("r2", 0)
+        },
+    ];
+    let actions = Planner::default().plan(&failing, &sessions, &p, Instant::now());
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Move { .. })),
+        "{actions:?}"
+    );
+    // The same sessions from the default port may go anywhere.
+    for s in &mut sessions {
+        s.origin = origin(6000, "10.1.1.1");
+    }
+    let actions = Planner::default().plan(&backends, &sessions, &p, Instant::now());
+    assert!(
+        moves(&actions).iter().any(|(_, to, _)| to == "primary"),
+        "{actions:?}"
     );
 }

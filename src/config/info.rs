@@ -6,7 +6,10 @@ use serde_json::{json, Value};
 /// Every key in file order with a one-line meaning. A test keeps this list equal to
 /// the keys `Config::default()` serializes, so nothing can be added without a description.
 const KEYS: &[(&str, &str)] = &[
-    ("proxy.addr", "SQL listen address host:port"),
+    (
+        "proxy.addr",
+        "SQL listen address host:port, or several comma-separated (or a list) for port routing",
+    ),
     (
         "proxy.pd-addrs",
         "PD endpoints, comma separated; not contacted when only backend-addrs is set",
@@ -225,6 +228,10 @@ const KEYS: &[(&str, &str)] = &[
     (
         "balance.routing-policy",
         "how new sessions pick among equally scored backends: prefer-idle (default) or random",
+    ),
+    (
+        "balance.routes",
+        "routing rules: sessions from listed ports / client networks use only the listed backends",
     ),
     (
         "balance.conn-count-ratio",

@@ -6,6 +6,7 @@ mod error;
 mod info;
 mod load;
 pub mod networks;
+pub mod routes;
 pub mod secret;
 mod tiproxy_keys;
 mod types;

@@ -55,6 +55,8 @@ pub(crate) fn split_pd_addrs(raw: &str) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct ProxyConfig {
+    /// One SQL listen address, or several (comma-separated or a list) for port routing rules.
+    #[serde(deserialize_with = "super::routes::addr_string_or_list")]
     pub addr: String,
     pub pd_addrs: String,
     pub backend_addrs: Vec<String>,
@@ -312,6 +314,8 @@ pub struct BalanceConfig {
     pub conn_count_ratio: f64,
     /// At most this many sessions are moved per second for balance (drains are not limited).
     pub max_migrations_per_second: u32,
+    /// `[[balance.routes]]`: ports and client networks confined to their own backends.
+    pub routes: Vec<super::routes::RouteConfig>,
 }
 
 impl Default for BalanceConfig {
@@ -322,6 +326,7 @@ impl Default for BalanceConfig {
             routing_policy: String::new(),
             conn_count_ratio: 1.5,
             max_migrations_per_second: 10,
+            routes: Vec::new(),
         }
     }
 }

@@ -12,7 +12,17 @@ impl Config {
     /// because one precise message is more useful than a pile of follow-on errors.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let p = &self.proxy;
-        check_addr("proxy.addr", &p.addr, AddrKind::Listen)?;
+        let listens = super::routes::listen_addrs(&p.addr);
+        if listens.is_empty() {
+            return Err(ConfigError::invalid(
+                "proxy.addr",
+                quoted(&p.addr),
+                "expected host:port",
+            ));
+        }
+        for a in &listens {
+            check_addr("proxy.addr", a, AddrKind::Listen)?;
+        }
         check_addr("api.addr", &self.api.addr, AddrKind::Listen)?;
         for a in &p.backend_addrs {
             check_addr("proxy.backend-addrs", a, AddrKind::Remote)?;
@@ -167,6 +177,13 @@ fn check_balance(b: &super::types::BalanceConfig) -> Result<(), ConfigError> {
             "balance.routing-policy",
             quoted(&b.routing_policy),
             "expected \"\" (prefer-idle), prefer-idle or random",
+        ));
+    }
+    if let Err(reason) = super::routes::parse_all(&b.routes) {
+        return Err(ConfigError::invalid(
+            "balance.routes",
+            format!("[{} rules]", b.routes.len()),
+            reason,
         ));
     }
     Ok(())

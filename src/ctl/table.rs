@@ -50,6 +50,22 @@ fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
         .map_or(&[], Vec::as_slice)
 }
 
+/// `2 x the session holds a temporary table; 1 x ...`: sessions that should move and have not.
+fn blocked(b: &Value) -> String {
+    let Some(map) = b.get("blocked").and_then(Value::as_object) else {
+        return "-".into();
+    };
+    let parts: Vec<String> = map
+        .iter()
+        .map(|(why, n)| format!("{} x {why}", n.as_u64().unwrap_or(0)))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
 pub fn backends(v: &Value) -> String {
     let rows = list(v, "backends")
         .iter()
@@ -61,13 +77,14 @@ pub fn backends(v: &Value) -> String {
                 f(b, "qps", 1.0, 1, ""),
                 f(b, "error_rate", 100.0, 2, "%"),
                 f(b, "p99_ms", 1.0, 1, "ms"),
+                blocked(b),
                 s(b, "last_error"),
             ]
         })
         .collect();
     render(
         &[
-            "ADDRESS", "HEALTH", "SESSIONS", "QPS", "ERRORS", "P99", "WHY",
+            "ADDRESS", "HEALTH", "SESSIONS", "QPS", "ERRORS", "P99", "BLOCKED", "WHY",
         ],
         rows,
     )
@@ -136,12 +153,14 @@ mod tests {
     fn tables_align_and_show_dashes_for_missing_values() {
         let v = serde_json::json!({"backends": [
             {"addr": "127.0.0.1:3306", "status": "up", "sessions": 2, "qps": 10.0,
-             "error_rate": 0.5, "p99_ms": null, "last_error": ""}]});
+             "error_rate": 0.5, "p99_ms": null, "last_error": "",
+             "blocked": {"the session holds a temporary table": 2}}]});
         let t = backends(&v);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ADDRESS         HEALTH"));
         assert!(lines[1].contains("127.0.0.1:3306  up"));
         assert!(lines[1].contains("50.00%"));
+        assert!(lines[1].contains("2 x the session holds a temporary table"));
         assert!(lines[1].ends_with('-'));
     }
 }

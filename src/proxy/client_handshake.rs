@@ -25,6 +25,9 @@ pub enum ClientHandshakeError {
     Io(#[from] io::Error),
     #[error("{reason}")]
     Malformed { reason: String, seq: u8 },
+    /// A plaintext client where `[security.server-tls] ca` demands TLS with a certificate.
+    #[error("the client did not ask for TLS, which this port requires")]
+    TlsRequired { seq: u8 },
 }
 
 fn scramble() -> Vec<u8> {
@@ -96,11 +99,7 @@ pub async fn accept_client(
         client.stream_mut().upgrade_server(&acceptor).await?;
         (seq, payload) = read_response(client, seq).await?;
     } else if ctx.tls.require_client_cert {
-        return Err(ClientHandshakeError::Malformed {
-            reason: "this proxy requires TLS with a client certificate ([security.server-tls] ca)"
-                .into(),
-            seq,
-        });
+        return Err(ClientHandshakeError::TlsRequired { seq });
     }
     let response =
         HandshakeResponse::parse(&payload).map_err(|e| ClientHandshakeError::Malformed {

@@ -65,6 +65,8 @@ impl SessionSettings {
                 max_migrations_per_second: c.balance.max_migrations_per_second,
                 failover_timeout: Duration::from_secs(c.proxy.failover_timeout),
                 hold: MOVE_HOLD,
+                // Validated with the config; a rule that cannot be parsed here is left out.
+                routes: crate::config::routes::parse_all(&c.balance.routes).unwrap_or_default(),
             },
             proxy_protocol_v2: c.proxy.proxy_protocol == "v2",
             backend_proxy_header: c.proxy.sends_proxy_header(),
@@ -113,6 +115,9 @@ impl ProxyContext {
         backends: Arc<BackendSet>,
         query_errors: QueryErrorLog,
     ) -> Self {
+        // Routing rules confine sessions from the first connection, not from the first
+        // balancing round.
+        backends.set_route_policy(settings.policy.clone());
         Self {
             settings: RwLock::new(Arc::new(settings)),
             tls,
@@ -159,6 +164,7 @@ impl ProxyContext {
     }
 
     pub fn set_settings(&self, s: SessionSettings) {
+        self.backends.set_route_policy(s.policy.clone());
         *self.settings.write().expect("settings lock") = Arc::new(s);
     }
 

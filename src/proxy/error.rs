@@ -26,6 +26,8 @@ pub enum ClientError {
     HandshakeMalformed {
         reason: String,
     },
+    /// The SQL port requires TLS with a client certificate and the client connected in clear.
+    ClientTlsRequired,
     UnsupportedCommand {
         command: &'static str,
     },
@@ -121,6 +123,7 @@ impl ClientError {
         match self {
             ClientError::TooManyConnections { .. } | ClientError::TooManyHandshakes { .. } => 1040,
             ClientError::HandshakeMalformed { .. } => 1043,
+            ClientError::ClientTlsRequired => 9005,
             ClientError::UnsupportedCommand { .. } => 1047,
             ClientError::ShuttingDown => 1053,
             ClientError::HandshakeTimeout { .. } => 1159,
@@ -139,9 +142,10 @@ impl ClientError {
 
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            ClientError::TooManyConnections { .. } | ClientError::TooManyHandshakes { .. } => {
-                "08004"
-            }
+            // "Server rejected the connection": a refusal, not a broken link to retry.
+            ClientError::TooManyConnections { .. }
+            | ClientError::TooManyHandshakes { .. }
+            | ClientError::ClientTlsRequired => "08004",
             // "Transaction resolution unknown": drivers treat it as a lost connection whose
             // last statement may have committed.
             ClientError::OutcomeUnknown { .. } => "08007",
@@ -162,6 +166,7 @@ impl ClientError {
             ClientError::TooManyConnections { .. } => "too_many_connections",
             ClientError::TooManyHandshakes { .. } => "too_many_handshakes",
             ClientError::HandshakeMalformed { .. } => "handshake_malformed",
+            ClientError::ClientTlsRequired => "client_tls_required",
             ClientError::UnsupportedCommand { .. } => "unsupported_command",
             ClientError::ShuttingDown => "shutting_down",
             ClientError::HandshakeTimeout { .. } => "handshake_timeout",
@@ -200,6 +205,13 @@ impl fmt::Display for ClientError {
                 f,
                 "Bad handshake: the proxy could not read the client's handshake response \
                  ({reason}). Check that the client speaks the MySQL protocol to this port."
+            ),
+            ClientError::ClientTlsRequired => write!(
+                f,
+                "This proxy port accepts only TLS connections with a client certificate \
+                 ([security.server-tls] ca is set). Connect with TLS and your certificate \
+                 (mariadb --ssl --ssl-cert=... --ssl-key=...; mysql --ssl-mode=REQUIRED \
+                 --ssl-cert=... --ssl-key=...)."
             ),
             ClientError::UnsupportedCommand { command } => write!(
                 f,
@@ -361,6 +373,7 @@ mod tests {
         let mut all = vec![
             ClientError::TooManyConnections { limit: 1 },
             ClientError::HandshakeMalformed { reason: "x".into() },
+            ClientError::ClientTlsRequired,
             ClientError::UnsupportedCommand {
                 command: "binlog_dump",
             },

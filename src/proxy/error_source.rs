@@ -52,9 +52,9 @@ impl ErrorSource {
 impl ClientError {
     pub fn origin(&self) -> ErrorSource {
         match self {
-            ClientError::HandshakeMalformed { .. } | ClientError::HandshakeTimeout { .. } => {
-                ErrorSource::ClientHandshake
-            }
+            ClientError::HandshakeMalformed { .. }
+            | ClientError::HandshakeTimeout { .. }
+            | ClientError::ClientTlsRequired => ErrorSource::ClientHandshake,
             ClientError::TooManyConnections { .. }
             | ClientError::TooManyHandshakes { .. }
             | ClientError::UnsupportedCommand { .. }

@@ -77,6 +77,10 @@ impl SessionHandle for SessionEntry {
     fn close(&self) {
         self.request_close();
     }
+
+    fn origin(&self) -> crate::balance::policy::Origin {
+        SessionEntry::origin(self)
+    }
 }
 
 #[derive(Default)]
@@ -155,6 +159,7 @@ impl Driver {
                 backend: h.backend(),
                 in_txn: h.in_txn(),
                 redirect_pending: h.redirect_pending(),
+                origin: h.origin(),
             })
             .collect();
         let actions = self.planner.plan(&inputs, &sessions, policy, now);

@@ -2,9 +2,9 @@
 //! backend, in what state. Updated at session start, backend choice and end, never per query.
 
 use atomic_waker::AtomicWaker;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::SystemTime;
@@ -31,6 +31,8 @@ pub struct SessionEntry {
     wake: AtomicWaker,
     /// Why the last attempt to move the session failed; cleared when a move succeeds.
     move_blocked: Mutex<Option<String>>,
+    /// The proxy port the client reached (0 until known), for port routing rules.
+    local_port: AtomicU16,
 }
 
 /// A request to move a session to another backend.
@@ -128,6 +130,18 @@ impl SessionEntry {
         .await
     }
 
+    pub fn set_local_port(&self, port: u16) {
+        self.local_port.store(port, Ordering::Relaxed);
+    }
+
+    /// Where the session came in, as routing rules see it.
+    pub fn origin(&self) -> crate::balance::policy::Origin {
+        crate::balance::policy::Origin {
+            port: self.local_port.load(Ordering::Relaxed),
+            client: Some(self.client.ip()),
+        }
+    }
+
     /// The backend the session is on ("" during the handshake).
     pub fn backend(&self) -> String {
         self.details
@@ -205,6 +219,7 @@ impl Registry {
             signalled: AtomicBool::new(false),
             wake: AtomicWaker::new(),
             move_blocked: Mutex::new(None),
+            local_port: AtomicU16::new(0),
         });
         self.sessions
             .lock()
@@ -259,6 +274,27 @@ impl Registry {
         counts
     }
 
+    /// Per backend, the sessions asked to move that have not, by what holds them: the reason
+    /// their last attempt failed, or an open transaction (moves wait for its end).
+    pub fn blocked_by_backend(&self) -> HashMap<String, BTreeMap<String, u64>> {
+        let mut out: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+        for e in self.entries() {
+            let backend = e.backend();
+            if backend.is_empty() {
+                continue;
+            }
+            let why = match e.move_blocked() {
+                Some(why) => why,
+                None if e.has_redirect() && e.in_transaction() => {
+                    "waiting for its transaction to end".to_string()
+                }
+                None => continue,
+            };
+            *out.entry(backend).or_default().entry(why).or_insert(0) += 1;
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.lock().expect("registry").len()
     }
@@ -303,5 +339,40 @@ mod tests {
         assert_eq!(reg.sessions_by_backend().get("127.0.0.1:3307"), Some(&2));
         drop(a);
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn blocked_sessions_are_counted_by_backend_and_cause() {
+        let reg = Arc::new(Registry::default());
+        let on = |id: u64| {
+            let s = reg.register(id, "127.0.0.1:5000".parse().unwrap());
+            s.entry.set_identity("app", "a:1");
+            s
+        };
+        let (t1, t2, txn, free) = (on(1), on(2), on(3), on(4));
+        t1.entry
+            .set_move_blocked(Some("the session holds a temporary table"));
+        t2.entry
+            .set_move_blocked(Some("the session holds a temporary table"));
+        txn.entry.set_in_transaction(true);
+        txn.entry.request_redirect(Redirect {
+            target: None,
+            reason: "fail-backend-list",
+        });
+        free.entry.set_in_transaction(true);
+        let blocked = reg.blocked_by_backend();
+        let a = &blocked["a:1"];
+        assert_eq!(a["the session holds a temporary table"], 2);
+        assert_eq!(a["waiting for its transaction to end"], 1);
+        assert_eq!(
+            a.len(),
+            2,
+            "a transaction nobody asked to move blocks nothing"
+        );
+        t1.entry.set_move_blocked(None);
+        assert_eq!(
+            reg.blocked_by_backend()["a:1"]["the session holds a temporary table"],
+            1
+        );
     }
 }

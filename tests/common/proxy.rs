@@ -50,6 +50,8 @@ pub struct ProxyConfig {
     pub extra_tables: String,
     /// `[proxy] backend-status-addrs`: (SQL address, TiDB status address) of static backends.
     pub backend_status_addrs: Vec<(String, String)>,
+    /// More SQL ports on 127.0.0.1 after the first, for port routing rules.
+    pub more_sql_ports: Vec<u16>,
 }
 
 impl ProxyConfig {
@@ -77,6 +79,7 @@ impl ProxyConfig {
             extra_api: String::new(),
             extra_tables: String::new(),
             backend_status_addrs: Vec::new(),
+            more_sql_ports: Vec::new(),
         }
     }
 
@@ -84,7 +87,12 @@ impl ProxyConfig {
         let quoted: Vec<String> = self.backends.iter().map(|b| format!("{b:?}")).collect();
         let mut s = String::new();
         let _ = writeln!(s, "[proxy]");
-        let _ = writeln!(s, "addr = \"127.0.0.1:{port}\"");
+        let more: String = self
+            .more_sql_ports
+            .iter()
+            .map(|p| format!(",127.0.0.1:{p}"))
+            .collect();
+        let _ = writeln!(s, "addr = \"127.0.0.1:{port}{more}\"");
         let _ = writeln!(s, "backend-addrs = [{}]", quoted.join(", "));
         let _ = writeln!(s, "max-connections = {}", self.max_connections);
         let _ = writeln!(

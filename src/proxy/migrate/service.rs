@@ -23,8 +23,9 @@ const SERVICE_CAPABILITIES: u32 = cap::LONG_PASSWORD
     | cap::PLUGIN_AUTH_LENENC_DATA
     | cap::DEPRECATE_EOF;
 
-/// How to log in as the session's user elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How to log in as the session's user elsewhere. `Native` holds SHA1(password), which logs in
+/// as the user anywhere: not `Copy`, so no stray copy outlives the session, and wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Login {
     Native([u8; 20]),
     EmptyPassword,
@@ -50,6 +51,30 @@ pub enum LoginError {
     NoMatch(String),
     #[error("the service account lookup timed out")]
     Timeout,
+}
+
+impl Login {
+    fn wipe(&mut self) {
+        if let Login::Native(s1) = self {
+            zeroize::Zeroize::zeroize(s1);
+        }
+    }
+}
+
+impl Drop for Login {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+/// Never prints the hash, should a session be logged whole.
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Login::Native(_) => f.write_str("Native(<secret>)"),
+            Login::EmptyPassword => f.write_str("EmptyPassword"),
+        }
+    }
 }
 
 /// Works out the login for `user` from what the proxy observed, reading the stored hash
@@ -105,13 +130,17 @@ pub async fn login_for(
             .map_err(LoginError::Lookup)?;
         let _ = d.conn.write_packet(0, &[cmd::QUIT]).await;
         for r in rows {
-            let stored = String::from_utf8_lossy(
-                r.first().cloned().flatten().as_deref().unwrap_or_default(),
-            )
-            .to_string();
-            if let Some(stage2) = parse_stored_hash(&stored) {
+            // The stored hash and what it yields are credentials too: wiped on every path.
+            let stored = zeroize::Zeroizing::new(
+                String::from_utf8_lossy(
+                    r.first().cloned().flatten().as_deref().unwrap_or_default(),
+                )
+                .to_string(),
+            );
+            if let Some(stage2) = parse_stored_hash(&stored).map(zeroize::Zeroizing::new) {
                 if let Some(s1) = recover_stage1(scramble, reply, &stage2) {
-                    return Ok(Login::Native(s1));
+                    let mut s1 = zeroize::Zeroizing::new(s1);
+                    return Ok(Login::Native(std::mem::take(&mut *s1)));
                 }
             }
         }
@@ -122,4 +151,17 @@ pub async fn login_for(
     tokio::time::timeout(timeout, fut)
         .await
         .unwrap_or(Err(LoginError::Timeout))
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::Login;
+
+    #[test]
+    fn the_hash_is_wiped_and_never_printed() {
+        let mut l = Login::Native([0xab; 20]);
+        assert_eq!(format!("{l:?}"), "Native(<secret>)");
+        l.wipe();
+        assert!(matches!(l, Login::Native(s) if s == [0; 20]));
+    }
 }

@@ -55,11 +55,12 @@ impl Early {
     pub(super) async fn connect(
         ctx: &ProxyContext,
         settings: &SessionSettings,
+        origin: &crate::balance::policy::Origin,
     ) -> Option<Result<Early, Failed>> {
         let slot = EARLY_SLOTS.try_acquire().ok()?;
         let backend = ctx
             .selector
-            .select(&super::not_for_new_sessions(ctx, settings))?;
+            .select_for(&super::not_for_new_sessions(ctx, settings), origin)?;
         let lease = BackendLease::new(backend.clone());
         let limit = settings.backend_connect_timeout;
         let reason = match timeout(limit, greet(&backend, settings.conn_buffer_size)).await {

@@ -102,11 +102,14 @@ async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, g
     m.connections.inc();
     let id = ctx.next_conn_id();
     let _ = tcp.set_nodelay(true);
+    let local_port = tcp.local_addr().map_or(0, |a| a.port());
     let settings = ctx.settings();
     let mut client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
     let registered = ctx.registry.register(id, peer);
+    registered.entry.set_local_port(local_port);
     debug!(conn = id, client = %peer, "session opened");
-    let end = match Box::pin(establish(&mut client, id, peer, &ctx)).await {
+    let origin = registered.entry.origin();
+    let end = match Box::pin(establish(&mut client, id, peer, &ctx, &origin)).await {
         Ok(est) => {
             guard.logged_in();
             client.set_stall_limit(settings.client_read_timeout);
@@ -249,12 +252,13 @@ async fn establish(
     id: u64,
     peer: SocketAddr,
     ctx: &Arc<ProxyContext>,
+    origin: &crate::balance::policy::Origin,
 ) -> Result<Established, End> {
     let settings = ctx.settings();
     let (mut early, early_failure) = if ctx.closing.is_cancelled() {
         (None, None)
     } else {
-        match early::Early::connect(ctx, &settings).await {
+        match early::Early::connect(ctx, &settings, origin).await {
             Some(Ok(e)) => (Some(e), None),
             Some(Err(failed)) => (None, Some(failed)),
             None => (None, None),
@@ -287,6 +291,11 @@ async fn establish(
             let err = ClientError::HandshakeMalformed { reason };
             return Err(tell(client, seq.wrapping_add(1), err).await);
         }
+        Ok(Err(ClientHandshakeError::TlsRequired { seq })) => {
+            debug!(conn = id, client = %peer, "plaintext client refused: TLS with a client certificate is required");
+            let err = ClientError::ClientTlsRequired;
+            return Err(tell(client, seq.wrapping_add(1), err).await);
+        }
         Ok(Err(ClientHandshakeError::Io(e))) => return Err(End::ClientGone(e.to_string())),
         Ok(Ok(h)) => h,
     };
@@ -301,7 +310,7 @@ async fn establish(
     };
     let answered = match forwarded {
         Ok(Some(x)) => Ok(x),
-        Ok(None) => connect_backend(&hello, ctx, &settings, early_failure)
+        Ok(None) => connect_backend(&hello, ctx, &settings, early_failure, origin)
             .await
             .map(|(d, l)| (d, l, ProofCapture::default())),
         Err(e) => Err(e),
@@ -391,6 +400,7 @@ async fn connect_backend(
     ctx: &ProxyContext,
     settings: &super::context::SessionSettings,
     earlier: Option<early::Failed>,
+    origin: &crate::balance::policy::Origin,
 ) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
     let looking = std::time::Instant::now();
     let mut tried = not_for_new_sessions(ctx, settings);
@@ -400,7 +410,7 @@ async fn connect_backend(
         failures.push(format!("{} ({reason})", backend.addr));
         tried.push(backend);
     }
-    while let Some(backend) = ctx.selector.select(&tried) {
+    while let Some(backend) = ctx.selector.select_for(&tried, origin) {
         tried.push(backend.clone());
         let lease = BackendLease::new(backend.clone());
         let attempt = timeout(
@@ -441,7 +451,7 @@ async fn connect_backend(
         .observe(looking.elapsed().as_secs_f64());
     if failures.is_empty() {
         Err(ClientError::NoBackendAvailable {
-            detail: ctx.selector.unavailable_reason(),
+            detail: ctx.selector.unavailable_reason_for(origin),
         })
     } else {
         Err(ClientError::BackendConnectFailed {

@@ -5,6 +5,7 @@
 use super::outcome::Fate;
 use super::stmt_ids::StmtIds;
 use super::{tell, End, Flow, Session};
+use crate::balance::policy::{route_allows, route_for};
 use crate::balance::{Backend, BackendLease};
 use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::{cap, cmd, status};
@@ -120,7 +121,7 @@ impl Session {
                 .iter()
                 .find(|b| &b.addr == addr && b.is_healthy())
                 .cloned(),
-            None => ctx.selector.select(&same_place),
+            None => ctx.selector.select_for(&same_place, &self.entry.origin()),
         }
     }
 
@@ -140,11 +141,23 @@ impl Session {
                 format!("its state cannot be restored: {why}"),
             ));
         }
+        // A routing rule outranks an operator's or the balancer's target.
+        let policy = ctx.settings().policy.clone();
+        let rule = route_for(&policy, &self.entry.origin());
+        if let (Some(addr), Some(rule)) = (&req.target, rule) {
+            if !route_allows(&policy, &self.entry.origin(), addr) {
+                return Err((
+                    addr.clone(),
+                    format!("routing rule {:?} keeps the session off it", rule.name),
+                ));
+            }
+        }
         let Some(target) = self.pick_target(ctx, req) else {
-            return Err((
-                req.target.clone().unwrap_or_default(),
-                "no other healthy backend".into(),
-            ));
+            let why = match rule {
+                Some(r) => format!("no other healthy backend in routing rule {:?}", r.name),
+                None => "no other healthy backend".into(),
+            };
+            return Err((req.target.clone().unwrap_or_default(), why));
         };
         let to = target.addr.clone();
         let (dialed, ids) = self
@@ -238,8 +251,8 @@ impl Session {
                 .map_err(|e| format!("SET SESSION_STATES failed: {e}"))?;
             return Ok((d, None));
         }
-        let login = match self.login {
-            Some(l) => l,
+        let login = match &self.login {
+            Some(l) => l.clone(),
             None => {
                 let l = login_for(
                     ctx,
@@ -251,7 +264,7 @@ impl Session {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-                self.login = Some(l);
+                self.login = Some(l.clone());
                 l
             }
         };

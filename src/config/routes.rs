@@ -1,0 +1,120 @@
+//! `[[balance.routes]]` (which listening ports and client networks may use which backends)
+//! and the `[proxy] addr` list of SQL ports those rules name.
+
+use super::networks::Network;
+use crate::balance::policy::RouteRule;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One routing rule as written in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Shown in logs and errors only.
+    pub name: String,
+    /// Proxy SQL ports (from `[proxy] addr`) this rule applies to; empty: any port.
+    pub ports: Vec<u16>,
+    /// Client networks (`"10.0.0.0/8"`, `"127.0.0.2"`) this rule applies to; empty: any client.
+    pub client_cidrs: Vec<String>,
+    /// The backends (`host:port` as in backend-addrs or as PD lists them) sessions matching
+    /// this rule may use; no others, even when all of these are down.
+    pub backends: Vec<String>,
+}
+
+/// Parses every rule; the error names the rule and what is wrong with it.
+pub fn parse_all(list: &[RouteConfig]) -> Result<Vec<RouteRule>, String> {
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let label = if r.name.is_empty() {
+                format!("rule {}", i + 1)
+            } else {
+                format!("rule {:?}", r.name)
+            };
+            if r.backends.iter().all(|b| b.trim().is_empty()) {
+                return Err(format!("{label} names no backends"));
+            }
+            let client_networks = r
+                .client_cidrs
+                .iter()
+                .map(|c| Network::parse(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{label}: {e}"))?;
+            Ok(RouteRule {
+                name: r.name.clone(),
+                ports: r.ports.clone(),
+                client_networks,
+                backends: r.backends.iter().map(|b| b.trim().to_string()).collect(),
+            })
+        })
+        .collect()
+}
+
+/// The SQL listen addresses in `[proxy] addr`: one, or several separated by commas.
+pub fn listen_addrs(addr: &str) -> Vec<String> {
+    addr.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `addr = "a:6000"`, `addr = "a:6000,a:6001"` or `addr = ["a:6000", "a:6001"]`: kept as
+/// one comma-separated string, the form TiProxy's key and `--addr` take.
+pub fn addr_string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::One(s) => s,
+        Form::Many(v) => v.join(","),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_parse_and_name_their_faults() {
+        let ok = RouteConfig {
+            name: "replicas".into(),
+            ports: vec![6001],
+            client_cidrs: vec!["10.0.0.0/8".into()],
+            backends: vec!["r1:3306".into()],
+        };
+        let rules = parse_all(std::slice::from_ref(&ok)).unwrap();
+        assert_eq!(rules[0].ports, vec![6001]);
+        assert_eq!(rules[0].backends, vec!["r1:3306".to_string()]);
+        let no_backends = RouteConfig {
+            backends: vec![],
+            ..ok.clone()
+        };
+        assert!(parse_all(&[no_backends]).unwrap_err().contains("replicas"));
+        let bad_cidr = RouteConfig {
+            name: String::new(),
+            client_cidrs: vec!["10.0.0.0/40".into()],
+            ..ok
+        };
+        assert!(parse_all(&[bad_cidr]).unwrap_err().starts_with("rule 1"));
+    }
+
+    #[test]
+    fn addr_lists() {
+        assert_eq!(
+            listen_addrs(" 0.0.0.0:6000, 0.0.0.0:6001 ,"),
+            vec!["0.0.0.0:6000", "0.0.0.0:6001"]
+        );
+        #[derive(Deserialize)]
+        struct P {
+            #[serde(deserialize_with = "addr_string_or_list")]
+            addr: String,
+        }
+        let p: P = toml::from_str(r#"addr = ["a:1", "b:2"]"#).unwrap();
+        assert_eq!(p.addr, "a:1,b:2");
+        let p: P = toml::from_str(r#"addr = "a:1""#).unwrap();
+        assert_eq!(p.addr, "a:1");
+    }
+}
