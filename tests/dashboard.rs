@@ -99,7 +99,13 @@ async fn dashboard_graphs_each_backend_and_offers_the_operator_actions() {
     let dbs = [MariaDb::start(), MariaDb::start()];
     let addrs: Vec<String> = dbs.iter().map(|d| d.addr()).collect();
     let mut config = test_config(&addrs);
-    // The account scripts/mariadb-instance.sh creates, so a session can move.
+    // A service account, so a MariaDB session can move.
+    for d in &dbs {
+        d.sql(
+            "CREATE USER 'tiproxy_svc'@'%' IDENTIFIED BY 'svcsecret'; \
+             GRANT SELECT ON mysql.* TO 'tiproxy_svc'@'%'",
+        );
+    }
     config.proxy.service_account.user = "tiproxy_svc".into();
     config.proxy.service_account.password = "svcsecret".into();
     let app = start(config).await;
@@ -147,7 +153,11 @@ async fn dashboard_graphs_each_backend_and_offers_the_operator_actions() {
         async move { entry.backend() == to }
     })
     .await;
-    assert!(moved, "the session did not move {from} -> {to}");
+    assert!(
+        moved,
+        "the session did not move {from} -> {to}: {}",
+        serde_json::to_string(&app.ctx.registry.list()).unwrap()
+    );
 
     let url = format!("http://127.0.0.1:{}/", app.api_addr.port());
     let dom = run_chromium(&bin, &url, &["--dump-dom"]).await;

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod factors;
 pub mod policy;
+pub mod routes;
 
 pub use backend::{Backend, BackendLease, BackendSource, BackendSpec};
 

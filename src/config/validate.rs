@@ -179,7 +179,7 @@ fn check_balance(b: &super::types::BalanceConfig) -> Result<(), ConfigError> {
             "expected \"\" (prefer-idle), prefer-idle or random",
         ));
     }
-    if let Err(reason) = super::routes::parse_all(&b.routes) {
+    if let Err(reason) = super::routes::check_all(&b.routes) {
         return Err(ConfigError::invalid(
             "balance.routes",
             format!("[{} rules]", b.routes.len()),

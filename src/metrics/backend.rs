@@ -209,9 +209,12 @@ impl BackendMetrics {
             &m.dial_fail,
             &m.inbound_bytes,
             &m.outbound_bytes,
+            &m.inbound_packets,
+            &m.outbound_packets,
         ] {
             let _ = vec.remove_label_values(l);
         }
+        let _ = m.ping_duration.remove_label_values(l);
         for vec in [&m.b_status, &m.b_conn] {
             let _ = vec.remove_label_values(l);
         }
@@ -220,10 +223,11 @@ impl BackendMetrics {
             if handles.get().is_none() {
                 continue;
             }
+            // The same names `cmd` created the series with.
             let name = if slot == CMD_SLOTS {
-                "unknown"
+                "Unknown"
             } else {
-                crate::protocol::constants::cmd::name(slot as u8)
+                cmd_type_label(slot as u8)
             };
             let l = &[self.addr.as_str(), name];
             let _ = m.query_total.remove_label_values(l);

@@ -66,7 +66,7 @@ impl SessionSettings {
                 failover_timeout: Duration::from_secs(c.proxy.failover_timeout),
                 hold: MOVE_HOLD,
                 // Validated with the config; a rule that cannot be parsed here is left out.
-                routes: crate::config::routes::parse_all(&c.balance.routes).unwrap_or_default(),
+                routes: crate::balance::routes::rules_from(&c.balance.routes),
             },
             proxy_protocol_v2: c.proxy.proxy_protocol == "v2",
             backend_proxy_header: c.proxy.sends_proxy_header(),
