@@ -12,25 +12,6 @@ use common::security::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn curl_health(port: u16, cert: Option<(&std::path::Path, &std::path::Path)>) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sk",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ]);
-    if let Some((c, k)) = cert {
-        cmd.arg("--cert").arg(c).arg("--key").arg(k);
-    }
-    cmd.arg(format!("https://127.0.0.1:{port}/api/debug/health"));
-    let out = run(&mut cmd, Duration::from_secs(20));
-    out.stdout.trim().to_owned()
-}
-
 #[test]
 fn the_status_port_requires_a_client_certificate_when_it_has_a_ca() {
     let db = MariaDb::start();

@@ -11,27 +11,6 @@ use common::security::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn curl_health(port: u16, cert: Option<(&std::path::Path, &std::path::Path)>) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sk",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ]);
-    if let Some((c, k)) = cert {
-        cmd.arg("--cert").arg(c).arg("--key").arg(k);
-    }
-    cmd.arg(format!("https://127.0.0.1:{port}/api/debug/health"));
-    run(&mut cmd, Duration::from_secs(20))
-        .stdout
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn only_allowed_common_names_reach_the_status_port() {
     let db = MariaDb::start();

@@ -183,3 +183,26 @@ impl Pki {
         )
     }
 }
+
+/// The HTTP status `curl` gets for `/api/debug/health` over HTTPS on `port`, with a client
+/// certificate and key when given ("000" when the TLS handshake is refused).
+pub fn curl_health(port: u16, cert: Option<(&std::path::Path, &std::path::Path)>) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sk",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ]);
+    if let Some((c, k)) = cert {
+        cmd.arg("--cert").arg(c).arg("--key").arg(k);
+    }
+    cmd.arg(format!("https://127.0.0.1:{port}/api/debug/health"));
+    super::cli::run(&mut cmd, Duration::from_secs(20))
+        .stdout
+        .trim()
+        .to_owned()
+}
