@@ -23,7 +23,7 @@ deps:
 	scripts/install-deps.sh
 
 test: deps
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check

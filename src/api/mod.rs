@@ -113,10 +113,10 @@ pub fn start(
                     }
                 },
             };
-            let Some(ticket) = slots.admit() else {
+            let Some(ticket) = slots.admit().await else {
                 refused += 1;
                 if refused.is_power_of_two() {
-                    warn!(client = %peer, refused, limit = slots::MAX_CONNECTIONS, "status port connection refused: every connection is serving a request");
+                    warn!(client = %peer, refused, limit = slots::MAX_CONNECTIONS, "status port connection refused: every connection is serving a request, or none closed in time to make room");
                 }
                 continue;
             };

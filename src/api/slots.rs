@@ -1,12 +1,18 @@
 //! A cap on open status-port connections. When it is reached, the oldest connection that is
 //! not serving a request (idle, or still sending its headers) is closed to make room, so a
 //! client holding many half-sent requests cannot keep health checks and metrics out; a new
-//! connection is refused only when every slot is serving a request.
+//! connection is refused only when every slot is serving a request. A slot is freed only when
+//! its connection's socket is closed, so the cap bounds file descriptors, not just bookkeeping.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// How long a new connection waits for an evicted one to close before it is refused.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Status-port connections open at once; each costs a file descriptor and a task.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -14,6 +20,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub struct Slots {
     limit: usize,
     inner: Mutex<Inner>,
+    /// Signalled each time a ticket is dropped, that is, a socket closed.
+    freed: Notify,
 }
 
 #[derive(Default)]
@@ -46,6 +54,7 @@ impl Drop for Ticket {
             .expect("slots")
             .open
             .remove(&self.id);
+        self.slots.freed.notify_one();
     }
 }
 
@@ -70,6 +79,7 @@ impl Slots {
         Arc::new(Slots {
             limit,
             inner: Mutex::default(),
+            freed: Notify::new(),
         })
     }
 
@@ -78,19 +88,42 @@ impl Slots {
         self.inner.lock().expect("slots").open.len()
     }
 
-    /// A slot for a new connection, closing the oldest idle one if all are taken; None when
-    /// every open connection is serving a request.
-    pub fn admit(self: &Arc<Self>) -> Option<Ticket> {
+    /// A slot for a new connection. When all are taken, the oldest idle connection is told to
+    /// close and the caller waits (up to `EVICTION_WAIT`) for its socket to go; None when every
+    /// open connection is serving a request or nothing closed in time.
+    pub async fn admit(self: &Arc<Self>) -> Option<Ticket> {
+        let deadline = tokio::time::Instant::now() + EVICTION_WAIT;
+        loop {
+            match self.try_admit() {
+                Admit::Admitted(t) => return Some(t),
+                Admit::Full => return None,
+                Admit::Evicting => {
+                    tokio::time::timeout_at(deadline, self.freed.notified())
+                        .await
+                        .ok()?;
+                }
+            }
+        }
+    }
+
+    fn try_admit(self: &Arc<Self>) -> Admit {
         let mut inner = self.inner.lock().expect("slots");
         if inner.open.len() >= self.limit {
+            // One eviction at a time is enough: the caller waits for it before trying again.
+            if inner.open.values().any(|s| s.evict.is_cancelled()) {
+                return Admit::Evicting;
+            }
             let idle = inner
                 .open
-                .iter()
-                .find(|(_, s)| s.in_flight.load(Ordering::Acquire) == 0)
-                .map(|(id, _)| *id)?;
-            if let Some(s) = inner.open.remove(&idle) {
-                s.evict.cancel();
-            }
+                .values()
+                .find(|s| s.in_flight.load(Ordering::Acquire) == 0);
+            return match idle {
+                Some(s) => {
+                    s.evict.cancel();
+                    Admit::Evicting
+                }
+                None => Admit::Full,
+            };
         }
         let id = inner.next;
         inner.next += 1;
@@ -99,7 +132,7 @@ impl Slots {
             evict: CancellationToken::new(),
         };
         inner.open.insert(id, slot.clone());
-        Some(Ticket {
+        Admit::Admitted(Ticket {
             id,
             slots: self.clone(),
             in_flight: slot.in_flight,
@@ -108,25 +141,50 @@ impl Slots {
     }
 }
 
+enum Admit {
+    Admitted(Ticket),
+    /// An idle connection was told to close; its slot frees when its socket does.
+    Evicting,
+    /// Every slot is serving a request.
+    Full,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_oldest_idle_connection_makes_room() {
+    #[tokio::test]
+    async fn the_oldest_idle_connection_makes_room() {
         let s = Slots::new(2);
-        let a = s.admit().unwrap();
-        let b = s.admit().unwrap();
+        let a = s.admit().await.unwrap();
+        let b = s.admit().await.unwrap();
         let busy = Busy::new(&a.in_flight);
-        let c = s.admit().unwrap();
+        let b_evicted = b.evicted.clone();
+        // b's connection closes once it is told to, as the server's task does.
+        let closer = tokio::spawn(async move {
+            b.evicted.cancelled().await;
+            drop(b);
+        });
+        let c = s.admit().await.unwrap();
+        closer.await.unwrap();
         assert!(!a.evicted.is_cancelled(), "a is serving a request");
-        assert!(b.evicted.is_cancelled(), "b was the oldest idle one");
+        assert!(b_evicted.is_cancelled(), "b was the oldest idle one");
+        assert_eq!(
+            s.open(),
+            2,
+            "the cap holds: b's slot was reused only after it closed"
+        );
         let _busy_c = Busy::new(&c.in_flight);
-        assert!(s.admit().is_none(), "all slots serving: refused");
+        assert!(s.admit().await.is_none(), "all slots serving: refused");
         drop(busy);
-        let d = s.admit().unwrap();
+        // a is now idle and is told to close, but never does: the newcomer is refused in time
+        // rather than pushing the count over the cap.
+        assert!(s.admit().await.is_none());
         assert!(a.evicted.is_cancelled());
-        drop((b, d));
-        assert_eq!(s.open(), 1);
+        assert_eq!(s.open(), 2);
+        drop(a);
+        let d = s.admit().await.unwrap();
+        drop((c, d));
+        assert_eq!(s.open(), 0);
     }
 }
