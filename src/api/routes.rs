@@ -287,7 +287,7 @@ async fn put_health(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
             info!(client = %peer, who = %caller(state), healthy = o.healthy, reason = %o.reason, "audit: API set the manual health override");
             json_reply(StatusCode::OK, &"")
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 

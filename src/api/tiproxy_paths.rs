@@ -20,6 +20,11 @@ pub struct HealthOverride {
 /// Longest reason kept; it is echoed to every load balancer that polls.
 const MAX_REASON: usize = 256;
 
+/// A health override body that is not TiProxy's JSON shape.
+#[derive(Debug, thiserror::Error)]
+#[error("expected JSON {{\"healthy\": true|false, \"reason\": \"...\"}}: {0}")]
+pub struct BadOverride(#[from] serde_json::Error);
+
 #[derive(Default)]
 pub struct ManualHealth(Mutex<Option<HealthOverride>>);
 
@@ -29,10 +34,8 @@ impl ManualHealth {
     }
 
     /// Parse TiProxy's JSON body `{"healthy": bool, "reason": "..."}` and store it.
-    pub fn set_from_json(&self, body: &[u8]) -> Result<HealthOverride, String> {
-        let mut o: HealthOverride = serde_json::from_slice(body).map_err(|e| {
-            format!("expected JSON {{\"healthy\": true|false, \"reason\": \"...\"}}: {e}")
-        })?;
+    pub fn set_from_json(&self, body: &[u8]) -> Result<HealthOverride, BadOverride> {
+        let mut o: HealthOverride = serde_json::from_slice(body)?;
         o.reason = o.reason.trim().chars().take(MAX_REASON).collect();
         if !o.healthy && o.reason.is_empty() {
             o.reason = "marked unhealthy by an operator".into();

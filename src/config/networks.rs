@@ -3,6 +3,15 @@
 
 use std::net::IpAddr;
 
+/// Why a network in the config could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    #[error("{0:?} is not an IP address or CIDR network")]
+    NotAnAddress(String),
+    #[error("{text:?} has a prefix length outside 0..={max}")]
+    PrefixOutOfRange { text: String, max: u8 },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
     Any,
@@ -10,7 +19,7 @@ pub enum Network {
 }
 
 impl Network {
-    pub fn parse(text: &str) -> Result<Network, String> {
+    pub fn parse(text: &str) -> Result<Network, NetworkError> {
         let t = text.trim();
         if t == "*" {
             return Ok(Network::Any);
@@ -23,14 +32,15 @@ impl Network {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse()
-            .map_err(|_| format!("{t:?} is not an IP address or CIDR network"))?;
+            .map_err(|_| NetworkError::NotAnAddress(t.to_string()))?;
         let max = if base.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{t:?} has a prefix length outside 0..={max}"))?,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                NetworkError::PrefixOutOfRange {
+                    text: t.to_string(),
+                    max,
+                }
+            })?,
             None => max,
         };
         Ok(Network::Cidr { base, prefix })
@@ -75,7 +85,7 @@ fn same_prefix(a: &[u8], b: &[u8], prefix: u8) -> bool {
 pub struct TrustedNetworks(Vec<Network>);
 
 impl TrustedNetworks {
-    pub fn parse(list: &[String]) -> Result<Self, String> {
+    pub fn parse(list: &[String]) -> Result<Self, NetworkError> {
         list.iter()
             .map(|s| Network::parse(s))
             .collect::<Result<Vec<_>, _>>()

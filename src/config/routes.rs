@@ -1,7 +1,7 @@
 //! `[[balance.routes]]` (which listening ports and client networks may use which backends)
 //! and the `[proxy] addr` list of SQL ports those rules name.
 
-use super::networks::Network;
+use super::networks::{Network, NetworkError};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// One routing rule as written in the config file.
@@ -19,20 +19,38 @@ pub struct RouteConfig {
     pub backends: Vec<String>,
 }
 
-/// Checks every rule; the error names the rule and what is wrong with it. `balance::routes`
-/// turns checked rules into the policy's form (config knows nothing of the policy).
-pub fn check_all(list: &[RouteConfig]) -> Result<(), String> {
+/// What is wrong with a routing rule; `rule` names it as the user wrote it (or by position).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{rule} names no backends")]
+    NoBackends { rule: String },
+    #[error("{rule}: {source}")]
+    BadClientNetwork {
+        rule: String,
+        #[source]
+        source: NetworkError,
+    },
+}
+
+/// Checks every rule. `balance::routes` turns checked rules into the policy's form (config
+/// knows nothing of the policy).
+pub fn check_all(list: &[RouteConfig]) -> Result<(), RouteError> {
     for (i, r) in list.iter().enumerate() {
-        let label = if r.name.is_empty() {
-            format!("rule {}", i + 1)
-        } else {
-            format!("rule {:?}", r.name)
+        let rule = || {
+            if r.name.is_empty() {
+                format!("rule {}", i + 1)
+            } else {
+                format!("rule {:?}", r.name)
+            }
         };
         if r.backends.iter().all(|b| b.trim().is_empty()) {
-            return Err(format!("{label} names no backends"));
+            return Err(RouteError::NoBackends { rule: rule() });
         }
         for c in &r.client_cidrs {
-            Network::parse(c).map_err(|e| format!("{label}: {e}"))?;
+            Network::parse(c).map_err(|source| RouteError::BadClientNetwork {
+                rule: rule(),
+                source,
+            })?;
         }
     }
     Ok(())
@@ -79,13 +97,19 @@ mod tests {
             backends: vec![],
             ..ok.clone()
         };
-        assert!(check_all(&[no_backends]).unwrap_err().contains("replicas"));
+        assert!(check_all(&[no_backends])
+            .unwrap_err()
+            .to_string()
+            .contains("replicas"));
         let bad_cidr = RouteConfig {
             name: String::new(),
             client_cidrs: vec!["10.0.0.0/40".into()],
             ..ok
         };
-        assert!(check_all(&[bad_cidr]).unwrap_err().starts_with("rule 1"));
+        assert!(check_all(&[bad_cidr])
+            .unwrap_err()
+            .to_string()
+            .starts_with("rule 1"));
     }
 
     #[test]

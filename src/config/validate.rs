@@ -75,7 +75,7 @@ impl Config {
             return Err(ConfigError::invalid(
                 "proxy.proxy-protocol-networks",
                 format!("{:?}", p.proxy_protocol_networks),
-                reason,
+                reason.to_string(),
             ));
         }
         for h in &self.api.allowed_hosts {
@@ -183,7 +183,7 @@ fn check_balance(b: &super::types::BalanceConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "balance.routes",
             format!("[{} rules]", b.routes.len()),
-            reason,
+            reason.to_string(),
         ));
     }
     Ok(())

@@ -32,10 +32,28 @@ pub struct Answer {
 
 /// The proxy could not be reached or did not answer HTTP; names the URL.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach the proxy at {url}: {reason}")]
+#[error("cannot reach the proxy at {url}: {cause}")]
 pub struct Unreachable {
     pub url: String,
-    pub reason: String,
+    #[source]
+    pub cause: Cause,
+}
+
+/// Which step of reaching the proxy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("cannot build the request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("no connection within {} s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout,
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("no answer within {} s", TIMEOUT.as_secs())]
+    NoAnswer,
 }
 
 impl Target {
@@ -45,8 +63,8 @@ impl Target {
         port: u16,
         tls: &TlsConfig,
         credentials: Option<(&str, &str)>,
-    ) -> Result<Self, String> {
-        let tls = crate::proxy::tls::client_config(tls).map_err(|e| e.to_string())?;
+    ) -> Result<Self, crate::proxy::tls::TlsSetupError> {
+        let tls = crate::proxy::tls::client_config(tls)?;
         let authorization = credentials.map(|(u, p)| {
             use base64::Engine;
             let raw = format!("{u}:{p}");
@@ -83,9 +101,9 @@ impl Target {
         body: Option<Vec<u8>>,
     ) -> Result<Answer, Unreachable> {
         let url = self.url(path);
-        let fail = |reason: String| Unreachable {
+        let fail = |cause: Cause| Unreachable {
             url: url.clone(),
-            reason,
+            cause,
         };
         let mut req = Request::builder()
             .method(method)
@@ -103,22 +121,22 @@ impl Target {
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.into()))?;
         let exchange = async {
             let tcp = tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 TcpStream::connect((self.host.as_str(), self.port)),
             )
             .await
-            .map_err(|_| format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| Cause::ConnectTimeout)?
+            .map_err(Cause::Connect)?;
             match &self.tls {
                 Some(cfg) => {
                     let name = crate::proxy::tls::server_name(&self.authority());
                     let stream = tokio_rustls::TlsConnector::from(cfg.clone())
                         .connect(name, tcp)
                         .await
-                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                        .map_err(Cause::Tls)?;
                     send(stream, req).await
                 }
                 None => send(tcp, req).await,
@@ -126,27 +144,20 @@ impl Target {
         };
         match tokio::time::timeout(TIMEOUT, exchange).await {
             Ok(r) => r.map_err(fail),
-            Err(_) => Err(fail(format!("no answer within {} s", TIMEOUT.as_secs()))),
+            Err(_) => Err(fail(Cause::NoAnswer)),
         }
     }
 }
 
-async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<Answer, String>
+async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<Answer, Cause>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(io)).await?;
     let driver = tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = resp.into_body().collect().await?.to_bytes();
     driver.abort();
     Ok(Answer {
         status,

@@ -1,7 +1,8 @@
 //! Where a failure came from: the client's network or handshake, a backend's network or
 //! handshake, or the proxy itself. The classification decides how loudly a session's end is
-//! logged and which disconnect series counts it, so a client that hangs up is never reported
-//! like a backend that vanished.
+//! logged (with its `source` field), and whether a failed login dial moves on to the next
+//! backend, so a client that hangs up is never reported like a backend that vanished and a
+//! configuration fault is not retried on every backend in turn.
 
 use super::backend_conn::DialError;
 use super::error::ClientError;
@@ -67,9 +68,9 @@ impl ClientError {
             | ClientError::NotExecuted { .. }
             | ClientError::FailoverTimeout { .. }
             | ClientError::TidbStateLost { .. } => ErrorSource::BackendNetwork,
-            ClientError::BackendTlsUnavailable { .. } | ClientError::BackendMalformed { .. } => {
-                ErrorSource::BackendHandshake
-            }
+            ClientError::BackendMalformed { .. } => ErrorSource::BackendHandshake,
+            // The proxy's own TLS settings and the backend disagree; another try cannot help.
+            ClientError::BackendTlsUnavailable { .. } => ErrorSource::Proxy,
         }
     }
 }
@@ -78,10 +79,11 @@ impl DialError {
     pub fn origin(&self) -> ErrorSource {
         match self {
             DialError::Connect(_) => ErrorSource::BackendNetwork,
-            DialError::Refused(_) | DialError::Malformed(_) | DialError::TlsHandshake(_) => {
-                ErrorSource::BackendHandshake
-            }
-            DialError::Tls(_) => ErrorSource::Proxy,
+            DialError::Refused(_) | DialError::Malformed(_) => ErrorSource::BackendHandshake,
+            // Certificates checked against the proxy's CA, or TLS the proxy requires and the
+            // backend lacks: set by configuration on one side or the other, so no other
+            // backend is tried and the client is told which.
+            DialError::Tls(_) | DialError::TlsHandshake(_) => ErrorSource::Proxy,
         }
     }
 }
@@ -116,5 +118,7 @@ mod tests {
         assert_eq!(refused.origin(), ErrorSource::BackendHandshake);
         let config = DialError::Tls("no ca".into());
         assert!(!config.origin().retryable());
+        let cert = DialError::TlsHandshake(std::io::Error::other("unknown issuer"));
+        assert_eq!(cert.origin(), ErrorSource::Proxy, "not retried elsewhere");
     }
 }

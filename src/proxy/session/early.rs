@@ -7,7 +7,7 @@
 //! and its backend is dialed after its login, so a flood of bare connects costs backends a
 //! small, fixed number of connections.
 
-use super::super::backend_conn::{answer_greeting, greet, AuthAnswer, DialError, Dialed};
+use super::super::backend_conn::{answer_greeting, greet, AuthAnswer, Dialed};
 use super::super::client_handshake::ClientHello;
 use super::super::context::{ProxyContext, SessionSettings};
 use super::super::error::ClientError;
@@ -134,7 +134,7 @@ impl Early {
                 );
                 Ok(Some((dialed, lease, proof)))
             }
-            Ok(Err(e @ (DialError::Tls(_) | DialError::TlsHandshake(_)))) => {
+            Ok(Err(e)) if !e.origin().retryable() => {
                 Err(super::tls_unavailable(&self.backend, e.to_string()))
             }
             Ok(Err(e)) => {

@@ -9,9 +9,7 @@ mod outcome;
 mod redirect;
 pub(crate) mod stmt_ids;
 
-use super::backend_conn::{
-    dial, relay_auth_bounded, AuthAnswer, AuthOutcome, AuthRelayError, DialError,
-};
+use super::backend_conn::{dial, relay_auth_bounded, AuthAnswer, AuthOutcome, AuthRelayError};
 use super::client_handshake::{accept_client, ClientHandshakeError, ClientHello};
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
@@ -433,7 +431,8 @@ async fn connect_backend(
                     .observe(looking.elapsed().as_secs_f64());
                 return Ok((d, lease));
             }
-            Ok(Err(e @ (DialError::Tls(_) | DialError::TlsHandshake(_)))) => {
+            // Only failures another attempt could get past are retried on the next backend.
+            Ok(Err(e)) if !e.origin().retryable() => {
                 return Err(tls_unavailable(&backend, e.to_string()))
             }
             Ok(Err(e)) => e.to_string(),
