@@ -241,10 +241,26 @@ impl Proxy {
             wait_for_port(port, Duration::from_millis(100)).then_some(true)
         });
         if ready == Some(true) {
+            proxy.wait_readiness_probe_closed();
             Ok(proxy)
         } else {
             Err(format!("port {port}:\n{}", proxy.log()))
         }
+    }
+
+    /// The readiness check above is a SQL connection, counted against max-connections until
+    /// the proxy sees it close; waits (bounded) until the proxy reports no session, so a test
+    /// that fills a small connection table starts from an empty one. A status port this plain
+    /// GET cannot read (TLS, auth) ends the wait at once.
+    fn wait_readiness_probe_closed(&self) {
+        poll_until(Duration::from_secs(10), || {
+            let Ok((200, body)) = super::http::http_get(self.api_port, "/api/metrics") else {
+                return Some(());
+            };
+            body.lines()
+                .any(|l| l.trim() == "tiproxy_server_connections 0")
+                .then_some(())
+        });
     }
 
     /// Rewrites the config file in place (same ports and log file), as an operator would.
