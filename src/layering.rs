@@ -196,8 +196,8 @@ fn the_scanner_sees_what_it_must() {
         ["proxy::tls", "config"]
     );
     assert_eq!(
-        crate_paths("let m = crate::metrics::get();"),
-        ["metrics::get"]
+        crate_paths("let m = crate::metrics::Metrics::new();"),
+        ["metrics::Metrics::new"]
     );
     assert!(crate_paths("use tokio_util::sync;").is_empty());
     let module = vec!["balance".to_owned(), "factors".to_owned()];

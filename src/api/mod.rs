@@ -87,11 +87,12 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     stats::start(state.stats.clone(), state.ctx.clone(), shutdown.clone());
-    crate::metrics::monitor::start();
+    crate::metrics::monitor::start(&state.ctx.metrics);
     let draining = state.draining.clone();
+    let metrics = state.ctx.metrics.clone();
     tokio::spawn(async move {
         draining.cancelled().await;
-        crate::metrics::monitor::closing();
+        crate::metrics::monitor::closing(&metrics);
     });
     let acceptor = tls.map(TlsAcceptor::from);
     tokio::spawn(async move {

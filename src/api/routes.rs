@@ -78,7 +78,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
         (Method::GET, "/api/metrics" | "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::get().render(),
+            state.ctx.metrics.render(),
         ),
         (Method::GET, "/api/admin/config") => get_config(state, &req),
         (Method::PUT, "/api/admin/config") => put_config(state, req, peer).await,

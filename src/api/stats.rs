@@ -100,7 +100,7 @@ pub fn start(stats: Arc<Stats>, ctx: Arc<ProxyContext>, shutdown: CancellationTo
                     *pending.entry((e.backend(), to, r.reason)).or_insert(0) += 1;
                 }
             }
-            crate::metrics::monitor::set_pending_migrations(&pending);
+            ctx.metrics.set_pending_migrations(&pending);
             stats.retain(|a| list.iter().any(|b| b.addr == a));
             stats.history.retain(|a| list.iter().any(|b| b.addr == a));
             tokio::select! {

@@ -73,12 +73,16 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A static backend with series in a registry of its own (for tests of one backend).
     pub fn new(addr: String) -> Self {
-        Self::from_spec(BackendSpec::new_static(addr))
+        Self::from_spec(
+            BackendSpec::new_static(addr),
+            &crate::metrics::Metrics::new(),
+        )
     }
 
-    pub fn from_spec(spec: BackendSpec) -> Self {
-        let metrics = crate::metrics::backend(&spec.addr);
+    pub fn from_spec(spec: BackendSpec, metrics: &crate::metrics::Metrics) -> Self {
+        let metrics = metrics.backend(&spec.addr);
         metrics.status.set(1);
         Self {
             metrics,

@@ -80,6 +80,8 @@ pub struct BackendSet {
     parts: Mutex<BTreeMap<BackendSource, Vec<BackendSpec>>>,
     pd: OnceLock<Arc<dyn SourceStatus>>,
     route: RwLock<Arc<RouteView>>,
+    /// Where each backend's series are made; the App's registry.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl BackendSet {
@@ -127,11 +129,16 @@ impl BackendSet {
                     b.update_meta(spec);
                     b.clone()
                 }
-                None => Arc::new(Backend::from_spec(spec.clone())),
+                None => Arc::new(Backend::from_spec(spec.clone(), &self.metrics)),
             };
             next.push(b);
         }
         *guard = Arc::new(next);
+    }
+
+    /// The registry the backends' series are in (one per set, so per App).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Lets `unavailable_reason` say when PD being unreachable is why nothing is available.

@@ -308,10 +308,11 @@ pub fn start(
             streaks.retain(|addr, _| list.iter().any(|b| &b.addr == addr));
             drop(list);
             // A backend that left the list keeps its series until its last session ends.
-            for addr in crate::metrics::prune_backends() {
+            for addr in backends.metrics().prune_backends() {
                 debug!(backend = %addr, "removed the metric series of a backend no longer in the list");
             }
-            crate::metrics::get()
+            backends
+                .metrics()
                 .health_check_seconds
                 .set(round.elapsed().as_secs_f64());
             tokio::select! {
@@ -375,14 +376,13 @@ mod tests {
 
     #[test]
     fn a_removed_backend_loses_its_series_once_its_sessions_are_gone() {
-        // An address no other test uses: the metrics registry is shared by the test binary.
         let addr = "192.0.2.62:4000".to_owned();
         let set = BackendSet::new(std::slice::from_ref(&addr));
         let b = set.snapshot()[0].clone();
         b.metrics.record(0x03, 0.001, true, (1, 1));
         let lease = crate::balance::BackendLease::new(b);
         let series = || {
-            crate::metrics::get()
+            set.metrics()
                 .render()
                 .matches(&format!("backend=\"{addr}\""))
                 .count()
@@ -390,12 +390,12 @@ mod tests {
         assert!(series() > 0);
         set.set_addrs(&[]);
         assert!(
-            !crate::metrics::prune_backends().contains(&addr),
+            set.metrics().prune_backends().is_empty(),
             "a session is still on it"
         );
         assert!(series() > 0);
         drop(lease);
-        assert!(crate::metrics::prune_backends().contains(&addr));
+        assert_eq!(set.metrics().prune_backends(), vec![addr.clone()]);
         assert_eq!(series(), 0);
     }
 

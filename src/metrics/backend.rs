@@ -2,12 +2,11 @@
 //! session on it, so counting a query needs no label lookup (and, batched per thread by
 //! [`super::batch`], no shared atomic add either).
 
-use super::get;
+use super::Metrics;
 use prometheus::core::Metric;
-use prometheus::{Histogram, IntCounter, IntGauge};
-use std::collections::HashMap;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 /// Command bytes below this get their own series; anything else is counted as "unknown".
 const CMD_SLOTS: usize = 0x20;
@@ -86,6 +85,11 @@ pub fn cmd_type_label(command: u8) -> &'static str {
 pub struct BackendMetrics {
     addr: String,
     cmds: [OnceLock<CmdHandles>; CMD_SLOTS + 1],
+    /// The families `cmds` series are made in, from the registry that made this backend's.
+    query_total: IntCounterVec,
+    query_duration: HistogramVec,
+    /// The registry's `query_time_since_conn_creation_seconds`, with the registry's id.
+    query_age: (u64, Histogram),
     pub errors: IntCounter,
     pub handshake: Histogram,
     pub dial_fail: IntCounter,
@@ -109,11 +113,13 @@ pub struct BackendTotals {
 }
 
 impl BackendMetrics {
-    fn new(addr: &str) -> Self {
-        let m = get();
+    fn new(m: &Metrics, addr: &str) -> Self {
         let l = &[addr];
         Self {
             addr: addr.to_owned(),
+            query_total: m.query_total.clone(),
+            query_duration: m.query_duration.clone(),
+            query_age: (m.id, m.query_since_creation.clone()),
             cmds: std::array::from_fn(|_| OnceLock::new()),
             errors: m.query_errors.with_label_values(l),
             handshake: m.handshake_duration.with_label_values(l),
@@ -137,11 +143,10 @@ impl BackendMetrics {
             } else {
                 cmd_type_label(command)
             };
-            let m = get();
             let l = &[self.addr.as_str(), name];
             CmdHandles::new(
-                m.query_total.with_label_values(l),
-                m.query_duration.with_label_values(l),
+                self.query_total.with_label_values(l),
+                self.query_duration.with_label_values(l),
                 [
                     self.inbound_bytes.clone(),
                     self.outbound_bytes.clone(),
@@ -150,6 +155,12 @@ impl BackendMetrics {
                 ],
             )
         })
+    }
+
+    /// Observes how long after its connection was created a query started (batched per
+    /// thread like the query's own counts).
+    pub fn observe_query_age(&self, seconds: f64) {
+        super::batch::observe_query_age(&self.query_age, seconds);
     }
 
     /// Counts one relayed command, its latency, its packets and the bytes read from and
@@ -181,28 +192,40 @@ impl BackendMetrics {
     }
 }
 
-/// Removes the series (`tiproxy_*{backend=...}`) of every backend nothing refers to any more:
-/// it left the backend list and its last session ended, so its `Backend` and with it the
-/// only other holder of its handles are gone. Returns the addresses pruned. A backend added
-/// again later starts its series from zero, as after a restart.
-pub fn prune_backends() -> Vec<String> {
-    let mut map = cache();
-    let gone: Vec<String> = map
-        .iter()
-        .filter(|(_, b)| Arc::strong_count(b) == 1)
-        .map(|(addr, _)| addr.clone())
-        .collect();
-    for addr in &gone {
-        if let Some(b) = map.remove(addr) {
-            b.remove_series();
+impl Metrics {
+    /// The handles for a backend address; the first call for an address creates its series.
+    pub fn backend(&self, addr: &str) -> Arc<BackendMetrics> {
+        let mut map = self.backends.lock().expect("backend metrics");
+        if let Some(b) = map.get(addr) {
+            return b.clone();
         }
+        let b = Arc::new(BackendMetrics::new(self, addr));
+        map.insert(addr.to_owned(), b.clone());
+        b
     }
-    gone
+
+    /// Removes the series (`tiproxy_*{backend=...}`) of every backend nothing refers to any
+    /// more: it left the backend list and its last session ended, so its `Backend` and with it
+    /// the only other holder of its handles are gone. Returns the addresses pruned. A backend
+    /// added again later starts its series from zero, as after a restart.
+    pub fn prune_backends(&self) -> Vec<String> {
+        let mut map = self.backends.lock().expect("backend metrics");
+        let gone: Vec<String> = map
+            .iter()
+            .filter(|(_, b)| Arc::strong_count(b) == 1)
+            .map(|(addr, _)| addr.clone())
+            .collect();
+        for addr in &gone {
+            if let Some(b) = map.remove(addr) {
+                b.remove_series(self);
+            }
+        }
+        gone
+    }
 }
 
 impl BackendMetrics {
-    fn remove_series(&self) {
-        let m = get();
+    fn remove_series(&self, m: &Metrics) {
         let l = &[self.addr.as_str()];
         for vec in [
             &m.query_errors,
@@ -244,25 +267,6 @@ impl std::fmt::Debug for BackendMetrics {
     }
 }
 
-fn cache() -> std::sync::MutexGuard<'static, HashMap<String, Arc<BackendMetrics>>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<BackendMetrics>>>> = OnceLock::new();
-    CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .expect("metrics cache")
-}
-
-/// The handles for a backend address; the first call for an address creates its series.
-pub fn backend(addr: &str) -> Arc<BackendMetrics> {
-    let mut map = cache();
-    if let Some(b) = map.get(addr) {
-        return b.clone();
-    }
-    let b = Arc::new(BackendMetrics::new(addr));
-    map.insert(addr.to_owned(), b.clone());
-    b
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,39 +274,40 @@ mod tests {
 
     #[test]
     fn an_unreferenced_backend_loses_its_series() {
-        // An address no other test uses: the registry is shared by the whole test binary.
+        let m = Metrics::new();
         let addr = "192.0.2.61:4000";
-        let held = backend(addr);
+        let held = m.backend(addr);
         held.record(cmd::QUERY, 0.001, false, (10, 20));
         held.conns.set(1);
-        let series = |addr: &str| {
-            get()
-                .render()
-                .matches(&format!("backend=\"{addr}\""))
-                .count()
-        };
-        assert!(series(addr) >= 5, "{}", get().render());
-        assert!(!prune_backends().contains(&addr.to_owned()), "still held");
+        let series = |addr: &str| m.render().matches(&format!("backend=\"{addr}\"")).count();
+        assert!(series(addr) >= 5, "{}", m.render());
+        assert!(m.prune_backends().is_empty(), "still held");
         assert!(series(addr) >= 5);
         drop(held);
-        assert!(prune_backends().contains(&addr.to_owned()));
+        assert_eq!(m.prune_backends(), vec![addr.to_owned()]);
         assert_eq!(series(addr), 0);
     }
 
     #[test]
     fn totals_sum_over_command_types() {
-        let b = backend("127.0.0.1:2");
-        let before = b.totals();
+        let m = Metrics::new();
+        let b = m.backend("127.0.0.1:2");
         b.record(cmd::QUERY, 0.001, true, (0, 0));
         b.record(cmd::STMT_EXECUTE, 0.002, false, (0, 0));
         b.record(0xfe, 0.002, true, (0, 0));
-        let after = b.totals();
-        assert_eq!(after.queries - before.queries, 3);
-        assert_eq!(after.errors - before.errors, 1);
-        assert_eq!(
-            after.buckets.last().unwrap() - before.buckets.last().unwrap(),
-            3
-        );
-        assert!(Arc::ptr_eq(&b, &backend("127.0.0.1:2")));
+        let t = b.totals();
+        assert_eq!((t.queries, t.errors), (3, 1));
+        assert_eq!(*t.buckets.last().unwrap(), 3);
+        assert!(Arc::ptr_eq(&b, &m.backend("127.0.0.1:2")));
+    }
+
+    #[test]
+    fn two_registries_count_apart() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.backend("192.0.2.1:4000")
+            .record(cmd::QUERY, 0.001, true, (1, 1));
+        assert_eq!(a.backend("192.0.2.1:4000").totals().queries, 1);
+        assert_eq!(b.backend("192.0.2.1:4000").totals().queries, 0);
+        assert!(!b.render().contains("192.0.2.1:4000\",cmd_type=\"Query\""));
     }
 }

@@ -10,6 +10,7 @@
 
 use super::backend::CmdHandles;
 use prometheus::local::{LocalHistogram, LocalIntCounter};
+use prometheus::Histogram;
 use std::cell::RefCell;
 
 /// Queries a busy thread keeps before it flushes anyway.
@@ -57,8 +58,9 @@ struct Pending {
     slots: Vec<Slot>,
     /// Queries held.
     queries: u32,
-    /// `query_time_since_conn_creation_seconds`, held like the rest.
-    age: Option<LocalHistogram>,
+    /// `query_time_since_conn_creation_seconds` of each registry counted into (one, outside
+    /// tests), by registry id, held like the rest.
+    age: Vec<(u64, LocalHistogram)>,
 }
 
 impl Pending {
@@ -69,7 +71,7 @@ impl Pending {
         for slot in &self.slots {
             slot.flush();
         }
-        if let Some(age) = &self.age {
+        for (_, age) in &self.age {
             age.flush();
         }
         self.queries = 0;
@@ -147,7 +149,7 @@ fn count_directly(handles: &CmdHandles, seconds: f64, (read, written): (u64, u64
 /// Observes how long after its connection was created a query started (TiProxy's
 /// `query_time_since_conn_creation_seconds`); batched with the query's own counts, and
 /// flushed with them (a query is always counted right after).
-pub fn observe_query_age(seconds: f64) {
+pub(super) fn observe_query_age((registry, shared): &(u64, Histogram), seconds: f64) {
     let held = PENDING.try_with(|p| {
         let Ok(mut p) = p.try_borrow_mut() else {
             return false;
@@ -155,13 +157,18 @@ pub fn observe_query_age(seconds: f64) {
         if !p.batching {
             return false;
         }
-        p.age
-            .get_or_insert_with(|| super::get().query_since_creation.local())
-            .observe(seconds);
+        match p.age.iter().find(|(id, _)| id == registry) {
+            Some((_, local)) => local.observe(seconds),
+            None => {
+                let local = shared.local();
+                local.observe(seconds);
+                p.age.push((*registry, local));
+            }
+        }
         true
     });
     if held != Ok(true) {
-        super::get().query_since_creation.observe(seconds);
+        shared.observe(seconds);
     }
 }
 
@@ -169,8 +176,7 @@ pub fn observe_query_age(seconds: f64) {
 mod tests {
     use super::*;
 
-    fn handles(cmd: &str) -> CmdHandles {
-        let m = super::super::get();
+    fn handles(m: &super::super::Metrics, cmd: &str) -> CmdHandles {
         let l = &["batch-test:1", cmd];
         let backend = &[cmd];
         CmdHandles::new(
@@ -187,7 +193,8 @@ mod tests {
 
     #[test]
     fn a_batching_thread_holds_counts_until_it_flushes_and_at_the_limit() {
-        let h = handles("batch_flush");
+        let m = super::super::Metrics::new();
+        let h = handles(&m, "batch_flush");
         std::thread::spawn(move || {
             batch_on_this_thread();
             count_query(&h, 0.001, (100, 10));
@@ -211,7 +218,7 @@ mod tests {
         })
         .join()
         .unwrap();
-        let h = handles("batch_flush");
+        let h = handles(&m, "batch_flush");
         assert_eq!(h.inbound_bytes.get(), 151);
         assert_eq!(
             h.total.get(),
@@ -222,7 +229,8 @@ mod tests {
 
     #[test]
     fn other_threads_count_at_once() {
-        let h = handles("batch_direct");
+        let m = super::super::Metrics::new();
+        let h = handles(&m, "batch_direct");
         std::thread::spawn(move || {
             count_query(&h, 0.001, (7, 3));
             assert_eq!(h.total.get(), 1);

@@ -1,21 +1,26 @@
 //! Every Prometheus metric the proxy exports, defined in one place with the TiProxy names
 //! (namespace `tiproxy`) so the existing Grafana dashboard keeps working.
 //!
-//! The hot path never formats a label or takes a lock: process-wide series are plain fields
+//! The hot path never formats a label or takes a lock: proxy-wide series are plain fields
 //! here, and per-backend series are resolved once per backend in [`backend::BackendMetrics`].
+//!
+//! The registry is owned by the App that serves it (and shared through its context), not by
+//! the process: two proxies in one process (as in tests) count and show their own numbers.
 
 pub mod backend;
 pub mod batch;
 pub mod monitor;
 pub mod panics;
 
-pub use backend::{backend, prune_backends, BackendMetrics};
+pub use backend::BackendMetrics;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 const NS: &str = "tiproxy";
 
@@ -59,6 +64,8 @@ impl Disconnect {
 }
 
 pub struct Metrics {
+    /// Tells registries apart in a thread's batch ([`batch`]).
+    pub(crate) id: u64,
     pub registry: Registry,
     pub connections: IntGauge,
     pub create_connection: IntCounter,
@@ -106,6 +113,12 @@ pub struct Metrics {
     pub server_event: IntCounterVec,
     /// How long after its connection was made each query started.
     pub query_since_creation: Histogram,
+    /// Per-backend handles by address; see [`Metrics::backend`].
+    backends: Mutex<HashMap<String, Arc<BackendMetrics>>>,
+    /// `pending_migrate` series set before, kept at 0 rather than dropped.
+    pending_seen: Mutex<Vec<monitor::PendingKey>>,
+    /// Process panics already added to `server_err{type="panic"}`.
+    panics_counted: AtomicU64,
 }
 
 fn opts(subsystem: &str, name: &str, help: &str) -> Opts {
@@ -120,7 +133,8 @@ fn hopts(subsystem: &str, name: &str, help: &str, buckets: Vec<f64>) -> Histogra
 }
 
 impl Metrics {
-    fn new() -> Self {
+    pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let r = Registry::new();
         macro_rules! reg {
             ($m:expr) => {{
@@ -397,6 +411,10 @@ impl Metrics {
             ))
             .unwrap()),
             registry: r,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            backends: Mutex::default(),
+            pending_seen: Mutex::default(),
+            panics_counted: AtomicU64::new(0),
         };
         #[cfg(target_os = "linux")]
         {
@@ -419,6 +437,7 @@ impl Metrics {
 
     /// Every series in the Prometheus text format.
     pub fn render(&self) -> String {
+        self.catch_up_panics();
         let mut out = Vec::with_capacity(16 * 1024);
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
@@ -428,11 +447,10 @@ impl Metrics {
     }
 }
 
-/// The process-wide metrics. A registry per process is what Prometheus scrapes; tests
-/// that start several proxies share it, so they assert presence and growth, not totals.
-pub fn get() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::new)
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[cfg(test)]
@@ -441,9 +459,9 @@ mod tests {
 
     #[test]
     fn renders_compat_names_and_process_metrics() {
-        let m = get();
+        let m = Metrics::new();
         m.connections.set(0);
-        let b = backend("127.0.0.1:1");
+        let b = m.backend("127.0.0.1:1");
         b.record(crate::protocol::constants::cmd::QUERY, 0.001, true, (0, 0));
         let text = m.render();
         for name in [

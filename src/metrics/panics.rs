@@ -1,8 +1,14 @@
 //! Counts panics as `tiproxy_server_err{type="panic"}` and logs them through the proxy's own
 //! log, so a bug that ends a session's task shows on the dashboard and in the log file instead
-//! of only on stderr.
+//! of only on stderr. A panic hook is process-wide while registries belong to Apps, so the
+//! hook counts into one process counter and each registry catches up when it is rendered.
 
+use super::Metrics;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
+
+/// Panics seen by the hook since the process started.
+static PANICS: AtomicU64 = AtomicU64::new(0);
 
 /// The `type` label panics are counted under (TiProxy's name for them).
 pub const PANIC: &str = "panic";
@@ -13,7 +19,7 @@ pub fn count_and_log() {
     INSTALL.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            super::get().server_err.with_label_values(&[PANIC]).inc();
+            PANICS.fetch_add(1, Ordering::Relaxed);
             let message = info
                 .payload()
                 .downcast_ref::<&str>()
@@ -36,6 +42,19 @@ pub fn count_and_log() {
     });
 }
 
+impl Metrics {
+    /// Adds the panics the hook counted since this registry last looked.
+    pub(super) fn catch_up_panics(&self) {
+        let seen = PANICS.load(Ordering::Relaxed);
+        let counted = self.panics_counted.swap(seen, Ordering::AcqRel);
+        if seen > counted {
+            self.server_err
+                .with_label_values(&[PANIC])
+                .inc_by(seen - counted);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,10 +62,13 @@ mod tests {
     #[test]
     fn a_panic_is_counted() {
         count_and_log();
-        let counter = super::super::get().server_err.with_label_values(&[PANIC]);
+        let m = Metrics::new();
+        m.render();
+        let counter = m.server_err.with_label_values(&[PANIC]);
         let before = counter.get();
         let joined = std::thread::spawn(|| panic!("deliberate, to be counted")).join();
         assert!(joined.is_err());
+        m.render();
         assert!(counter.get() > before, "the panic was not counted");
     }
 }

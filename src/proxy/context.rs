@@ -82,6 +82,8 @@ impl SessionSettings {
 
 pub struct ProxyContext {
     settings: RwLock<Arc<SessionSettings>>,
+    /// This App's metrics registry, shared with its backend set.
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub tls: TlsContext,
     /// The backend list, for reports and for the balancer that feeds it.
     pub backends: Arc<BackendSet>,
@@ -119,6 +121,7 @@ impl ProxyContext {
         // balancing round.
         backends.set_route_policy(settings.policy.clone());
         Self {
+            metrics: backends.metrics().clone(),
             settings: RwLock::new(Arc::new(settings)),
             tls,
             selector: backends.clone(),

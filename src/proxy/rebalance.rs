@@ -164,8 +164,8 @@ impl Driver {
             .collect();
         let actions = self.planner.plan(&inputs, &sessions, policy, now);
         apply(&handles, actions);
-        let scores = self.publish_scores(&inputs, policy);
-        self.count_cross_location(&list, policy);
+        let scores = self.publish_scores(ctx, &inputs, policy);
+        self.count_cross_location(ctx, &list, policy);
         ctx.backends.set_route_view(RouteView {
             policy: policy.clone(),
             loads,
@@ -176,6 +176,7 @@ impl Driver {
     /// Sets the score gauges and returns the scores for reports.
     fn publish_scores(
         &mut self,
+        ctx: &ProxyContext,
         inputs: &[BackendInput],
         policy: &policy::Policy,
     ) -> HashMap<String, BTreeMap<&'static str, u32>> {
@@ -184,7 +185,7 @@ impl Driver {
             .filter(|b| b.healthy && !b.fail_listed)
             .collect();
         let s = policy::scores(&eligible, policy);
-        let gauge = &crate::metrics::get().b_score;
+        let gauge = &ctx.metrics.b_score;
         let mut now_published = HashSet::new();
         let mut report = HashMap::with_capacity(eligible.len());
         for (b, row) in eligible.iter().zip(&s.per_backend) {
@@ -205,8 +206,13 @@ impl Driver {
     }
 
     /// Adds the traffic of backends in another zone since the last round.
-    fn count_cross_location(&mut self, list: &[Arc<Backend>], policy: &policy::Policy) {
-        let counter = &crate::metrics::get().cross_location_bytes;
+    fn count_cross_location(
+        &mut self,
+        ctx: &ProxyContext,
+        list: &[Arc<Backend>],
+        policy: &policy::Policy,
+    ) {
+        let counter = &ctx.metrics.cross_location_bytes;
         let mut seen = HashMap::with_capacity(list.len());
         for b in list {
             let total = b.metrics.inbound_bytes.get() + b.metrics.outbound_bytes.get();
@@ -314,14 +320,14 @@ mod tests {
         ctx.set_settings(settings);
         let mut d = Driver::default();
         d.tick(&ctx, Instant::now());
-        let counter = &crate::metrics::get().cross_location_bytes;
+        let counter = &ctx.metrics.cross_location_bytes;
         let before = counter.get();
         let list = ctx.backends.snapshot();
         list[0].metrics.inbound_bytes.inc_by(1000);
         list[1].metrics.outbound_bytes.inc_by(7);
         d.tick(&ctx, Instant::now());
-        // Other tests in this process may count too; ours adds at least the far backend's 7.
-        assert!(counter.get() - before >= 7);
+        // Only the far backend's bytes cross zones; the registry is this context's alone.
+        assert_eq!(counter.get() - before, 7);
         let view = ctx.backends.route_view();
         assert_eq!(view.scores["far-x:1"].get("location"), Some(&1));
         assert_eq!(view.scores["near-x:1"].get("location"), Some(&0));

@@ -40,7 +40,7 @@ pub fn start(
                     continue;
                 }
             };
-            let m = crate::metrics::get();
+            let m = &ctx.metrics;
             m.create_connection.inc();
             if ctx.reject_new.is_cancelled() {
                 m.reject_shutting_down.inc();
@@ -56,7 +56,7 @@ pub fn start(
                     let per_source = settings.max_handshakes_per_source;
                     if !settings.proxy_protocol_v2 && !guard.enter_handshake(peer.ip(), per_source)
                     {
-                        refuse_source(&rejections, peer, per_source);
+                        refuse_source(&ctx, &rejections, peer, per_source);
                         tokio::spawn(session::reject(
                             tcp,
                             ClientError::TooManyHandshakes { limit: per_source },
@@ -82,8 +82,13 @@ pub fn start(
 }
 
 /// Logs a per-source refusal, a few lines a second at most.
-fn refuse_source(rejections: &RateLimiter, client: std::net::SocketAddr, limit: u64) {
-    crate::metrics::get().reject_too_many.inc();
+fn refuse_source(
+    ctx: &ProxyContext,
+    rejections: &RateLimiter,
+    client: std::net::SocketAddr,
+    limit: u64,
+) {
+    ctx.metrics.reject_too_many.inc();
     if let Admit::Yes { dropped } = rejections.admit(std::time::Instant::now()) {
         warn!(%client, max_handshakes_per_source = limit, suppressed = dropped, "connection rejected: too many connections from this address are still logging in");
     }
@@ -161,7 +166,7 @@ async fn behind_balancer(
             let client = h.source.unwrap_or(peer);
             let per_source = settings.max_handshakes_per_source;
             if !guard.enter_handshake(client.ip(), per_source) {
-                crate::metrics::get().reject_too_many.inc();
+                ctx.metrics.reject_too_many.inc();
                 warn!(%client, max_handshakes_per_source = per_source, "connection rejected: too many connections from this address are still logging in");
                 session::reject(tcp, ClientError::TooManyHandshakes { limit: per_source }).await;
                 return;

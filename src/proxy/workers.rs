@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn a_worker_adds_its_batched_query_counts_when_it_goes_idle() {
         let workers = Workers::start(1).unwrap();
-        let metrics = crate::metrics::backend("workers-test:1");
+        let metrics = crate::metrics::Metrics::new().backend("workers-test:1");
         let counted = metrics.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         workers.spawn(async move {

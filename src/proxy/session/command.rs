@@ -389,7 +389,10 @@ impl Session {
     fn record(&mut self, command: u8, started: std::time::Instant, ok: bool) {
         let secs = started.elapsed().as_secs_f64();
         if let Ok(age) = std::time::SystemTime::now().duration_since(self.entry.started) {
-            crate::metrics::batch::observe_query_age((age.as_secs_f64() - secs).max(0.0));
+            self.lease
+                .backend()
+                .metrics
+                .observe_query_age((age.as_secs_f64() - secs).max(0.0));
         }
         let traffic = self.backend.take_traffic();
         self.lease

@@ -121,7 +121,7 @@ impl Early {
         );
         match timeout(settings.backend_connect_timeout, forwarded).await {
             Ok(Ok(dialed)) => {
-                crate::metrics::get().get_backend_ok.inc();
+                ctx.metrics.get_backend_ok.inc();
                 let plugin = hello
                     .response
                     .auth_plugin
@@ -135,7 +135,7 @@ impl Early {
                 Ok(Some((dialed, lease, proof)))
             }
             Ok(Err(e)) if !e.origin().retryable() => {
-                Err(super::tls_unavailable(&self.backend, e.to_string()))
+                Err(super::tls_unavailable(ctx, &self.backend, e.to_string()))
             }
             Ok(Err(e)) => {
                 debug!(backend = %self.backend.addr, error = %e, "connection opened before the login is gone; dialing again");

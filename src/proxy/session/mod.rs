@@ -96,7 +96,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard
 async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
     let mut guard = guard;
     let born = std::time::Instant::now();
-    let m = crate::metrics::get();
+    let m = &ctx.metrics;
     m.connections.inc();
     let id = ctx.next_conn_id();
     let _ = tcp.set_nodelay(true);
@@ -382,9 +382,13 @@ fn dial_failed(ctx: &ProxyContext, backend: &crate::balance::Backend, reason: &s
 
 /// A backend the proxy cannot speak TLS with although it must: counted as a failed dial, and
 /// the client's error (no other backend is tried, as the cause is the proxy's configuration).
-fn tls_unavailable(backend: &crate::balance::Backend, detail: String) -> ClientError {
+fn tls_unavailable(
+    ctx: &ProxyContext,
+    backend: &crate::balance::Backend,
+    detail: String,
+) -> ClientError {
     backend.metrics.dial_fail.inc();
-    crate::metrics::get().get_backend_fail.inc();
+    ctx.metrics.get_backend_fail.inc();
     ClientError::BackendTlsUnavailable {
         backend: backend.addr.clone(),
         detail,
@@ -425,7 +429,7 @@ async fn connect_backend(
         .await;
         let reason = match attempt {
             Ok(Ok(d)) => {
-                let m = crate::metrics::get();
+                let m = &ctx.metrics;
                 m.get_backend_ok.inc();
                 m.get_backend_duration
                     .observe(looking.elapsed().as_secs_f64());
@@ -433,7 +437,7 @@ async fn connect_backend(
             }
             // Only failures another attempt could get past are retried on the next backend.
             Ok(Err(e)) if !e.origin().retryable() => {
-                return Err(tls_unavailable(&backend, e.to_string()))
+                return Err(tls_unavailable(ctx, &backend, e.to_string()))
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!(
@@ -444,7 +448,7 @@ async fn connect_backend(
         dial_failed(ctx, &backend, &reason);
         failures.push(format!("{} ({reason})", backend.addr));
     }
-    let m = crate::metrics::get();
+    let m = &ctx.metrics;
     m.get_backend_fail.inc();
     m.get_backend_duration
         .observe(looking.elapsed().as_secs_f64());

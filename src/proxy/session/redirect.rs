@@ -61,7 +61,7 @@ impl Session {
         let started = Instant::now();
         let outcome = self.move_to(ctx, req, source).await;
         let secs = started.elapsed().as_secs_f64();
-        let m = crate::metrics::get();
+        let m = &ctx.metrics;
         match outcome {
             Ok(to) => {
                 self.redirect_retry_at = None;
