@@ -88,6 +88,12 @@ ignore-wrong-namespace = true
         Duration::from_secs(20),
     );
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(v["balance"]["max-migrations-per-second"], 5, "{v}");
-    assert_eq!(v["balance"]["conn-count-ratio"], 1.8, "{v}");
+    // TiProxy's per-factor keys are fields of ours, served under the same names.
+    assert_eq!(v["balance"]["status"]["migrations-per-second"], 5.0, "{v}");
+    assert_eq!(v["balance"]["cpu"]["migrations-per-second"], 0.5, "{v}");
+    assert_eq!(
+        v["balance"]["conn-count"]["count-ratio-threshold"], 1.8,
+        "{v}"
+    );
+    assert_eq!(v["balance"]["max-migrations-per-second"], 10, "{v}");
 }

@@ -76,6 +76,8 @@ pub struct RouteView {
 /// and a PD update never drops static backends.
 #[derive(Default)]
 pub struct BackendSet {
+    /// The Prometheus PD's topology names (`host:port`), for the load figures.
+    prometheus: RwLock<Option<String>>,
     list: RwLock<Arc<Vec<Arc<Backend>>>>,
     parts: Mutex<BTreeMap<BackendSource, Vec<BackendSpec>>>,
     pd: OnceLock<Arc<dyn SourceStatus>>,
@@ -151,6 +153,15 @@ impl BackendSet {
     }
 
     /// Replaces what new-session routing scores with.
+    /// What PD's topology says about Prometheus: its address, or `None` when it names none.
+    pub fn set_prometheus(&self, addr: Option<String>) {
+        *self.prometheus.write().expect("prometheus lock") = addr;
+    }
+
+    pub fn prometheus(&self) -> Option<String> {
+        self.prometheus.read().expect("prometheus lock").clone()
+    }
+
     pub fn set_route_view(&self, view: RouteView) {
         *self.route.write().expect("route view lock") = Arc::new(view);
     }

@@ -94,15 +94,55 @@ impl Factor {
         }
     }
 
-    /// Sessions moved per second for this factor (capped by max-migrations-per-second): CPU
-    /// moves slowly because its figure lags the move by a metrics interval.
-    fn rate(self) -> u32 {
+    /// Sessions moved per second for this factor unless `[balance.<factor>]
+    /// migrations-per-second` says otherwise (capped by max-migrations-per-second): CPU moves
+    /// slowly because its figure lags the move by a metrics interval.
+    fn builtin_rate(self) -> u32 {
         match self {
             Factor::Label | Factor::Location | Factor::Health => 10,
             Factor::Memory => 5,
             Factor::Cpu => 2,
         }
     }
+
+    /// The rate configured for this factor under TiProxy's key; 0 is unset.
+    fn configured_rate(self, rates: &Rates) -> f64 {
+        match self {
+            // TiProxy has no key for the label factor.
+            Factor::Label => 0.0,
+            Factor::Health => rates.health,
+            Factor::Memory => rates.memory,
+            Factor::Cpu => rates.cpu,
+            Factor::Location => rates.location,
+        }
+    }
+}
+
+/// The per-factor rates of `[balance]`.
+pub fn rates_from(b: &crate::config::BalanceConfig) -> Rates {
+    Rates {
+        status: b.status.migrations_per_second,
+        health: b.health.migrations_per_second,
+        memory: b.memory.migrations_per_second,
+        cpu: b.cpu.migrations_per_second,
+        location: b.location.migrations_per_second,
+        conn: b.conn_count.migrations_per_second,
+    }
+}
+
+/// TiProxy's per-factor `[balance.<factor>] migrations-per-second`: sessions moved per second
+/// for that reason, fractions allowed (0.5 is one every two seconds). 0 (the default) keeps
+/// the built-in rate; a value set is used as given, not capped by max-migrations-per-second.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Rates {
+    /// Drains of unhealthy, removed and fail-listed backends; 0 drains them all at once.
+    pub status: f64,
+    pub health: f64,
+    pub memory: f64,
+    pub cpu: f64,
+    pub location: f64,
+    /// Connection-count moves; 0 moves half the gap a round (capped).
+    pub conn: f64,
 }
 
 /// A query error rate at or above this makes a backend unhealthy for the health factor.
@@ -124,7 +164,9 @@ pub struct Policy {
     /// The proxy's own top-level `labels`.
     pub own_labels: BTreeMap<String, String>,
     pub conn_count_ratio: f64,
+    /// Caps the built-in rates; a rate set in `rates` is used as given.
     pub max_migrations_per_second: u32,
+    pub rates: Rates,
     /// A fail-listed backend's sessions still there after this long are closed.
     pub failover_timeout: Duration,
     /// A session moved for balance is not moved again within this, and no session moves back
@@ -184,6 +226,7 @@ impl Default for Policy {
             own_labels: BTreeMap::new(),
             conn_count_ratio: 1.5,
             max_migrations_per_second: 10,
+            rates: Rates::default(),
             failover_timeout: Duration::from_secs(60),
             hold: Duration::from_secs(30),
             routes: Vec::new(),
@@ -388,6 +431,11 @@ pub struct Planner {
     stranded_since: HashMap<u64, Instant>,
     moved_at: HashMap<u64, Instant>,
     pair_moved_at: HashMap<(String, String), Instant>,
+    /// Moves owed to a fractional rate (0.5 a second moves one every other round), for the
+    /// reason that is moving sessions now; dropped when it stops, so no burst builds up.
+    shift_credit: Option<(Reason, f64)>,
+    /// The same for drains under a `status` rate.
+    drain_credit: f64,
 }
 
 /// A wanted move from one backend to another for one reason, before sessions are picked.
@@ -395,12 +443,22 @@ pub struct Planner {
 struct Shift {
     from: usize,
     to: usize,
-    count: usize,
+    /// Sessions a round (a second); fractions carry over to the next round.
+    rate: f64,
     reason: Reason,
 }
 
+/// Adds a round's `rate` to `credit` and takes the whole moves out of it.
+fn spend(credit: &mut f64, rate: f64) -> usize {
+    *credit += rate.clamp(0.0, 1e6);
+    let whole = credit.floor();
+    *credit -= whole;
+    whole as usize
+}
+
 impl Planner {
-    /// One round: drains for backends sessions must leave (all of them, no rate), closes for
+    /// One round (the driver runs one a second, which is what rates are per): drains for
+    /// backends sessions must leave (all of them unless a `status` rate is set), closes for
     /// sessions that outstayed failover-timeout, and at most one balancing shift, for the
     /// highest-priority factor that wants one.
     pub fn plan(
@@ -411,6 +469,7 @@ impl Planner {
         now: Instant,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
+        let mut drains = Vec::new();
         let live: std::collections::HashSet<u64> = sessions.iter().map(|s| s.id).collect();
         self.stranded_since.retain(|id, _| live.contains(id));
         self.moved_at
@@ -436,7 +495,7 @@ impl Planner {
                 b.eligible() && b.addr != s.backend && route_allows(policy, &s.origin, &b.addr)
             });
             if has_target && !s.redirect_pending {
-                actions.push(Action::Move {
+                drains.push(Action::Move {
                     session: s.id,
                     from: s.backend.clone(),
                     to: None,
@@ -444,10 +503,23 @@ impl Planner {
                 });
             }
         }
+        if policy.rates.status > 0.0 && !drains.is_empty() {
+            drains.truncate(spend(&mut self.drain_credit, policy.rates.status));
+        } else {
+            self.drain_credit = 0.0;
+        }
+        actions.extend(drains);
         let eligible: Vec<&BackendInput> = backends.iter().filter(|b| b.eligible()).collect();
         let Some(shift) = self.shift(&eligible, policy) else {
+            self.shift_credit = None;
             return actions;
         };
+        let mut credit = match self.shift_credit {
+            Some((reason, c)) if reason == shift.reason => c,
+            _ => 0.0,
+        };
+        let count = spend(&mut credit, shift.rate);
+        self.shift_credit = Some((shift.reason, credit));
         let (from, to) = (&eligible[shift.from].addr, &eligible[shift.to].addr);
         let movable: Vec<&SessionInput> = sessions
             .iter()
@@ -458,7 +530,7 @@ impl Planner {
                     && !self.moved_at.contains_key(&s.id)
                     && route_allows(policy, &s.origin, to)
             })
-            .take(shift.count)
+            .take(count)
             .collect();
         let mut moved = 0;
         for s in movable {
@@ -489,7 +561,7 @@ impl Planner {
         }
         let s = scores(eligible, policy);
         let v = &s.per_backend;
-        let cap = policy.max_migrations_per_second as usize;
+        let cap = policy.max_migrations_per_second;
         for (k, f) in s.active.iter().enumerate() {
             let (from_min, gap) = f.move_rule();
             // The worst on this factor (more sessions first), to the best overall that is no
@@ -516,11 +588,14 @@ impl Planner {
                     })
                     .min_by_key(|t| (&v[*t], eligible[*t].sessions, *t));
                 if let Some(to) = to {
-                    let count = (f.rate() as usize).min(cap);
-                    return (count > 0).then_some(Shift {
+                    let rate = match f.configured_rate(&policy.rates) {
+                        r if r > 0.0 => r,
+                        _ => f.builtin_rate().min(cap) as f64,
+                    };
+                    return Some(Shift {
                         from,
                         to,
-                        count,
+                        rate,
                         reason: Reason::Factor(*f),
                     });
                 }
@@ -530,7 +605,8 @@ impl Planner {
     }
 
     /// Session counts out of balance between two backends the factors rank alike (or the
-    /// target better): the busiest such pair, half the gap, at most max-migrations-per-second.
+    /// target better): the busiest such pair, half the gap a round (at most
+    /// max-migrations-per-second) or the configured conn-count rate.
     fn conn_shift(
         &self,
         eligible: &[&BackendInput],
@@ -556,11 +632,14 @@ impl Planner {
             }
         }
         let (gap, from, to) = best?;
-        let count = ((gap / 2) as usize).min(policy.max_migrations_per_second as usize);
-        (count > 0).then_some(Shift {
+        let rate = match policy.rates.conn {
+            r if r > 0.0 => r,
+            _ => (gap / 2).min(u64::from(policy.max_migrations_per_second)) as f64,
+        };
+        Some(Shift {
             from,
             to,
-            count,
+            rate,
             reason: Reason::Conn,
         })
     }

@@ -612,3 +612,141 @@ fn moves_keep_routed_sessions_within_their_rule() {
         "{actions:?}"
     );
 }
+
+/// Moves a planner makes over `rounds` one-second rounds with the same backends and sessions
+/// (nothing acts on them, so each round sees the same state minus the held sessions).
+fn moves_per_round(
+    list: &[BackendInput],
+    sessions: &[SessionInput],
+    p: &Policy,
+    rounds: u64,
+) -> Vec<usize> {
+    let mut planner = Planner::default();
+    let t0 = Instant::now();
+    (0..rounds)
+        .map(|r| {
+            planner
+                .plan(list, sessions, p, t0 + Duration::from_secs(r))
+                .iter()
+                .filter(|a| matches!(a, Action::Move { .. }))
+                .count()
+        })
+        .collect()
+}
+
+#[test]
+fn per_factor_rates_replace_the_built_in_ones_fractions_included() {
+    let busy_cpu = [
+        with_load(b("a", 40), Some(0.9), None, None),
+        with_load(b("b", 0), Some(0.1), None, None),
+    ];
+    let sessions = sessions_on("a", 0..40);
+    // Built in: CPU moves 2 a second.
+    assert_eq!(
+        moves_per_round(&busy_cpu, &sessions, &Policy::default(), 3),
+        [2, 2, 2]
+    );
+    // TiProxy's balance.cpu.migrations-per-second = 0.5: one every other second.
+    let half = Policy {
+        rates: Rates {
+            cpu: 0.5,
+            ..Rates::default()
+        },
+        ..Policy::default()
+    };
+    assert_eq!(
+        moves_per_round(&busy_cpu, &sessions, &half, 4),
+        [0, 1, 0, 1]
+    );
+    // A rate that is set is not capped by max-migrations-per-second; the built-in one is.
+    let fast = Policy {
+        rates: Rates {
+            cpu: 15.0,
+            ..Rates::default()
+        },
+        max_migrations_per_second: 1,
+        ..Policy::default()
+    };
+    assert_eq!(moves_per_round(&busy_cpu, &sessions, &fast, 2), [15, 15]);
+    let capped = Policy {
+        max_migrations_per_second: 1,
+        ..Policy::default()
+    };
+    assert_eq!(moves_per_round(&busy_cpu, &sessions, &capped, 2), [1, 1]);
+    // Another factor's rate does not touch CPU moves.
+    let other = Policy {
+        rates: Rates {
+            memory: 0.5,
+            health: 9.0,
+            ..Rates::default()
+        },
+        ..Policy::default()
+    };
+    assert_eq!(moves_per_round(&busy_cpu, &sessions, &other, 2), [2, 2]);
+    let hot_memory = [
+        with_load(b("a", 40), None, Some(0.9), None),
+        with_load(b("b", 0), None, Some(0.1), None),
+    ];
+    assert_eq!(
+        moves_per_round(&hot_memory, &sessions, &Policy::default(), 2),
+        [5, 5]
+    );
+    let mem = Policy {
+        rates: Rates {
+            memory: 1.5,
+            ..Rates::default()
+        },
+        ..Policy::default()
+    };
+    assert_eq!(
+        moves_per_round(&hot_memory, &sessions, &mem, 4),
+        [1, 2, 1, 2]
+    );
+}
+
+#[test]
+fn conn_count_rate_and_threshold() {
+    let list = [b("a", 30), b("b", 10)];
+    let sessions = sessions_on("a", 0..30);
+    // Built in: half the gap, capped at max-migrations-per-second (10).
+    assert_eq!(
+        moves_per_round(&list, &sessions, &Policy::default(), 1),
+        [10]
+    );
+    let slow = Policy {
+        rates: Rates {
+            conn: 3.0,
+            ..Rates::default()
+        },
+        ..Policy::default()
+    };
+    assert_eq!(moves_per_round(&list, &sessions, &slow, 2), [3, 3]);
+    // 30 against 10 is a ratio of 3: a threshold of 3 or more leaves it alone.
+    let tolerant = Policy {
+        conn_count_ratio: 3.0,
+        ..Policy::default()
+    };
+    assert_eq!(moves_per_round(&list, &sessions, &tolerant, 1), [0]);
+}
+
+#[test]
+fn a_status_rate_paces_drains() {
+    let mut down = b("a", 6);
+    down.healthy = false;
+    let list = [down, b("b", 0)];
+    let sessions = sessions_on("a", 0..6);
+    // Default: every session asked to leave at once.
+    assert_eq!(
+        moves_per_round(&list, &sessions, &Policy::default(), 1),
+        [6]
+    );
+    let paced = Policy {
+        rates: Rates {
+            status: 2.5,
+            ..Rates::default()
+        },
+        ..Policy::default()
+    };
+    // The sessions did not act on it (nothing moves them here), so each round asks again.
+    assert_eq!(moves_per_round(&list, &sessions, &paced, 4), [2, 3, 2, 3]);
+}

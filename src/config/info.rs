@@ -242,6 +242,34 @@ const KEYS: &[(&str, &str)] = &[
         "sessions moved per second for balance; drains are not limited",
     ),
     (
+        "balance.status.migrations-per-second",
+        "sessions drained per second from unhealthy, removed or fail-listed backends; 0 = all at once",
+    ),
+    (
+        "balance.health.migrations-per-second",
+        "sessions moved per second off a backend whose queries fail; 0 = built-in (10)",
+    ),
+    (
+        "balance.memory.migrations-per-second",
+        "sessions moved per second off a backend near its memory quota; 0 = built-in (5)",
+    ),
+    (
+        "balance.cpu.migrations-per-second",
+        "sessions moved per second off a backend with busy CPUs; 0 = built-in (2)",
+    ),
+    (
+        "balance.location.migrations-per-second",
+        "sessions moved per second into the proxy's zone; 0 = built-in (10)",
+    ),
+    (
+        "balance.conn-count.migrations-per-second",
+        "sessions moved per second to even out session counts; 0 = half the gap a second",
+    ),
+    (
+        "balance.conn-count.count-ratio-threshold",
+        "TiProxy's name for conn-count-ratio: used instead when above 1; 0 = keep conn-count-ratio",
+    ),
+    (
         "proxy.service-account.user",
         "account that may read mysql.user, to move MySQL/MariaDB sessions; empty = not moved",
     ),
@@ -342,6 +370,7 @@ pub fn config_info_json() -> String {
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "string",
+        Value::Number(n) if n.is_f64() => "float",
         Value::Number(_) => "integer",
         Value::Bool(_) => "boolean",
         Value::Array(_) => "array",

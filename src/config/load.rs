@@ -23,7 +23,7 @@ pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
     let mut config: Config = toml::from_str(text).map_err(|e| type_error(&doc, text, &e))?;
     config.proxy.pd_addrs_explicit = find(&doc, &["proxy", "pd-addrs"]).is_some();
     apply_legacy(&doc, text, &mut config, &mut warnings)?;
-    super::tiproxy_keys::apply(&doc, text, &mut config, &mut warnings)?;
+    super::tiproxy_keys::apply(&doc, text, &mut warnings)?;
     finish(config, &doc, text, warnings)
 }
 
@@ -55,7 +55,7 @@ pub fn merge_partial(base: &Config, partial_toml: &str) -> Result<Loaded, Config
         base.proxy.pd_addrs_explicit || find(&doc, &["proxy", "pd-addrs"]).is_some();
     keep_redacted_secrets(base, &mut config);
     apply_legacy(&doc, partial_toml, &mut config, &mut warnings)?;
-    super::tiproxy_keys::apply(&doc, partial_toml, &mut config, &mut warnings)?;
+    super::tiproxy_keys::apply(&doc, partial_toml, &mut warnings)?;
     finish(config, &doc, partial_toml, warnings)
 }
 

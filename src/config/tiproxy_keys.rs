@@ -4,7 +4,6 @@
 
 use super::error::ConfigError;
 use super::load::{find, line_of};
-use super::types::Config;
 use toml_edit::{ImDocument, Item};
 
 /// What happens to one TiProxy key (or every key under a TiProxy-only table).
@@ -13,24 +12,11 @@ enum Handling {
     NotApplicable(&'static str),
     /// Accepted while empty/false/zero; any other value refuses to start, for this reason.
     RefuseWhenSet(&'static str),
-    /// Our `[balance] max-migrations-per-second` (one cap for every reason).
-    MigrationsPerSecond,
-    /// Our `[balance] conn-count-ratio`.
-    CountRatio,
     /// Our `[api] user/password` always apply when set, so this switch adds nothing.
     BasicAuthSwitch,
 }
 
 use Handling::*;
-
-const FACTORS: [&str; 6] = [
-    "status",
-    "health",
-    "memory",
-    "cpu",
-    "location",
-    "conn-count",
-];
 
 const KEEPALIVE_WHY: &str = "TCP keep-alive probes are left to the OS here; dead clients are found by proxy.client-read-timeout and dead backends by the health checks ([health])";
 
@@ -76,34 +62,19 @@ pub(super) fn is_tiproxy_key(dotted: &str) -> bool {
 }
 
 fn handling_of(dotted: &str) -> Option<&'static Handling> {
-    if let Some((factor, rest)) = dotted
-        .strip_prefix("balance.")
-        .and_then(|r| r.split_once('.').or(Some((r, ""))))
-    {
-        if FACTORS.contains(&factor) {
-            return Some(match rest {
-                "" | "migrations-per-second" => &MigrationsPerSecond,
-                "count-ratio-threshold" if factor == "conn-count" => &CountRatio,
-                _ => &NotApplicable(
-                    "factors are always on here; only migrations-per-second and conn-count.count-ratio-threshold map onto [balance]",
-                ),
-            });
-        }
-    }
     KEYS.iter()
         .find(|(k, _)| dotted == *k || dotted.starts_with(&format!("{k}.")))
         .map(|(_, h)| h)
 }
 
-/// Apply every TiProxy key present in `doc` to `config`, adding warnings for the ones
-/// without effect; an error for one that must not be ignored.
+/// Checks every TiProxy-only key present in `doc`, adding warnings for the ones without
+/// effect; an error for one that must not be ignored. (TiProxy keys we honour are fields of
+/// `Config` and never reach here.)
 pub(super) fn apply(
     doc: &ImDocument<&str>,
     text: &str,
-    config: &mut Config,
     warnings: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
-    let mut rates = Vec::new();
     let mut leaves = Vec::new();
     collect_leaves(doc.as_table(), "", &mut leaves);
     let ours = super::load::schema();
@@ -141,20 +112,7 @@ pub(super) fn apply(
                     return Err(invalid("expected true or false"));
                 }
             }
-            MigrationsPerSecond => match number(item) {
-                Some(v) if v >= 0.0 => rates.push(v),
-                _ => return Err(invalid("expected a non-negative number")),
-            },
-            CountRatio => match number(item) {
-                Some(0.0) => {}
-                Some(v) if v > 1.0 => config.balance.conn_count_ratio = v,
-                _ => return Err(invalid("expected 0 (the default) or a number above 1")),
-            },
         }
-    }
-    // One cap here for every reason to move; the most generous TiProxy rate keeps none slower.
-    if let Some(max) = rates.into_iter().filter(|v| *v > 0.0).reduce(f64::max) {
-        config.balance.max_migrations_per_second = max.ceil().clamp(1.0, u32::MAX as f64) as u32;
     }
     Ok(())
 }
@@ -186,11 +144,6 @@ fn is_ours(schema: &toml::Table, dotted: &str) -> bool {
         }
     }
     false
-}
-
-fn number(item: &Item) -> Option<f64> {
-    item.as_float()
-        .or_else(|| item.as_integer().map(|i| i as f64))
 }
 
 /// Empty strings, empty arrays, false and zero are TiProxy's "off".
@@ -250,19 +203,30 @@ mod tests {
     }
 
     #[test]
-    fn balance_factors_map_onto_ours() {
+    fn balance_factor_keys_are_ours_and_checked() {
         let l = parse_str(
             "[balance.conn-count]\nmigrations-per-second = 2.5\ncount-ratio-threshold = 1.8\n\
              [balance.cpu]\nmigrations-per-second = 1\n[balance.status]\nmigrations-per-second = 0\n",
         )
         .unwrap();
-        assert_eq!(l.config.balance.max_migrations_per_second, 3);
-        assert_eq!(l.config.balance.conn_count_ratio, 1.8);
+        assert_eq!(l.config.balance.conn_count.migrations_per_second, 2.5);
+        assert_eq!(l.config.balance.cpu.migrations_per_second, 1.0);
+        assert_eq!(l.config.balance.effective_count_ratio(), 1.8);
+        assert_eq!(
+            l.config.balance.max_migrations_per_second,
+            Config::default().balance.max_migrations_per_second
+        );
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
         let e = parse_str("[balance.conn-count]\ncount-ratio-threshold = 0.5\n").unwrap_err();
         assert!(
             e.to_string()
                 .contains("balance.conn-count.count-ratio-threshold"),
+            "{e}"
+        );
+        let e = parse_str("[balance.health]\nmigrations-per-second = -1\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("balance.health.migrations-per-second"),
             "{e}"
         );
         let e = parse_str("[balance.memory]\nmigrations-per-second = \"x\"\n").unwrap_err();
@@ -272,7 +236,13 @@ mod tests {
             "[balance.location]\nmigrations-per-second = 7\n",
         )
         .unwrap();
-        assert_eq!(l.config.balance.max_migrations_per_second, 7);
+        assert_eq!(l.config.balance.location.migrations_per_second, 7.0);
+        // A misspelt key under a factor table is reported, not silently taken.
+        let l = parse_str("[balance.cpu]\nmigration-per-second = 3\n").unwrap();
+        assert_eq!(
+            l.warnings,
+            ["unknown config key \"balance.cpu.migration-per-second\" at line 2 is ignored"]
+        );
     }
 
     #[test]

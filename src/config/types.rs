@@ -316,6 +316,41 @@ pub struct BalanceConfig {
     pub max_migrations_per_second: u32,
     /// `[[balance.routes]]`: ports and client networks confined to their own backends.
     pub routes: Vec<super::routes::RouteConfig>,
+    /// TiProxy's per-factor tables: `migrations-per-second` (0 keeps the built-in rate).
+    pub status: FactorConfig,
+    pub health: FactorConfig,
+    pub memory: FactorConfig,
+    pub cpu: FactorConfig,
+    pub location: FactorConfig,
+    pub conn_count: ConnCountConfig,
+}
+
+/// `[balance.<factor>]` as TiProxy names it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct FactorConfig {
+    /// Sessions moved per second for this factor; fractions allowed; 0 is the built-in rate.
+    pub migrations_per_second: f64,
+}
+
+/// `[balance.conn-count]`: TiProxy's rate and threshold for connection-count moves.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct ConnCountConfig {
+    pub migrations_per_second: f64,
+    /// Above 1: replaces `conn-count-ratio`; 0 keeps it.
+    pub count_ratio_threshold: f64,
+}
+
+impl BalanceConfig {
+    /// The session-count ratio that moves sessions: TiProxy's key when set, else ours.
+    pub fn effective_count_ratio(&self) -> f64 {
+        if self.conn_count.count_ratio_threshold > 1.0 {
+            self.conn_count.count_ratio_threshold
+        } else {
+            self.conn_count_ratio
+        }
+    }
 }
 
 impl Default for BalanceConfig {
@@ -327,6 +362,12 @@ impl Default for BalanceConfig {
             conn_count_ratio: 1.5,
             max_migrations_per_second: 10,
             routes: Vec::new(),
+            status: FactorConfig::default(),
+            health: FactorConfig::default(),
+            memory: FactorConfig::default(),
+            cpu: FactorConfig::default(),
+            location: FactorConfig::default(),
+            conn_count: ConnCountConfig::default(),
         }
     }
 }

@@ -179,6 +179,48 @@ fn check_balance(b: &super::types::BalanceConfig) -> Result<(), ConfigError> {
             "expected \"\" (prefer-idle), prefer-idle or random",
         ));
     }
+    for (key, rate) in [
+        (
+            "balance.status.migrations-per-second",
+            b.status.migrations_per_second,
+        ),
+        (
+            "balance.health.migrations-per-second",
+            b.health.migrations_per_second,
+        ),
+        (
+            "balance.memory.migrations-per-second",
+            b.memory.migrations_per_second,
+        ),
+        (
+            "balance.cpu.migrations-per-second",
+            b.cpu.migrations_per_second,
+        ),
+        (
+            "balance.location.migrations-per-second",
+            b.location.migrations_per_second,
+        ),
+        (
+            "balance.conn-count.migrations-per-second",
+            b.conn_count.migrations_per_second,
+        ),
+    ] {
+        if !(rate.is_finite() && rate >= 0.0) {
+            return Err(ConfigError::invalid(
+                key,
+                rate,
+                "expected a non-negative number",
+            ));
+        }
+    }
+    let threshold = b.conn_count.count_ratio_threshold;
+    if threshold != 0.0 && !(threshold.is_finite() && threshold > 1.0) {
+        return Err(ConfigError::invalid(
+            "balance.conn-count.count-ratio-threshold",
+            threshold,
+            "expected 0 (keep conn-count-ratio) or a number above 1",
+        ));
+    }
     if let Err(reason) = super::routes::check_all(&b.routes) {
         return Err(ConfigError::invalid(
             "balance.routes",

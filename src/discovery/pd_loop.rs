@@ -226,6 +226,32 @@ impl Pd {
         self.put_keys(client, reg, lease).await
     }
 
+    /// Where the cluster's Prometheus is, for the balancer's load figures. A failed read
+    /// keeps the last answer; the balancer falls back to each TiDB when Prometheus fails.
+    async fn read_prometheus(&self, client: &mut Client) {
+        use crate::balance::factors::prometheus::{address_from_topology, TOPOLOGY_PREFIX};
+        let Ok(got) = self
+            .call(
+                "read Prometheus topology",
+                client.get(TOPOLOGY_PREFIX, Some(GetOptions::new().with_prefix())),
+            )
+            .await
+        else {
+            return;
+        };
+        let addr = got
+            .kvs()
+            .first()
+            .and_then(|kv| address_from_topology(kv.value()));
+        if addr != self.backends.prometheus() {
+            info!(
+                prometheus = addr.as_deref().unwrap_or("none"),
+                "Prometheus in PD's topology"
+            );
+            self.backends.set_prometheus(addr);
+        }
+    }
+
     fn publish(&self, topo: &TidbTopology, conn: &mut Conn) {
         let specs = topo.specs();
         if specs == conn.published {
@@ -268,6 +294,7 @@ impl Pd {
         // Replace, not merge: the listing is the whole truth after an outage.
         conn.published.clear();
         self.publish(&topo, conn);
+        self.read_prometheus(&mut client).await;
         let rev = listing.header().map_or(0, |h| h.revision());
         let watch_opts = WatchOptions::new()
             .with_prefix()
@@ -302,7 +329,10 @@ impl Pd {
                     }
                     self.publish(&topo, conn);
                 }
-                _ = tick.tick() => self.refresh(&mut client, conn).await?,
+                _ = tick.tick() => {
+                    self.refresh(&mut client, conn).await?;
+                    self.read_prometheus(&mut client).await;
+                }
             }
         }
     }

@@ -61,8 +61,9 @@ impl SessionSettings {
                 routing: Routing::parse(&c.balance.routing_policy),
                 label_name: c.balance.label_name.clone(),
                 own_labels: c.labels.clone(),
-                conn_count_ratio: c.balance.conn_count_ratio,
+                conn_count_ratio: c.balance.effective_count_ratio(),
                 max_migrations_per_second: c.balance.max_migrations_per_second,
+                rates: crate::balance::policy::rates_from(&c.balance),
                 failover_timeout: Duration::from_secs(c.proxy.failover_timeout),
                 hold: MOVE_HOLD,
                 // Validated with the config; a rule that cannot be parsed here is left out.

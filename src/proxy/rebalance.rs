@@ -6,7 +6,7 @@
 
 use super::context::ProxyContext;
 use super::registry::{Redirect, SessionEntry};
-use crate::balance::factors::{fetch::fetch_sample, Load, LoadTracker};
+use crate::balance::factors::{fetch::fetch_sample, prometheus, Load, LoadTracker};
 use crate::balance::policy::{self, Action, BackendInput, Mode, Planner, SessionInput};
 use crate::balance::{backend_input, Backend, RouteView, SessionHandle};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -43,9 +43,10 @@ pub fn start(ctx: Arc<ProxyContext>, shutdown: CancellationToken) -> JoinHandle<
             {
                 driver.read_at = Some(now);
                 let list = ctx.backends.snapshot();
+                let prometheus = ctx.backends.prometheus();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = driver.read_metrics(&list) => {}
+                    _ = driver.read_metrics(&list, prometheus) => {}
                 }
             }
             driver.tick(&ctx, Instant::now());
@@ -94,14 +95,22 @@ struct Driver {
     traffic_seen: HashMap<String, u64>,
     /// Backends whose `/metrics` failed at the last reading, so the outage is logged once.
     unreadable: HashSet<String>,
+    /// Why the last Prometheus reading failed, so its outage is logged once too.
+    prometheus_failing: Option<String>,
+    prometheus_used: bool,
 }
 
 impl Driver {
-    /// Reads every TiDB with a status port at once; a failure leaves that TiDB's figures to
-    /// go stale.
-    async fn read_metrics(&mut self, list: &[Arc<Backend>]) {
+    /// Reads the figures from the Prometheus in PD's topology when there is one and it
+    /// answers, and every other TiDB with a status port from its own `/metrics`, at once; a
+    /// failure leaves that TiDB's figures to go stale.
+    async fn read_metrics(&mut self, list: &[Arc<Backend>], prometheus: Option<String>) {
+        let covered = match prometheus {
+            Some(prom) => self.read_prometheus(list, &prom).await,
+            None => HashSet::new(),
+        };
         let mut reads = JoinSet::new();
-        for b in list {
+        for b in list.iter().filter(|b| !covered.contains(&b.addr)) {
             if let Some(status) = b.status_addr() {
                 let addr = b.addr.clone();
                 reads.spawn(async move { (addr, fetch_sample(&status, METRICS_TIMEOUT).await) });
@@ -129,6 +138,32 @@ impl Driver {
         self.loads.retain(|a| list.iter().any(|b| b.addr == a));
         self.unreadable
             .retain(|a| list.iter().any(|b| &b.addr == a));
+    }
+
+    /// The backends Prometheus gave figures for (matched by status address, its `instance`).
+    async fn read_prometheus(&mut self, list: &[Arc<Backend>], prom: &str) -> HashSet<String> {
+        let mut covered = HashSet::new();
+        match prometheus::read_loads(prom, METRICS_TIMEOUT).await {
+            Ok(by_instance) => {
+                let at = Instant::now();
+                for b in list {
+                    if let Some(load) = b.status_addr().and_then(|s| by_instance.get(&s)) {
+                        self.loads.record(&b.addr, at, *load);
+                        covered.insert(b.addr.clone());
+                    }
+                }
+                if self.prometheus_failing.take().is_some() || !self.prometheus_used {
+                    info!(prometheus = %prom, backends = covered.len(), "reading load figures from Prometheus");
+                }
+                self.prometheus_used = true;
+            }
+            Err(e) => {
+                if self.prometheus_failing.replace(e.to_string()).is_none() {
+                    warn!(error = %e, "cannot read load figures from Prometheus; reading each TiDB's /metrics until it answers");
+                }
+            }
+        }
+        covered
     }
 
     fn tick(&mut self, ctx: &ProxyContext, now: Instant) {
@@ -359,7 +394,7 @@ mod tests {
         let set = BackendSet::default();
         set.set_specs(&[spec("ok:1", &good), spec("down:1", &bad)]);
         let mut d = Driver::default();
-        d.read_metrics(&set.snapshot()).await;
+        d.read_metrics(&set.snapshot(), None).await;
         let now = Instant::now();
         assert_eq!(d.loads.load("ok:1", now, METRICS_STALE).memory, Some(0.5));
         assert_eq!(d.loads.load("down:1", now, METRICS_STALE), Load::default());

@@ -18,6 +18,7 @@ pub mod raw;
 pub mod scripted;
 pub mod security;
 pub mod tidb;
+pub mod tidb_metrics;
 pub mod tiup;
 pub mod tls;
 pub mod tools;

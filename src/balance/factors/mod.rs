@@ -1,9 +1,11 @@
-//! Load figures read from each TiDB's status-port `/metrics`: CPU, memory and query error rate,
-//! turned from counters into usage between two readings, and dropped once they are stale so a
-//! TiDB whose metrics stop answering is balanced on the remaining factors.
+//! Load figures read from each TiDB's status-port `/metrics` (or from the Prometheus in PD's
+//! topology): CPU, memory and query error rate, turned from counters into usage between two
+//! readings, and dropped once they are stale so a TiDB whose metrics stop answering is
+//! balanced on the remaining factors.
 
 pub mod fetch;
 pub mod parse;
+pub mod prometheus;
 
 pub use parse::Sample;
 use std::collections::HashMap;
@@ -70,6 +72,19 @@ impl LoadTracker {
         }
         self.backends
             .insert(addr.to_owned(), Tracked { at, sample, load });
+    }
+
+    /// Records figures that arrive as usage already (from Prometheus); a later `/metrics`
+    /// reading starts its rates afresh.
+    pub fn record(&mut self, addr: &str, at: Instant, load: Load) {
+        self.backends.insert(
+            addr.to_owned(),
+            Tracked {
+                at,
+                sample: Sample::default(),
+                load,
+            },
+        );
     }
 
     /// The figures for `addr`, or none at all when the last reading is older than `stale_after`.
