@@ -183,6 +183,9 @@ impl Session {
         head[..head_len]
             .copy_from_slice(&self.client.buffered()[HEADER_LEN..HEADER_LEN + head_len]);
         let command = head[0];
+        if command != cmd::QUERY {
+            self.tracked.before_command(command, None);
+        }
         match command {
             cmd::QUIT => {
                 let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
@@ -207,6 +210,11 @@ impl Session {
                 let n = buf.len().min(len.saturating_sub(1)).min(limit);
                 self.statement.clear();
                 self.statement.extend_from_slice(&buf[..n]);
+                if command == cmd::QUERY {
+                    let whole = n == len.saturating_sub(1);
+                    self.tracked
+                        .before_command(command, whole.then_some(&self.statement[..]));
+                }
                 if command == cmd::QUERY
                     && self.txn.in_transaction()
                     && self.entry.has_redirect()
