@@ -21,6 +21,9 @@ pub const STORED_HASH_TTL: Duration = Duration::from_secs(5);
 /// when dropped.
 pub type StoredHashes = Vec<Zeroizing<[u8; 20]>>;
 
+/// Whose hashes: a backend address and a user name.
+type LookupKey = (String, Vec<u8>);
+
 #[derive(Default)]
 struct Lookup {
     read_at: Option<Instant>,
@@ -31,7 +34,7 @@ pub struct MoveGate {
     slots: Semaphore,
     /// One entry per (backend, user) read lately; the async lock makes concurrent moves of
     /// one user wait for the first one's lookup instead of each doing its own.
-    lookups: Mutex<HashMap<(String, Vec<u8>), Arc<tokio::sync::Mutex<Lookup>>>>,
+    lookups: Mutex<HashMap<LookupKey, Arc<tokio::sync::Mutex<Lookup>>>>,
 }
 
 impl Default for MoveGate {
