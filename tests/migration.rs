@@ -416,3 +416,83 @@ async fn a_drain_reports_what_still_blocks_each_session() {
     );
     drop(dbs);
 }
+
+/// Each session's id and backend, from the API.
+fn backends_of_sessions(api_port: u16) -> Vec<(u64, String)> {
+    let resp = http(api_port, "GET", "/api/connections");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).expect("connections JSON");
+    v["connections"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_u64().expect("id"),
+                c["backend"].as_str().expect("backend").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A session that ran only a ping and `SELECT 1` moves without the server's variables being
+/// read (its login made all its state); one that called a function, which may set a variable
+/// the proxy cannot see, has its state read from the server. Both keep their state.
+#[test]
+fn untouched_and_touched_sessions_both_keep_their_state_when_moved() {
+    use common::raw::RawConn;
+    let dbs = MariaDb::start_many(2);
+    prepare_backends(&dbs);
+    for db in &dbs {
+        let mut c = RawConn::login(&db.addr(), APP_USER, APP_PASS, Some("test")).expect("login");
+        c.query(
+            "CREATE FUNCTION set_precision() RETURNS INT NOT DETERMINISTIC \
+             BEGIN SET @@session.div_precision_increment = 7; RETURN 1; END",
+        )
+        .expect("create function");
+    }
+    let proxy = Proxy::start(&config(vec![dbs[0].addr(), dbs[1].addr()]));
+    let addr = format!("127.0.0.1:{}", proxy.port());
+    let mut untouched = RawConn::login(&addr, APP_USER, APP_PASS, Some("test")).expect("login");
+    untouched.ping().expect("ping");
+    untouched.query("SELECT 1").expect("SELECT 1");
+    let mut touched = RawConn::login(&addr, APP_USER, APP_PASS, None).expect("login");
+    touched
+        .query("SELECT test.set_precision()")
+        .expect("the function runs");
+    let before = backends_of_sessions(proxy.api_port());
+    assert_eq!(before.len(), 2, "{before:?}");
+    for (id, _) in &before {
+        let resp = http(
+            proxy.api_port(),
+            "POST",
+            &format!("/api/admin/migrate?session={id}"),
+        );
+        assert!(resp.contains("\"requested\":1"), "{resp}");
+    }
+    let mut all_moved = false;
+    for _ in 0..80 {
+        let now = backends_of_sessions(proxy.api_port());
+        if before
+            .iter()
+            .all(|(id, b)| now.iter().any(|(i, nb)| i == id && nb != b))
+        {
+            all_moved = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(all_moved, "sessions did not move:\n{}", proxy.log());
+    assert_eq!(
+        untouched.query_value("SELECT DATABASE()").as_deref(),
+        Some("test")
+    );
+    assert_eq!(
+        touched
+            .query_value("SELECT @@div_precision_increment")
+            .as_deref(),
+        Some("7"),
+        "a variable a function set was lost:\n{}",
+        proxy.log()
+    );
+}

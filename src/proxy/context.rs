@@ -97,6 +97,8 @@ pub struct ProxyContext {
     pub events: Arc<EventLog>,
     /// Connections per client IP still in their handshake (`max-handshakes-per-source`).
     pub handshakes: Arc<super::per_source::Handshakes>,
+    /// Bounds the moves running at once and shares the service account's recent lookups.
+    pub move_gate: super::migrate::gate::MoveGate,
     next_conn_id: AtomicU64,
     active: AtomicU64,
     /// New connections get "shutting down" instead of a session.
@@ -131,6 +133,7 @@ impl ProxyContext {
             query_errors,
             events: Arc::new(EventLog::new(crate::events::CAPACITY)),
             handshakes: Arc::default(),
+            move_gate: Default::default(),
             next_conn_id: AtomicU64::new(1),
             active: AtomicU64::new(0),
             reject_new: CancellationToken::new(),

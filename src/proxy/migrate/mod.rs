@@ -4,6 +4,7 @@
 //! the client's own native-password exchange).
 
 pub mod credential;
+pub mod gate;
 pub mod restore;
 pub mod service;
 pub mod settings;

@@ -3,6 +3,7 @@
 //! user on another backend.
 
 use super::credential::{parse_stored_hash, recover_stage1, stage1_from_password, Proof};
+use super::gate::StoredHashes;
 use super::sql::{query, quote, SqlError};
 use crate::balance::Backend;
 use crate::config::ServiceAccount;
@@ -78,7 +79,8 @@ impl std::fmt::Debug for Login {
 }
 
 /// Works out the login for `user` from what the proxy observed, reading the stored hash
-/// through the service account on `via`.
+/// through the service account on `via` (or taking the one a move of the same user read a
+/// moment ago, when it fits this session's exchange).
 pub async fn login_for(
     ctx: &ProxyContext,
     via: &Arc<Backend>,
@@ -95,62 +97,84 @@ pub async fn login_for(
     if account.user.is_empty() {
         return Err(LoginError::NoServiceAccount);
     }
-    let fut = async {
-        // A plain client: NO_SCHEMA or IGNORE_SPACE would change how `mysql.user` parses.
-        let identity = HandshakeResponse {
-            capabilities: SERVICE_CAPABILITIES,
-            max_packet: 1 << 24,
-            collation: DEFAULT_COLLATION,
-            user: account.user.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        // Wiped when this login is done, on every path out.
-        let stage1 = zeroize::Zeroizing::new(stage1_from_password(account.password.as_bytes()));
-        let answer = if account.password.is_empty() {
-            AuthAnswer::EmptyPassword
-        } else {
-            AuthAnswer::Native(&stage1)
-        };
-        let who = Identity {
-            response: &identity,
-            capabilities: identity.capabilities,
-        };
-        let settings = ctx.settings();
-        let mut d = dial(via, who, answer, ctx, 4096, settings.require_backend_tls).await?;
-        finish_auth(&mut d.conn, answer)
-            .await
-            .map_err(LoginError::ServiceLogin)?;
-        let deprecate_eof = d.capabilities & cap::DEPRECATE_EOF != 0;
-        let sql = format!(
-            "SELECT authentication_string FROM mysql.user WHERE user = {}",
-            quote(user)
-        );
-        let rows = query(&mut d.conn, &sql, deprecate_eof)
-            .await
-            .map_err(LoginError::Lookup)?;
-        let _ = d.conn.write_packet(0, &[cmd::QUIT]).await;
-        for r in rows {
-            // The stored hash and what it yields are credentials too: wiped on every path.
-            let stored = zeroize::Zeroizing::new(
-                String::from_utf8_lossy(
-                    r.first().cloned().flatten().as_deref().unwrap_or_default(),
-                )
-                .to_string(),
-            );
-            if let Some(stage2) = parse_stored_hash(&stored).map(zeroize::Zeroizing::new) {
-                if let Some(s1) = recover_stage1(scramble, reply, &stage2) {
-                    let mut s1 = zeroize::Zeroizing::new(s1);
-                    return Ok(Login::Native(std::mem::take(&mut *s1)));
-                }
-            }
-        }
-        Err(LoginError::NoMatch(
-            String::from_utf8_lossy(user).into_owned(),
-        ))
+    let recover = |hashes: &StoredHashes| {
+        hashes
+            .iter()
+            .find_map(|h| recover_stage1(scramble, reply, h).map(zeroize::Zeroizing::new))
     };
-    tokio::time::timeout(timeout, fut)
+    let hashes = ctx
+        .move_gate
+        .stored_hashes(
+            &via.addr,
+            user,
+            |h| recover(h).is_some(),
+            || async {
+                tokio::time::timeout(timeout, read_stored_hashes(ctx, via, user, account))
+                    .await
+                    .unwrap_or(Err(LoginError::Timeout))
+            },
+        )
+        .await?;
+    match recover(&hashes) {
+        Some(mut s1) => Ok(Login::Native(std::mem::take(&mut *s1))),
+        None => Err(LoginError::NoMatch(
+            String::from_utf8_lossy(user).into_owned(),
+        )),
+    }
+}
+
+/// Logs in with the service account on `via` and reads the user's native-password hashes.
+async fn read_stored_hashes(
+    ctx: &ProxyContext,
+    via: &Arc<Backend>,
+    user: &[u8],
+    account: &ServiceAccount,
+) -> Result<StoredHashes, LoginError> {
+    // A plain client: NO_SCHEMA or IGNORE_SPACE would change how `mysql.user` parses.
+    let identity = HandshakeResponse {
+        capabilities: SERVICE_CAPABILITIES,
+        max_packet: 1 << 24,
+        collation: DEFAULT_COLLATION,
+        user: account.user.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    // Wiped when this login is done, on every path out.
+    let stage1 = zeroize::Zeroizing::new(stage1_from_password(account.password.as_bytes()));
+    let answer = if account.password.is_empty() {
+        AuthAnswer::EmptyPassword
+    } else {
+        AuthAnswer::Native(&stage1)
+    };
+    let who = Identity {
+        response: &identity,
+        capabilities: identity.capabilities,
+    };
+    let settings = ctx.settings();
+    let mut d = dial(via, who, answer, ctx, 4096, settings.require_backend_tls).await?;
+    finish_auth(&mut d.conn, answer)
         .await
-        .unwrap_or(Err(LoginError::Timeout))
+        .map_err(LoginError::ServiceLogin)?;
+    let deprecate_eof = d.capabilities & cap::DEPRECATE_EOF != 0;
+    let sql = format!(
+        "SELECT authentication_string FROM mysql.user WHERE user = {}",
+        quote(user)
+    );
+    let rows = query(&mut d.conn, &sql, deprecate_eof)
+        .await
+        .map_err(LoginError::Lookup)?;
+    let _ = d.conn.write_packet(0, &[cmd::QUIT]).await;
+    let mut hashes = StoredHashes::new();
+    for r in rows {
+        // The stored hash is a credential too: wiped on every path.
+        let stored = zeroize::Zeroizing::new(
+            String::from_utf8_lossy(r.first().cloned().flatten().as_deref().unwrap_or_default())
+                .to_string(),
+        );
+        if let Some(stage2) = parse_stored_hash(&stored) {
+            hashes.push(zeroize::Zeroizing::new(stage2));
+        }
+    }
+    Ok(hashes)
 }
 
 #[cfg(test)]

@@ -30,6 +30,11 @@ pub struct Tracked {
     pub incomplete: Option<&'static str>,
     /// Server-side state that cannot be moved: the session stays while it holds any.
     pub blockers: Blockers,
+    /// The session ran something that may have changed its state where only the server sees
+    /// it (a stored routine's SET, a view calling a function...). Until then its state is what
+    /// its login made plus what is tracked here, so a move need not read it from the server.
+    /// Never cleared: a reset does not undo what a CHANGE_USER's new charset set up.
+    pub touched: bool,
 }
 
 /// Counts of what pins a session to its backend.
@@ -159,7 +164,25 @@ impl Tracked {
 
     /// COM_CHANGE_USER wipes the server-side session.
     pub fn reset(&mut self) {
-        *self = Tracked::default();
+        *self = Tracked {
+            touched: self.touched,
+            ..Tracked::default()
+        };
+    }
+
+    /// Notes a command about to run. Only a ping and a SELECT of constants (what connection
+    /// pools validate idle connections with) leave the session untouched; `statement` is the
+    /// whole text of a COM_QUERY, `None` when it was not captured whole.
+    pub fn before_command(&mut self, command: u8, statement: Option<&[u8]>) {
+        if self.touched {
+            return;
+        }
+        let inert = match command {
+            crate::protocol::constants::cmd::PING => true,
+            crate::protocol::constants::cmd::QUERY => statement.is_some_and(selects_constants),
+            _ => false,
+        };
+        self.touched = !inert;
     }
 
     /// COM_RESET_CONNECTION wipes the server-side session but keeps its current database.
@@ -170,6 +193,23 @@ impl Tracked {
             self.note_setting(&db);
         }
     }
+}
+
+/// `SELECT` followed by nothing but digits, commas and spaces (`SELECT 1`): it names no table,
+/// view, function or variable, so it cannot change the session. Comments are not skipped, since
+/// `/*! ... */` would run.
+fn selects_constants(sql: &[u8]) -> bool {
+    let sql = sql.trim_ascii();
+    let sql = sql.strip_suffix(b";").unwrap_or(sql).trim_ascii_end();
+    let Some((head, rest)) = sql.split_at_checked(6) else {
+        return false;
+    };
+    head.eq_ignore_ascii_case(b"SELECT")
+        && rest.first().is_some_and(u8::is_ascii_whitespace)
+        && rest.iter().any(u8::is_ascii_digit)
+        && rest
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_whitespace() || *c == b',')
 }
 
 /// Skips whitespace and comments; returns the rest.
@@ -306,6 +346,40 @@ pub(crate) fn is_multi(sql: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a ping and a SELECT of constants keep a session untouched, and nothing makes a
+    /// touched session untouched again.
+    #[test]
+    fn a_session_stays_untouched_only_through_pings_and_constant_selects() {
+        use crate::protocol::constants::cmd;
+        let mut t = Tracked::default();
+        t.before_command(cmd::PING, None);
+        for sql in [&b"SELECT 1"[..], b"select 1, 2 ;", b"  SELECT\t1  "] {
+            t.before_command(cmd::QUERY, Some(sql));
+            assert!(!t.touched, "{}", String::from_utf8_lossy(sql));
+        }
+        for sql in [
+            &b"SELECT f()"[..],
+            b"SELECT @a := 1",
+            b"SELECT * FROM v",
+            b"SELECT 1 /*!99999 , f() */",
+            b"SELECT",
+            b"SELECT1",
+            b"CALL p()",
+        ] {
+            let mut t = Tracked::default();
+            t.before_command(cmd::QUERY, Some(sql));
+            assert!(t.touched, "{}", String::from_utf8_lossy(sql));
+        }
+        let mut t = Tracked::default();
+        t.before_command(cmd::QUERY, None);
+        assert!(t.touched, "a statement not captured whole");
+        let mut t = Tracked::default();
+        t.before_command(cmd::STMT_EXECUTE, None);
+        t.reset();
+        t.before_command(cmd::PING, None);
+        assert!(t.touched);
+    }
 
     #[test]
     fn classification() {

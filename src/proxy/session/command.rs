@@ -183,11 +183,12 @@ impl Session {
         head[..head_len]
             .copy_from_slice(&self.client.buffered()[HEADER_LEN..HEADER_LEN + head_len]);
         let command = head[0];
+        if command != cmd::QUERY {
+            self.tracked.before_command(command, None);
+        }
         match command {
-            cmd::QUIT => {
-                let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
-                return Ok(Flow::Quit);
-            }
+            // The backend gets its QUIT when the session closes, once.
+            cmd::QUIT => return Ok(Flow::Quit),
             cmd::CHANGE_USER => return Box::pin(self.change_user(ctx, len)).await,
             c if is_refused_command(c) => return self.refuse(len, c).await,
             cmd::QUERY | cmd::STMT_PREPARE | cmd::INIT_DB => {
@@ -207,6 +208,11 @@ impl Session {
                 let n = buf.len().min(len.saturating_sub(1)).min(limit);
                 self.statement.clear();
                 self.statement.extend_from_slice(&buf[..n]);
+                if command == cmd::QUERY {
+                    let whole = n == len.saturating_sub(1);
+                    self.tracked
+                        .before_command(command, whole.then_some(&self.statement[..]));
+                }
                 if command == cmd::QUERY
                     && self.txn.in_transaction()
                     && self.entry.has_redirect()
@@ -519,11 +525,13 @@ impl Session {
         }
     }
 
+    /// Ends the backend session with a QUIT. No `shutdown` call: the server closes its side on
+    /// the QUIT and dropping the socket closes ours; short sessions pay for every system call.
     pub(super) async fn close(&mut self) {
-        let _ = timeout(std::time::Duration::from_secs(1), async {
-            let _ = self.backend.write_packet(0, &[cmd::QUIT]).await;
-            self.backend.shutdown().await;
-        })
+        let _ = timeout(
+            std::time::Duration::from_secs(1),
+            self.backend.write_packet(0, &[cmd::QUIT]),
+        )
         .await;
     }
 }

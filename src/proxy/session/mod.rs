@@ -175,7 +175,11 @@ async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, g
             debug!(conn = id, client = %peer, "session closed: proxy shutting down")
         }
     }
-    client.shutdown().await;
+    // A client that sent QUIT expects nothing more and closes first: dropping the socket is
+    // enough (a shutdown would mostly fail with ENOTCONN, a system call per session for nothing).
+    if !matches!(end, End::ClientQuit) {
+        client.shutdown().await;
+    }
     m.connections.dec();
     m.conn_lifetime.observe(born.elapsed().as_secs_f64());
     m.disconnected(end.disconnect()).inc();

@@ -58,9 +58,13 @@ impl Session {
     ) -> Result<String, String> {
         let from = self.backend_addr();
         let method = tidb::move_method(&self.lease.backend().info().server_version);
+        // Many sessions asked at once (a drain) take turns in bounded parallel; the time
+        // reported is the move's own, from when its turn came.
+        let slot = ctx.move_gate.slot().await;
         let started = Instant::now();
         let outcome = self.move_to(ctx, req, source).await;
         let secs = started.elapsed().as_secs_f64();
+        drop(slot);
         let m = &ctx.metrics;
         match outcome {
             Ok(to) => {
@@ -269,6 +273,12 @@ impl Session {
             }
         };
         let statements: Vec<String> = match source {
+            // Nothing the session ran could change its state unseen: what the proxy tracked
+            // is all of it, and reading the server's variables (the dearest step of a move)
+            // is skipped.
+            StateSource::Live if !self.tracked.touched && self.tracked.incomplete.is_none() => {
+                self.tracked_statements()?
+            }
             StateSource::Live => {
                 match restore::read_live_state(&mut self.backend, deprecate_eof).await {
                     // A move never drops state in silence: the session stays instead.
