@@ -368,11 +368,14 @@ impl Session {
             Err(e) => {
                 self.client.consume(HEADER_LEN + len);
                 let detail = format!("during the COMMIT that your BEGIN implies: {e}");
-                Err(self
+                // Rebuilt elsewhere: the client has its error for the BEGIN and goes on.
+                match self
                     .after_backend_failure(ctx, 1, detail, Fate::Unknown)
-                    .await
-                    .err()
-                    .unwrap_or(End::ClientQuit))
+                    .await?
+                {
+                    Flow::Continue => Ok(true),
+                    Flow::Quit => Err(End::ClientQuit),
+                }
             }
         }
     }
