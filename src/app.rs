@@ -74,6 +74,9 @@ impl App {
         );
         tls.require_client_cert = tls::requires_client_cert(&config.security.server_tls);
         tls::warn_unverified_backends(&config.security.sql_tls);
+        if config.balance.routing_rule == "proxy_cidr" {
+            tracing::warn!("balance.routing-rule = \"proxy_cidr\" has no effect here: sessions are not grouped by the address of a load balancer in front of the proxy (docs/balance.md)");
+        }
         crate::hardening::disable_core_dumps();
         let backends = Arc::new(BackendSet::new(&config.proxy.backend_addrs));
         let ctx = Arc::new(ProxyContext::new(

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod factors;
+pub mod label_routes;
 pub mod policy;
 pub mod routes;
 
@@ -168,6 +169,7 @@ impl BackendSet {
 
     /// Replaces the policy new-session routing uses, keeping the last load figures and scores.
     pub fn set_route_policy(&self, policy: Policy) {
+        let policy = label_routes::effective(&policy, &self.snapshot());
         let mut guard = self.route.write().expect("route view lock");
         let mut next = RouteView::clone(&guard);
         next.policy = policy;

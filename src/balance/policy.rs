@@ -175,6 +175,30 @@ pub struct Policy {
     /// `[[balance.routes]]`, in order: the first rule a session's origin matches confines it
     /// to that rule's backends.
     pub routes: Vec<RouteRule>,
+    /// TiProxy's `routing-rule`: backend groups read from the backends' labels, appended to
+    /// `routes` by [`super::label_routes::effective`].
+    pub label_routing: Option<LabelRouting>,
+}
+
+/// Which backend label groups sessions under TiProxy's `routing-rule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelRouting {
+    /// `port`: a TiDB labelled `tiproxy-port = "6001"` takes the sessions that reached that
+    /// proxy port.
+    Port,
+    /// `client_cidr`: a TiDB labelled `cidr = "10.0.0.0/8,..."` takes those clients.
+    ClientCidr,
+}
+
+impl LabelRouting {
+    /// The config value; "" and TiProxy's `proxy_cidr` (not applicable here) give none.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "port" => Some(LabelRouting::Port),
+            "client_cidr" => Some(LabelRouting::ClientCidr),
+            _ => None,
+        }
+    }
 }
 
 /// Where a session came in: the listening port it reached and the client's address (the one
@@ -230,6 +254,7 @@ impl Default for Policy {
             failover_timeout: Duration::from_secs(60),
             hold: Duration::from_secs(30),
             routes: Vec::new(),
+            label_routing: None,
         }
     }
 }

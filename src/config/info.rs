@@ -230,6 +230,10 @@ const KEYS: &[(&str, &str)] = &[
         "how new sessions pick among equally scored backends: prefer-idle (default) or random",
     ),
     (
+        "balance.routing-rule",
+        "TiProxy's backend groups: port or client_cidr route by each TiDB's tiproxy-port / cidr label",
+    ),
+    (
         "balance.routes",
         "routing rules: sessions from listed ports / client networks use only the listed backends",
     ),

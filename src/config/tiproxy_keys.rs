@@ -50,7 +50,6 @@ const KEYS: &[(&str, Handling)] = &[
     ("metering", NotApplicable("TiProxy Cloud's metering upload is not part of this proxy")),
     ("enable-traffic-replay", NotApplicable("traffic capture and replay are not supported")),
     ("advance", NotApplicable("TiProxy 0.1's namespace switch; see docs/compat.md for namespaces")),
-    ("balance.routing-rule", NotApplicable("routing by client CIDR or listening port is not applied by this build (docs/compat.md)")),
 ];
 
 /// Whether `dotted` is a TiProxy key handled here (so it is not reported as unknown).

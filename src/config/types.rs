@@ -309,6 +309,9 @@ pub struct BalanceConfig {
     pub policy: String,
     pub label_name: String,
     pub routing_policy: String,
+    /// TiProxy's `routing-rule`: "" (none), "port" or "client_cidr" group backends by their
+    /// `tiproxy-port` / `cidr` labels; "proxy_cidr" is accepted and has no effect here.
+    pub routing_rule: String,
     /// Sessions move off the busiest healthy backend when it has more than this many times
     /// the sessions of the least busy one (and at least two more).
     pub conn_count_ratio: f64,
@@ -359,6 +362,7 @@ impl Default for BalanceConfig {
             policy: "resource".into(),
             label_name: String::new(),
             routing_policy: String::new(),
+            routing_rule: String::new(),
             conn_count_ratio: 1.5,
             max_migrations_per_second: 10,
             routes: Vec::new(),

@@ -172,6 +172,16 @@ fn check_balance(b: &super::types::BalanceConfig) -> Result<(), ConfigError> {
             "expected resource, location or connection",
         ));
     }
+    if !matches!(
+        b.routing_rule.as_str(),
+        "" | "port" | "client_cidr" | "proxy_cidr"
+    ) {
+        return Err(ConfigError::invalid(
+            "balance.routing-rule",
+            quoted(&b.routing_rule),
+            "expected \"\" (none), port, client_cidr or proxy_cidr",
+        ));
+    }
     if !matches!(b.routing_policy.as_str(), "" | "prefer-idle" | "random") {
         return Err(ConfigError::invalid(
             "balance.routing-policy",

@@ -68,6 +68,7 @@ impl SessionSettings {
                 hold: MOVE_HOLD,
                 // Validated with the config; a rule that cannot be parsed here is left out.
                 routes: crate::balance::routes::rules_from(&c.balance.routes),
+                label_routing: crate::balance::policy::LabelRouting::parse(&c.balance.routing_rule),
             },
             proxy_protocol_v2: c.proxy.proxy_protocol == "v2",
             backend_proxy_header: c.proxy.sends_proxy_header(),

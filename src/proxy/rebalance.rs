@@ -168,8 +168,9 @@ impl Driver {
 
     fn tick(&mut self, ctx: &ProxyContext, now: Instant) {
         let settings = ctx.settings();
-        let policy = &settings.policy;
         let list = ctx.backends.snapshot();
+        // The label groups of `routing-rule` follow the backend list as PD changes it.
+        let policy = &crate::balance::label_routes::effective(&settings.policy, &list);
         let loads: HashMap<String, Load> = list
             .iter()
             .map(|b| (b.addr.clone(), self.loads.load(&b.addr, now, METRICS_STALE)))

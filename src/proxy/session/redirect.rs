@@ -145,8 +145,9 @@ impl Session {
                 format!("its state cannot be restored: {why}"),
             ));
         }
-        // A routing rule outranks an operator's or the balancer's target.
-        let policy = ctx.settings().policy.clone();
+        // A routing rule outranks an operator's or the balancer's target. The route view's
+        // policy has `routing-rule`'s label groups for the current backends.
+        let policy = ctx.backends.route_view().policy.clone();
         let rule = route_for(&policy, &self.entry.origin());
         if let (Some(addr), Some(rule)) = (&req.target, rule) {
             if !route_allows(&policy, &self.entry.origin(), addr) {
