@@ -8,6 +8,7 @@ pub mod backend;
 pub mod factors;
 pub mod policy;
 pub mod routes;
+pub mod routes_namespace;
 
 pub use backend::{Backend, BackendLease, BackendSource, BackendSpec};
 
