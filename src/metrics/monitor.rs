@@ -17,6 +17,7 @@ pub fn start() {
         m.server_event.with_label_values(&["start"]).inc();
         m.server_event.with_label_values(&["close"]);
         m.keep_alive.inc();
+        super::runtime::refresh();
         let spawned = std::thread::Builder::new()
             .name("metrics-monitor".into())
             .spawn(run);
@@ -46,6 +47,7 @@ fn run() {
             tracing::warn!("the system clock went backwards");
         }
         last = now;
+        super::runtime::refresh();
         ticks += 1;
         if ticks.is_multiple_of(TICKS_PER_KEEP_ALIVE) {
             m.keep_alive.inc();
