@@ -157,17 +157,15 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
         return Ok(None);
     }
     let provider = provider();
+    // The CA file is re-read when it changes, as the certificates are.
     let chain = if cfg.skip_ca || cfg.ca.is_empty() {
         None
     } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(&cfg.ca)? {
-            roots.add(c)?;
-        }
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| TlsError::General(e.to_string()))?;
-        Some(inner)
+        Some(super::cert_reload::ReloadingCa::new(
+            &cfg.ca,
+            provider.clone(),
+            backend_chain_verifier,
+        )?)
     };
     let verifier: Arc<dyn ServerCertVerifier> = Arc::new(BackendVerifier {
         chain,
@@ -190,6 +188,20 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
     Ok(Some(Arc::new(config)))
 }
 
+/// The chain verifier for backends, from the `sql-tls` CA file.
+fn backend_chain_verifier(
+    ca: &str,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c)?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::General(e.to_string()).into())
+}
+
 /// The name to present to a backend: its IP, or its host name.
 pub fn server_name(addr: &str) -> ServerName<'static> {
     let host = addr
@@ -208,7 +220,7 @@ pub fn server_name(addr: &str) -> ServerName<'static> {
 /// checked.
 #[derive(Debug)]
 struct BackendVerifier {
-    chain: Option<Arc<WebPkiServerVerifier>>,
+    chain: Option<super::cert_reload::ReloadingCa<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -221,7 +233,7 @@ impl ServerCertVerifier for BackendVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let Some(chain) = &self.chain else {
+        let Some(chain) = self.chain.as_ref().map(|c| c.current()) else {
             return Ok(ServerCertVerified::assertion());
         };
         match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
