@@ -1,6 +1,7 @@
-//! The `sql-tls` CA file is re-read when it changes: a proxy started with a CA that does not
+//! CA files are re-read when they change: a proxy started with a `sql-tls` CA that does not
 //! sign the backend's certificate refuses logins (backend TLS required), and once the right CA
-//! is written into the same file new logins verify and succeed, with no restart.
+//! is written into the same file new logins verify and succeed, with no restart; the client CA
+//! of `server-http-tls` likewise.
 
 mod common;
 
@@ -51,4 +52,43 @@ fn a_rotated_backend_ca_is_used_without_a_restart() {
         proxy.log()
     );
     eprintln!("ca reload: refused with the old CA ({refused:?}), served after the rotation");
+}
+
+/// The client CA of `server-http-tls` likewise: a client certificate the configured CA did not
+/// sign is refused, and accepted once its CA is written into the same file.
+#[test]
+fn a_rotated_client_ca_is_used_without_a_restart() {
+    use common::security::{curl_health, Pki};
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (pki, other) = (Pki::new(&a), Pki::new(&b));
+    let ca = dir.path().join("client-ca.pem");
+    std::fs::copy(&other.ca, &ca).expect("write the old CA");
+    let mut cfg = ProxyConfig::new(vec![db.addr()]);
+    cfg.extra_tables = format!(
+        "\n[security.server-http-tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        ca.display().to_string(),
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string(),
+    );
+    let proxy = Proxy::start(&cfg);
+    let client = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
+    assert_eq!(
+        curl_health(proxy.api_port(), client),
+        "000",
+        "a client certificate the old CA did not sign must be refused"
+    );
+    std::fs::copy(&pki.ca, &ca).expect("write the new CA");
+    let served = poll_until(Duration::from_secs(30), || {
+        (curl_health(proxy.api_port(), client) == "200").then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "the new client CA was not used:\n{}",
+        proxy.log()
+    );
+    eprintln!("client ca reload: refused under the old CA, served after the rotation");
 }

@@ -112,13 +112,10 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(&cfg.min_tls_version)?)?;
     let builder = if requires_client_cert(cfg) {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(&cfg.ca)? {
-            roots.add(c)?;
-        }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| TlsError::General(e.to_string()))?;
+        // The CA file is re-read when it changes, as the certificates are.
+        let verifier = Arc::new(super::cert_reload::ReloadingClientVerifier(
+            super::cert_reload::ReloadingCa::new(&cfg.ca, provider, client_chain_verifier)?,
+        ));
         if cfg.cert_allowed_cn.is_empty() {
             builder.with_client_cert_verifier(verifier)
         } else {
@@ -186,6 +183,20 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
         builder.with_no_client_auth()
     };
     Ok(Some(Arc::new(config)))
+}
+
+/// The client-certificate verifier of a server side, from its CA file.
+fn client_chain_verifier(
+    ca: &str,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c)?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::General(e.to_string()).into())
 }
 
 /// The chain verifier for backends, from the `sql-tls` CA file.
