@@ -54,6 +54,8 @@ pub struct App {
     /// The api, health, SQL server, rebalance, discovery and config-watch tasks; shutdown
     /// awaits them (bounded) so PD keys are removed and no task outlives the App unseen.
     tasks: TaskTracker,
+    /// The status port's state; the config file's path reaches the namespace API through it.
+    api_state: Arc<ApiState>,
     /// The threads sessions run on; they stop when the App is dropped.
     _workers: Arc<Workers>,
 }
@@ -78,7 +80,7 @@ impl App {
             tracing::warn!("balance.routing-rule = \"proxy_cidr\" has no effect here: sessions are not grouped by the address of a load balancer in front of the proxy (docs/balance.md)");
         }
         crate::hardening::disable_core_dumps();
-        let backends = Arc::new(BackendSet::new(&config.proxy.backend_addrs));
+        let backends = Arc::new(BackendSet::new(&config.static_backend_addrs()));
         let ctx = Arc::new(ProxyContext::new(
             SessionSettings::from_config(&config),
             tls,
@@ -113,6 +115,7 @@ impl App {
             running.clone(),
             draining.clone(),
         ));
+        let api_state = state.clone();
         let tasks = TaskTracker::new();
         track(
             &tasks,
@@ -151,7 +154,7 @@ impl App {
         if let Some(task) = discovery {
             track(&tasks, task);
         }
-        if config.proxy.backend_addrs.is_empty() && no_pd {
+        if config.static_backend_addrs().is_empty() && no_pd {
             warn!("no backend is configured: set [proxy] backend-addrs or --backend-addrs; clients will get error 9001 until one is");
         }
         Ok(App {
@@ -164,6 +167,7 @@ impl App {
             draining,
             background,
             tasks,
+            api_state,
             _workers: workers,
         })
     }
@@ -175,6 +179,7 @@ impl App {
         path: std::path::PathBuf,
         overrides: impl Fn(&mut Config) + Send + 'static,
     ) {
+        self.api_state.namespaces.set_file(path.clone());
         let running = self.running.clone();
         let shown = path.display().to_string();
         let watcher = crate::config::watch::start(

@@ -88,8 +88,8 @@ pub fn apply(running: &Running, next: Config) -> Result<ReloadReport, ReloadErro
     running
         .ctx
         .set_settings(SessionSettings::from_config(&next));
-    if old.proxy.backend_addrs != next.proxy.backend_addrs {
-        running.ctx.backends.set_addrs(&next.proxy.backend_addrs);
+    if old.static_backend_addrs() != next.static_backend_addrs() {
+        running.ctx.backends.set_addrs(&next.static_backend_addrs());
     }
     for key in &changed {
         let live = is_hot_reloadable(key) && (key != "log.level" || running.log.get().is_some());

@@ -1,6 +1,6 @@
 //! The Go TiProxy's status-port paths and tiproxyctl groups, as its operators call them: the
 //! manual health override, redirect, backend metrics, `/metrics/`, the debug group at the root,
-//! and the documented 501s (pprof, traffic, namespaces). Changes need the `[api]` credentials.
+//! and the documented 501s (pprof, traffic). Changes need the `[api]` credentials.
 
 mod common;
 
@@ -92,8 +92,6 @@ fn tiproxy_paths_answer_as_tiproxy_and_need_credentials_to_change_state() {
         ("GET", "/api/debug/pprof/profile"),
         ("GET", "/api/traffic/show"),
         ("POST", "/api/traffic/capture"),
-        ("GET", "/api/admin/namespace"),
-        ("PUT", "/api/admin/namespace/ns1"),
     ] {
         assert_eq!(call(port, method, path, None, false).0, "401", "{path}");
         let (status, body) = call(port, method, path, Some("{}"), true);
@@ -102,19 +100,32 @@ fn tiproxy_paths_answer_as_tiproxy_and_need_credentials_to_change_state() {
         assert!(body.contains("not"), "{body}");
     }
 
-    for args in [["traffic", "show"], ["namespace", "list"]] {
-        let out = run(
-            Command::new(env!("CARGO_BIN_EXE_tiproxyctl"))
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--user", "admin", "--password", "s3cret"])
-                .args(args),
-            Duration::from_secs(30),
-        );
-        eprintln!("tiproxyctl {args:?}: {out:?}");
-        assert!(!out.ok());
-        assert!(
-            out.stderr.contains("501") && out.stderr.contains("not supported"),
-            "{out:?}"
-        );
+    // Namespaces are served (tests/namespace.rs): only behind the credentials here.
+    for (method, path) in [
+        ("GET", "/api/admin/namespace"),
+        ("PUT", "/api/admin/namespace/ns1"),
+    ] {
+        assert_eq!(call(port, method, path, None, false).0, "401", "{path}");
     }
+    let (status, body) = call(port, "PUT", "/api/admin/namespace/ns1", Some("{}"), true);
+    assert_eq!(
+        status, "400",
+        "a namespace with no backends is refused: {body}"
+    );
+    assert!(body.contains("no backends"), "{body}");
+
+    let args = ["traffic", "show"];
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_tiproxyctl"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--user", "admin", "--password", "s3cret"])
+            .args(args),
+        Duration::from_secs(30),
+    );
+    eprintln!("tiproxyctl {args:?}: {out:?}");
+    assert!(!out.ok());
+    assert!(
+        out.stderr.contains("501") && out.stderr.contains("not supported"),
+        "{out:?}"
+    );
 }

@@ -9,6 +9,7 @@ mod auth;
 mod dashboard;
 pub mod history;
 pub mod migrate;
+pub mod namespace;
 mod routes;
 mod slots;
 pub mod stats;
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub local_names: Vec<String>,
     /// `PUT /api/debug/health`: an operator's verdict, until `DELETE` clears it.
     pub manual_health: tiproxy_paths::ManualHealth,
+    /// `[[namespace]]` changes through the API, and the config file they are written into.
+    pub namespaces: namespace::NamespaceStore,
 }
 
 impl ApiState {
@@ -74,6 +77,7 @@ impl ApiState {
             auth_failures: Default::default(),
             local_names: access::local_names(&config.proxy.advertise_addr),
             manual_health: Default::default(),
+            namespaces: Default::default(),
             running,
         }
     }

@@ -70,7 +70,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
             error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::TRAFFIC_WHY)
         }
         (_, p) if p == "/api/admin/namespace" || p.starts_with("/api/admin/namespace/") => {
-            error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::NAMESPACE_WHY)
+            namespace_path(state, req, peer, &path).await
         }
         (_, p) if p == "/api/debug/pprof" || p.starts_with("/api/debug/pprof/") => {
             error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::PPROF_WHY)
@@ -255,6 +255,83 @@ fn get_config(state: &ApiState, req: &Request<Incoming>) -> Response<Body> {
     match toml::to_string(&table) {
         Ok(text) => reply(StatusCode::OK, "application/toml; charset=utf-8", text),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// TiProxy's namespace paths; all of them are admin paths (they name users).
+async fn namespace_path(
+    state: &ApiState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    path: &str,
+) -> Response<Body> {
+    use super::namespace::{commit_names, NamespaceStore, Outcome};
+    let name = path
+        .strip_prefix("/api/admin/namespace")
+        .unwrap_or("")
+        .trim_start_matches('/')
+        .to_string();
+    let method = req.method().clone();
+    let outcome = match (&method, name.as_str()) {
+        (&Method::GET, "") => {
+            return json_reply(StatusCode::OK, &NamespaceStore::list(&state.running))
+        }
+        (&Method::POST, "commit") => {
+            let names = commit_names(req.uri().query());
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|n| NamespaceStore::get(&state.running, n).is_none())
+                .collect();
+            if !missing.is_empty() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no such namespace: {missing:?}"),
+                );
+            }
+            // A put or del is in effect at once; sessions on a backend outside their group
+            // move at their next transaction boundary.
+            info!(client = %peer, who = %caller(state), ?names, "audit: API namespace commit");
+            return json_reply(StatusCode::OK, &"");
+        }
+        (&Method::GET, n) => {
+            return match NamespaceStore::get(&state.running, n) {
+                Some(ns) => json_reply(StatusCode::OK, &ns),
+                None => error(StatusCode::NOT_FOUND, format!("no namespace {n:?}")),
+            }
+        }
+        (&Method::PUT, n) => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            state.namespaces.put(&state.running, n, &body)
+        }
+        (&Method::DELETE, n) if !n.is_empty() => state.namespaces.delete(&state.running, n),
+        _ => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not served on {path}"),
+            )
+        }
+    };
+    match outcome {
+        Outcome::Done => {
+            let persisted = state.namespaces.file().is_some();
+            info!(client = %peer, who = %caller(state), %method, namespace = %name, persisted, "audit: API changed the namespaces");
+            if !persisted {
+                warn!("namespaces changed through the API are not persisted: the proxy was started without a config file");
+            }
+            json_reply(StatusCode::OK, &"")
+        }
+        Outcome::NotFound(e) => error(StatusCode::NOT_FOUND, e),
+        Outcome::Invalid(e) => {
+            warn!(client = %peer, who = %caller(state), error = %e, "audit: API namespace change rejected");
+            error(StatusCode::BAD_REQUEST, e)
+        }
+        Outcome::Storage(e) => {
+            warn!(client = %peer, who = %caller(state), error = %e, "audit: API namespace change not applied");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e)
+        }
     }
 }
 

@@ -94,11 +94,6 @@ profile it with `perf record -g -p <pid>` (CPU) or read /api/stats/history and /
 pub const TRAFFIC_WHY: &str = "traffic capture and replay are not supported by this proxy: \
 nothing is recorded, so there is nothing to show, cancel or replay";
 
-/// Why `/api/admin/namespace/...` answers 501.
-pub const NAMESPACE_WHY: &str = "namespaces (routing a namespace's users to its own backends) \
-are not supported yet: one proxy serves one set of backends (proxy.pd-addrs or \
-proxy.backend-addrs); run one proxy per backend group";
-
 #[cfg(test)]
 mod tests {
     use super::*;

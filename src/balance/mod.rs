@@ -9,6 +9,7 @@ pub mod factors;
 pub mod label_routes;
 pub mod policy;
 pub mod routes;
+pub mod routes_namespace;
 
 pub use backend::{Backend, BackendLease, BackendSource, BackendSpec};
 

@@ -302,6 +302,10 @@ const KEYS: &[(&str, &str)] = &[
         "free-form labels of this proxy, e.g. {zone = \"east\"}",
     ),
     (
+        "namespace",
+        "namespaces: [[namespace]] with frontend.user(s) routed to backend.instances / backend.labels",
+    ),
+    (
         "workdir",
         "directory for runtime files (generated certificates, etc.)",
     ),
@@ -330,6 +334,7 @@ pub fn is_hot_reloadable(key: &str) -> bool {
         "health",
         "balance",
         "labels",
+        "namespace",
     ];
     EXACT.contains(&key)
         || [

@@ -5,6 +5,7 @@ pub mod cli;
 mod error;
 mod info;
 mod load;
+pub mod namespace;
 pub mod networks;
 pub mod routes;
 pub mod secret;

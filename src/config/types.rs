@@ -17,6 +17,8 @@ pub struct Config {
     /// Free-form labels (e.g. `zone`) used by location-aware balancing.
     pub labels: BTreeMap<String, String>,
     pub workdir: String,
+    /// `[[namespace]]`: users routed to their own backend group (written by the namespace API).
+    pub namespace: Vec<super::namespace::NamespaceConfig>,
 }
 
 impl Config {
@@ -28,6 +30,22 @@ impl Config {
             return Vec::new();
         }
         split_pd_addrs(&self.proxy.pd_addrs)
+    }
+
+    /// The backends to probe and route to when no PD lists them: `backend-addrs` and, without
+    /// PD, every namespace's instances (with PD those pick among the TiDBs PD lists).
+    pub fn static_backend_addrs(&self) -> Vec<String> {
+        let mut out = self.proxy.backend_addrs.clone();
+        if self.pd_addr_list().is_empty() {
+            for ns in &self.namespace {
+                for i in ns.instances() {
+                    if !out.iter().any(|a| a.trim() == i) {
+                        out.push(i.to_string());
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Mark `pd-addrs` as explicitly set (file, flag or API) and store it.

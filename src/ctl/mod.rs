@@ -89,7 +89,7 @@ pub enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
-    /// TiProxy's namespaces: list, get NAME, put [-i FILE], del NAME, commit.
+    /// TiProxy's namespaces: list, get NAME, put [--ns FILE], del NAME, commit [NAME...].
     Namespace {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -115,18 +115,23 @@ fn tiproxy_request(command: &Command) -> Result<(&'static str, String, Option<Ve
         ("namespace", "list") => ("GET", "/api/admin/namespace".into(), None),
         ("namespace", "get") => ("GET", format!("/api/admin/namespace/{name}"), None),
         ("namespace", "del") => ("DELETE", format!("/api/admin/namespace/{name}"), None),
-        ("namespace", "commit") => ("POST", "/api/admin/namespace/commit".into(), post),
+        ("namespace", "commit") => (
+            "POST",
+            format!(
+                "/api/admin/namespace/commit?namespaces={}",
+                args[1..].join(",")
+            ),
+            post,
+        ),
         ("namespace", "put") => {
+            // TiProxy's `--ns FILE` (our `-i` too); standard input without one.
             let file = args
                 .iter()
-                .skip_while(|a| *a != "-i" && *a != "--input")
+                .skip_while(|a| !matches!(a.as_str(), "--ns" | "-i" | "--input"))
                 .nth(1)
                 .map(std::path::Path::new);
-            (
-                "PUT",
-                "/api/admin/namespace".into(),
-                Some(read_input(file)?),
-            )
+            let (name, json) = namespace_json(&read_input(file)?)?;
+            ("PUT", format!("/api/admin/namespace/{name}"), Some(json))
         }
         ("traffic", "show") => ("GET", "/api/traffic/show".into(), None),
         ("traffic", v @ ("capture" | "replay" | "cancel")) => {
@@ -136,7 +141,7 @@ fn tiproxy_request(command: &Command) -> Result<(&'static str, String, Option<Ve
             return Err(format!(
                 "{group} needs a subcommand: {}",
                 if group == "namespace" {
-                    "list, get NAME, put -i FILE, del NAME, commit"
+                    "list, get NAME, put --ns FILE, del NAME, commit [NAME...]"
                 } else {
                     "capture, replay, cancel, show"
                 }
@@ -300,7 +305,8 @@ pub async fn run(cli: Cli, argv0: &str) -> u8 {
         Command::Backends => table::backends(&v),
         Command::Connections => table::connections(&v),
         Command::Events => table::events(&v),
-        Command::Namespace { .. } | Command::Traffic { .. } => answer.body.clone(),
+        Command::Namespace { ref args } => namespace_text(args, &v, &answer.body),
+        Command::Traffic { .. } => answer.body.clone(),
         Command::Migrate { .. } => format!(
             "{} session(s) asked to move; each moves at its next transaction boundary",
             v["requested"]
@@ -342,6 +348,42 @@ fn health_text(ok: bool, v: &Value) -> String {
             .and_then(|r| r.as_str())
             .unwrap_or("no reason given");
         format!("unhealthy: {why}")
+    }
+}
+
+/// A namespace file (TiProxy's TOML) as the JSON body the API takes, with its name.
+fn namespace_json(toml_text: &[u8]) -> Result<(String, Vec<u8>), String> {
+    let text = std::str::from_utf8(toml_text).map_err(|_| "the namespace file is not UTF-8")?;
+    let ns: crate::config::namespace::NamespaceConfig =
+        toml::from_str(text).map_err(|e| format!("bad namespace file: {e}"))?;
+    if ns.namespace.trim().is_empty() {
+        return Err("the namespace file sets no `namespace = \"NAME\"`".into());
+    }
+    let json = serde_json::to_vec(&ns).map_err(|e| e.to_string())?;
+    Ok((ns.namespace, json))
+}
+
+/// What TiProxy's tiproxyctl prints: `list` a TOML table per namespace, keyed by name; `get`
+/// the namespace as TOML; the other verbs the proxy's answer.
+fn namespace_text(args: &[String], v: &Value, body: &str) -> String {
+    let as_toml = |v: &Value| -> Option<String> {
+        let ns: crate::config::namespace::NamespaceConfig =
+            serde_json::from_value(v.clone()).ok()?;
+        toml::to_string(&ns).ok()
+    };
+    match args.first().map(String::as_str) {
+        Some("list") => {
+            let mut map = toml::Table::new();
+            for ns in v.as_array().into_iter().flatten() {
+                let name = ns["namespace"].as_str().unwrap_or_default().to_string();
+                if let Some(t) = as_toml(ns).and_then(|t| t.parse::<toml::Table>().ok()) {
+                    map.insert(name, toml::Value::Table(t));
+                }
+            }
+            toml::to_string(&map).unwrap_or_default()
+        }
+        Some("get") => as_toml(v).unwrap_or_else(|| body.to_string()),
+        _ => body.to_string(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod batch;
 pub mod monitor;
 pub mod panics;
+pub mod runtime;
 
 pub use backend::BackendMetrics;
 
@@ -109,6 +110,10 @@ pub struct Metrics {
     pub owner: IntGaugeVec,
     pub time_jump_back: IntCounter,
     pub keep_alive: IntCounter,
+    /// `go_goroutines`: this process's OS threads (no Go runtime here; see `runtime`).
+    pub go_goroutines: IntGauge,
+    /// `go_memory_classes_heap_objects_bytes`: heap bytes allocated and not freed.
+    pub go_heap_objects_bytes: IntGauge,
     /// Process events: start, close.
     pub server_event: IntCounterVec,
     /// How long after its connection was made each query started.
@@ -409,6 +414,16 @@ impl Metrics {
                 "Time (s) from a connection's creation to the start of each of its queries.",
                 prometheus::exponential_buckets(1.0, 2.0, 21).expect("valid buckets"),
             ))
+            .unwrap()),
+            go_goroutines: reg!(IntGauge::new(
+                "go_goroutines",
+                "OS threads of this process (TiProxy's Go goroutine panel; no Go runtime here)."
+            )
+            .unwrap()),
+            go_heap_objects_bytes: reg!(IntGauge::new(
+                "go_memory_classes_heap_objects_bytes",
+                "Heap bytes allocated and not freed (TiProxy's Go heap panel; the C allocator's figure here)."
+            )
             .unwrap()),
             registry: r,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -17,6 +17,7 @@ pub fn start(metrics: &Arc<Metrics>) {
     m.server_event.with_label_values(&["start"]).inc();
     m.server_event.with_label_values(&["close"]);
     m.keep_alive.inc();
+    super::runtime::refresh(m);
     let weak = Arc::downgrade(metrics);
     let spawned = std::thread::Builder::new()
         .name("metrics-monitor".into())
@@ -45,6 +46,7 @@ fn run(metrics: Weak<Metrics>) {
             tracing::warn!("the system clock went backwards");
         }
         last = now;
+        super::runtime::refresh(&m);
         ticks += 1;
         if ticks.is_multiple_of(TICKS_PER_KEEP_ALIVE) {
             m.keep_alive.inc();

@@ -118,3 +118,134 @@ impl ResolvesServerCert for ReloadingCert {
         Some(self.current())
     }
 }
+
+/// Something built from a CA file (a verifier), rebuilt when the file changes: checked at most
+/// every [`CHECK_EVERY`] on a handshake. A CA file that changed but does not load keeps the
+/// previous one (and says so), so a half-written file never turns verification off.
+pub struct ReloadingCa<T: ?Sized> {
+    path: String,
+    build: fn(&str, &Arc<CryptoProvider>) -> Result<Arc<T>, super::tls::TlsSetupError>,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<T>>,
+    stamp: Mutex<Option<SystemTime>>,
+    epoch: Instant,
+    checked_ms: AtomicU64,
+}
+
+impl<T: ?Sized> std::fmt::Debug for ReloadingCa<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCa")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl<T: ?Sized> ReloadingCa<T> {
+    /// Builds from the file now; an error here is a startup error.
+    pub fn new(
+        path: &str,
+        provider: Arc<CryptoProvider>,
+        build: fn(&str, &Arc<CryptoProvider>) -> Result<Arc<T>, super::tls::TlsSetupError>,
+    ) -> Result<Self, super::tls::TlsSetupError> {
+        let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let first = build(path, &provider)?;
+        Ok(ReloadingCa {
+            path: path.to_owned(),
+            build,
+            provider,
+            current: RwLock::new(first),
+            stamp: Mutex::new(stamp),
+            epoch: Instant::now(),
+            checked_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The current build, after re-reading the file if it changed (at most every CHECK_EVERY).
+    pub fn current(&self) -> Arc<T> {
+        self.check();
+        self.current.read().expect("ca").clone()
+    }
+
+    fn check(&self) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < CHECK_EVERY.as_millis() as u64
+            || self
+                .checked_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let now = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut stamp = self.stamp.lock().expect("ca stamp");
+        if *stamp == now {
+            return;
+        }
+        match (self.build)(&self.path, &self.provider) {
+            Ok(next) => {
+                *self.current.write().expect("ca") = next;
+                *stamp = now;
+                tracing::info!(ca = %self.path, "TLS CA reloaded: new handshakes verify against it");
+            }
+            Err(e) => {
+                tracing::warn!(ca = %self.path, error = %e, "TLS CA file changed but does not load; still verifying against the previous one")
+            }
+        }
+    }
+}
+
+/// The client-certificate verifier of `server-tls`/`server-http-tls`, rebuilt when its CA file
+/// changes. No CA names are hinted to clients (the hint would borrow from a verifier that may
+/// be replaced); clients send the certificate they are configured with either way.
+#[derive(Debug)]
+pub struct ReloadingClientVerifier(pub ReloadingCa<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for ReloadingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.0.current().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.current().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0
+            .current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.current().supported_verify_schemes()
+    }
+}

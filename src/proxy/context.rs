@@ -41,6 +41,8 @@ pub struct SessionSettings {
     pub proxy_protocol_networks: crate::config::networks::TrustedNetworks,
     /// Connections from one IP still in their handshake; 0 = no limit.
     pub max_handshakes_per_source: u64,
+    /// `[[namespace]]`: which backends a login's user may use.
+    pub namespaces: Arc<crate::balance::routes_namespace::Namespaces>,
 }
 
 impl SessionSettings {
@@ -78,6 +80,9 @@ impl SessionSettings {
             )
             .unwrap_or_default(),
             max_handshakes_per_source: c.proxy.max_handshakes_per_source,
+            namespaces: Arc::new(crate::balance::routes_namespace::Namespaces::from_config(
+                &c.namespace,
+            )),
         }
     }
 }

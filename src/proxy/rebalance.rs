@@ -8,6 +8,7 @@ use super::context::ProxyContext;
 use super::registry::{Redirect, SessionEntry};
 use crate::balance::factors::{fetch::fetch_sample, prometheus, Load, LoadTracker};
 use crate::balance::policy::{self, Action, BackendInput, Mode, Planner, SessionInput};
+use crate::balance::routes_namespace::{Group, Namespaces};
 use crate::balance::{backend_input, Backend, RouteView, SessionHandle};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -87,6 +88,9 @@ impl SessionHandle for SessionEntry {
 #[derive(Default)]
 struct Driver {
     planner: Planner,
+    /// One planner per namespace group: a planner's memory (holds, strandings) covers the
+    /// sessions it is shown, so groups must not share one.
+    group_planners: HashMap<Group, Planner>,
     loads: LoadTracker,
     read_at: Option<Instant>,
     /// The score series published last round, so a backend or factor that left loses its own.
@@ -182,9 +186,13 @@ impl Driver {
                 backend_input(b, loads[&b.addr], fail_listed)
             })
             .collect();
-        let handles: Vec<Arc<dyn SessionHandle>> = ctx
-            .registry
-            .entries()
+        let entries = ctx.registry.entries();
+        let users: Vec<String> = if settings.namespaces.is_empty() {
+            Vec::new()
+        } else {
+            entries.iter().map(|e| e.view().user).collect()
+        };
+        let handles: Vec<Arc<dyn SessionHandle>> = entries
             .into_iter()
             .map(|e| e as Arc<dyn SessionHandle>)
             .collect();
@@ -198,7 +206,18 @@ impl Driver {
                 origin: h.origin(),
             })
             .collect();
-        let actions = self.planner.plan(&inputs, &sessions, policy, now);
+        let actions = if settings.namespaces.is_empty() {
+            self.planner.plan(&inputs, &sessions, policy, now)
+        } else {
+            self.plan_per_namespace(
+                &settings.namespaces,
+                &inputs,
+                &sessions,
+                &users,
+                policy,
+                now,
+            )
+        };
         apply(&handles, actions);
         let scores = self.publish_scores(ctx, &inputs, policy);
         self.count_cross_location(ctx, &list, policy);
@@ -207,6 +226,47 @@ impl Driver {
             loads,
             scores,
         });
+    }
+
+    /// Each namespace group is balanced on its own, as TiProxy gives each namespace its own
+    /// router: its sessions move only among its backends.
+    fn plan_per_namespace(
+        &mut self,
+        namespaces: &Namespaces,
+        inputs: &[BackendInput],
+        sessions: &[SessionInput],
+        users: &[String],
+        policy: &policy::Policy,
+        now: Instant,
+    ) -> Vec<Action> {
+        let backend_group: Vec<Group> = inputs
+            .iter()
+            .map(|b| namespaces.group_of_backend(&b.addr, &b.labels))
+            .collect();
+        let session_group: Vec<Group> = users.iter().map(|u| namespaces.group_of_user(u)).collect();
+        let mut groups: Vec<&Group> = backend_group.iter().collect();
+        groups.sort();
+        groups.dedup();
+        let mut actions = Vec::new();
+        for g in groups {
+            let ins: Vec<BackendInput> = inputs
+                .iter()
+                .zip(&backend_group)
+                .filter(|(_, bg)| *bg == g)
+                .map(|(b, _)| b.clone())
+                .collect();
+            let ses: Vec<SessionInput> = sessions
+                .iter()
+                .zip(&session_group)
+                .filter(|(_, sg)| *sg == g)
+                .map(|(s, _)| s.clone())
+                .collect();
+            let planner = self.group_planners.entry(g.clone()).or_default();
+            actions.extend(planner.plan(&ins, &ses, policy, now));
+        }
+        self.group_planners
+            .retain(|g, _| backend_group.contains(g) || session_group.contains(g));
+        actions
     }
 
     /// Sets the score gauges and returns the scores for reports.

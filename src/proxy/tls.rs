@@ -112,13 +112,10 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(&cfg.min_tls_version)?)?;
     let builder = if requires_client_cert(cfg) {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(&cfg.ca)? {
-            roots.add(c)?;
-        }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| TlsError::General(e.to_string()))?;
+        // The CA file is re-read when it changes, as the certificates are.
+        let verifier = Arc::new(super::cert_reload::ReloadingClientVerifier(
+            super::cert_reload::ReloadingCa::new(&cfg.ca, provider, client_chain_verifier)?,
+        ));
         if cfg.cert_allowed_cn.is_empty() {
             builder.with_client_cert_verifier(verifier)
         } else {
@@ -157,17 +154,15 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
         return Ok(None);
     }
     let provider = provider();
+    // The CA file is re-read when it changes, as the certificates are.
     let chain = if cfg.skip_ca || cfg.ca.is_empty() {
         None
     } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(&cfg.ca)? {
-            roots.add(c)?;
-        }
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| TlsError::General(e.to_string()))?;
-        Some(inner)
+        Some(super::cert_reload::ReloadingCa::new(
+            &cfg.ca,
+            provider.clone(),
+            backend_chain_verifier,
+        )?)
     };
     let verifier: Arc<dyn ServerCertVerifier> = Arc::new(BackendVerifier {
         chain,
@@ -190,6 +185,34 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ClientConfig>
     Ok(Some(Arc::new(config)))
 }
 
+/// The client-certificate verifier of a server side, from its CA file.
+fn client_chain_verifier(
+    ca: &str,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c)?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::General(e.to_string()).into())
+}
+
+/// The chain verifier for backends, from the `sql-tls` CA file.
+fn backend_chain_verifier(
+    ca: &str,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c)?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::General(e.to_string()).into())
+}
+
 /// The name to present to a backend: its IP, or its host name.
 pub fn server_name(addr: &str) -> ServerName<'static> {
     let host = addr
@@ -208,7 +231,7 @@ pub fn server_name(addr: &str) -> ServerName<'static> {
 /// checked.
 #[derive(Debug)]
 struct BackendVerifier {
-    chain: Option<Arc<WebPkiServerVerifier>>,
+    chain: Option<super::cert_reload::ReloadingCa<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -221,7 +244,7 @@ impl ServerCertVerifier for BackendVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let Some(chain) = &self.chain else {
+        let Some(chain) = self.chain.as_ref().map(|c| c.current()) else {
             return Ok(ServerCertVerified::assertion());
         };
         match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {

@@ -118,6 +118,11 @@ impl MariaDb {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The self-signed certificate a `start_tls` server presents (its own CA).
+    pub fn tls_cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("mariadb-cert.pem")
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

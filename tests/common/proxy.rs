@@ -326,6 +326,28 @@ impl Proxy {
         )
     }
 
+    /// Stops the process (SIGKILL) and starts it again on the same config file and ports,
+    /// waiting (at most 30 s) until the SQL port accepts TCP again.
+    pub fn restart(&mut self) {
+        self.kill();
+        let out = |n: &str| std::fs::File::create(self.dir.path().join(n)).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tiproxy"))
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out("stdout.log"))
+            .stderr(out("stderr.log"))
+            .spawn()
+            .expect("spawn tiproxy");
+        self.child = Some(child);
+        let port = self.port;
+        let up = poll_until(Duration::from_secs(30), || {
+            wait_for_port(port, Duration::from_millis(100)).then_some(())
+        });
+        assert!(up.is_some(), "tiproxy did not come back:\n{}", self.log());
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

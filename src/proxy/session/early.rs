@@ -93,6 +93,10 @@ impl Early {
     /// handshake left unanswered for connect_timeout (10 s by default) and count it against the
     /// proxy's host for max_connect_errors, so a slow or silent client must not hold it that
     /// long: after this the connection is signed off and the login, when it comes, dials afresh.
+    pub(super) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     pub(super) fn hold(settings: &SessionSettings) -> Duration {
         (settings.client_handshake_timeout / 2).min(Duration::from_secs(5))
     }

@@ -5,6 +5,7 @@ mod command;
 mod early;
 #[cfg(test)]
 mod failover_tests;
+mod namespace;
 mod outcome;
 mod redirect;
 pub(crate) mod stmt_ids;
@@ -306,13 +307,27 @@ async fn establish(
         return Err(tell(client, reply_seq, ClientError::ShuttingDown).await);
     }
 
+    // The user is known only now: a backend greeted early for another namespace's group is
+    // let go, and the login is dialed within this user's group.
+    let group = namespace::group_of(&settings, &String::from_utf8_lossy(&hello.response.user));
+    let outside = namespace::outside(ctx, &settings, &group);
+    let in_group = |b: &crate::balance::Backend| !outside.iter().any(|o| o.addr == b.addr);
+    if early.as_ref().is_some_and(|e| !in_group(e.backend())) {
+        early = None;
+    }
+    let early_failure = early_failure.filter(|(b, _)| in_group(b));
     let forwarded = match early {
         Some(e) => e.answer(&hello, ctx, &settings).await,
         None => Ok(None),
     };
+    let within = Within {
+        origin,
+        outside,
+        group: &group,
+    };
     let answered = match forwarded {
         Ok(Some(x)) => Ok(x),
-        Ok(None) => connect_backend(&hello, ctx, &settings, early_failure, origin)
+        Ok(None) => connect_backend(&hello, ctx, &settings, early_failure, &within)
             .await
             .map(|(d, l)| (d, l, ProofCapture::default())),
         Err(e) => Err(e),
@@ -399,6 +414,14 @@ fn tls_unavailable(
     }
 }
 
+/// Where a login may go: its origin (for `[[balance.routes]]`) and the backends outside its
+/// namespace group.
+struct Within<'a> {
+    origin: &'a crate::balance::policy::Origin,
+    outside: Vec<Arc<crate::balance::Backend>>,
+    group: &'a crate::balance::routes_namespace::Group,
+}
+
 /// Tries healthy backends, fewest sessions first, until one accepts the client's identity.
 /// `earlier` is a backend already tried for this session, and why it failed.
 async fn connect_backend(
@@ -406,10 +429,12 @@ async fn connect_backend(
     ctx: &ProxyContext,
     settings: &super::context::SessionSettings,
     earlier: Option<early::Failed>,
-    origin: &crate::balance::policy::Origin,
+    within: &Within<'_>,
 ) -> Result<(super::backend_conn::Dialed, BackendLease), ClientError> {
+    let origin = within.origin;
     let looking = std::time::Instant::now();
     let mut tried = not_for_new_sessions(ctx, settings);
+    tried.extend(within.outside.iter().cloned());
     let mut failures: Vec<String> = Vec::new();
     if let Some((backend, reason)) = earlier {
         dial_failed(ctx, &backend, &reason);
@@ -457,9 +482,12 @@ async fn connect_backend(
     m.get_backend_duration
         .observe(looking.elapsed().as_secs_f64());
     if failures.is_empty() {
-        Err(ClientError::NoBackendAvailable {
-            detail: ctx.selector.unavailable_reason_for(origin),
-        })
+        let detail = if settings.namespaces.is_empty() {
+            ctx.selector.unavailable_reason_for(origin)
+        } else {
+            namespace::unavailable(ctx, settings, within.group)
+        };
+        Err(ClientError::NoBackendAvailable { detail })
     } else {
         Err(ClientError::BackendConnectFailed {
             attempts: failures.join("; "),

@@ -117,6 +117,18 @@ impl Session {
             .cloned()
             .collect();
         same_place.push(current.clone());
+        // Never out of the session's namespace group, whoever asks.
+        let settings = ctx.settings();
+        let group = super::namespace::group_of(&settings, &self.user);
+        let outside = super::namespace::outside(ctx, &settings, &group);
+        if req
+            .target
+            .as_ref()
+            .is_some_and(|t| outside.iter().any(|b| &b.addr == t))
+        {
+            return None;
+        }
+        same_place.extend(outside);
         match &req.target {
             Some(addr) if *addr == current.addr => None,
             Some(addr) => ctx
@@ -155,6 +167,17 @@ impl Session {
                     addr.clone(),
                     format!("routing rule {:?} keeps the session off it", rule.name),
                 ));
+            }
+        }
+        let settings = ctx.settings();
+        let group = super::namespace::group_of(&settings, &self.user);
+        if let Some(addr) = &req.target {
+            if super::namespace::outside(ctx, &settings, &group)
+                .iter()
+                .any(|b| &b.addr == addr)
+            {
+                let group = crate::balance::routes_namespace::Namespaces::describe(&group);
+                return Err((addr.clone(), format!("{group} keeps the session off it")));
             }
         }
         let Some(target) = self.pick_target(ctx, req) else {
