@@ -166,6 +166,8 @@ fn errno(code: i32) -> io::Error {
 
 impl Driver {
     pub(super) fn new(entries: u32, _bufs: u16) -> io::Result<Driver> {
+        // Not DEFER_TASKRUN: deferred completions do not make the ring's descriptor readable
+        // for epoll, so a worker parked in epoll_wait would never see them (tried: sessions hang).
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .setup_single_issuer()
@@ -355,13 +357,13 @@ impl Driver {
     /// Submits what is queued and handles what completed, until neither is left.
     fn pump(&mut self) {
         loop {
-            let queued = !self.ring.submission().is_empty();
-            if queued {
-                match self.ring.submit() {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(_) => {}
-                }
+            if !self.ring.submission().is_empty()
+                && self
+                    .ring
+                    .submit()
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::EINTR))
+            {
+                continue;
             }
             if self.reap() == 0 && self.ring.submission().is_empty() {
                 return;
