@@ -137,8 +137,14 @@ impl App {
             background.clone(),
         );
         track(&tasks, health_task);
-        let workers = Arc::new(Workers::per_core().context("cannot start the session workers")?);
-        info!(workers = workers.len(), "session workers started");
+        let engine = crate::proxy::workers::io_engine(&config.proxy.io_engine);
+        let workers =
+            Arc::new(Workers::per_core(engine).context("cannot start the session workers")?);
+        info!(
+            workers = workers.len(),
+            io_engine = workers.engine().name(),
+            "session workers started"
+        );
         for listener in listeners {
             track(
                 &tasks,

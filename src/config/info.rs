@@ -75,6 +75,10 @@ const KEYS: &[(&str, &str)] = &[
         "seconds a client may fall silent in the middle of sending a command (like MySQL's net_read_timeout), 0 = no limit",
     ),
     (
+        "proxy.io-engine",
+        "how workers carry plain-TCP sessions: \"epoll\" or \"io-uring\" (falls back to epoll where refused)",
+    ),
+    (
         "proxy.require-backend-tls",
         "deprecated location of security.require-backend-tls (TiProxy 0.1.x, old TiUP)",
     ),

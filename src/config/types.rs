@@ -103,6 +103,9 @@ pub struct ProxyConfig {
     pub client_handshake_timeout: u64,
     /// Seconds a client may fall silent in the middle of sending a command; 0 = no limit.
     pub client_read_timeout: u64,
+    /// How the workers carry plain-TCP sessions: "epoll" or "io-uring" (falls back to epoll,
+    /// with one log line, where the kernel refuses io_uring).
+    pub io_engine: String,
     /// `[proxy.service-account]`: lets the proxy read password hashes so it can move MySQL
     /// and MariaDB sessions; empty = such sessions are not moved.
     pub service_account: ServiceAccount,
@@ -133,6 +136,7 @@ impl Default for ProxyConfig {
             backend_connect_timeout: 5,
             client_handshake_timeout: 10,
             client_read_timeout: 30,
+            io_engine: "epoll".into(),
             service_account: ServiceAccount::default(),
             pd_addrs_explicit: false,
         }

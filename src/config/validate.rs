@@ -71,6 +71,13 @@ impl Config {
                 "expected \"\" (off) or \"v2\"",
             ));
         }
+        if !matches!(p.io_engine.as_str(), "epoll" | "io-uring") {
+            return Err(ConfigError::invalid(
+                "proxy.io-engine",
+                quoted(&p.io_engine),
+                "expected \"epoll\" or \"io-uring\"",
+            ));
+        }
         if !matches!(p.backend_proxy_protocol.as_str(), "" | "v2" | "off") {
             return Err(ConfigError::invalid(
                 "proxy.backend-proxy-protocol",

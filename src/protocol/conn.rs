@@ -160,19 +160,21 @@ impl PacketConn {
     /// Reads whatever arrives next into the buffer; `Ok(0)` means the peer closed. Cancel-safe:
     /// bytes are only ever appended to buffers this struct owns.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        if let (Stream::Plain(tcp), None, true) =
-            (&self.stream, &self.compress, self.rbuf.is_empty())
+        if self.compress.is_none()
+            && self.rbuf.is_empty()
+            && matches!(self.stream, Stream::Plain(_) | Stream::Uring(_))
         {
             // Waiting on readiness instead of a read lets the buffer go while nothing arrives:
             // thousands of idle sessions would otherwise pin two full buffers each. Readiness
             // costs no syscall, so the idle watch on the backend socket stays free too.
-            let (rbuf, buf_size) = (&mut self.rbuf, self.buf_size);
-            std::future::poll_fn(|cx| match tcp.poll_read_ready(cx) {
-                Poll::Pending => {
+            let (stream, rbuf, buf_size) = (&self.stream, &mut self.rbuf, self.buf_size);
+            std::future::poll_fn(|cx| match stream.poll_read_ready(cx) {
+                Some(Poll::Pending) => {
                     give_back(rbuf, buf_size);
                     Poll::Pending
                 }
-                ready => ready,
+                Some(ready) => ready,
+                None => Poll::Ready(Ok(())),
             })
             .await?;
             if self.rbuf.capacity() == 0 {

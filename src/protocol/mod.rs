@@ -9,6 +9,7 @@ pub mod handshake;
 pub mod proxy_protocol;
 pub mod response;
 pub mod stream;
+pub mod uring;
 
 pub use conn::PacketConn;
 pub use stream::Stream;

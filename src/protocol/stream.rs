@@ -16,6 +16,8 @@ pub enum Stream {
     Client(Box<client::TlsStream<TcpStream>>),
     /// One end of an in-memory pipe.
     Memory(Box<tokio::io::DuplexStream>),
+    /// Plain TCP carried by the worker's io_uring (see [`super::uring`]).
+    Uring(super::uring::UringStream),
     /// Only while an upgrade is in progress; any I/O on it fails.
     Upgrading,
 }
@@ -52,7 +54,34 @@ impl Stream {
             Stream::Plain(t) => Some(t),
             Stream::Server(t) => Some(t.get_ref().0),
             Stream::Client(t) => Some(t.get_ref().0),
-            Stream::Memory(_) | Stream::Upgrading => None,
+            Stream::Memory(_) | Stream::Uring(_) | Stream::Upgrading => None,
+        }
+    }
+
+    /// Moves a plain TCP stream onto this worker's io_uring, if the worker runs one; TLS and
+    /// other streams stay as they are. A socket the reactor would not release is lost, and
+    /// the next I/O on it fails like a dropped connection.
+    pub fn adopt_uring(&mut self) {
+        if !matches!(self, Stream::Plain(_)) || !super::uring::active_here() {
+            return;
+        }
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Upgrading) else {
+            return;
+        };
+        match super::uring::UringStream::adopt(tcp) {
+            Ok(u) => *self = Stream::Uring(u),
+            Err(Some(tcp)) => *self = Stream::Plain(tcp),
+            Err(None) => {}
+        }
+    }
+
+    /// For streams that can wait for bytes without a read buffer (plain TCP, on either
+    /// engine): readiness to read. `None` for the others.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        match self {
+            Stream::Plain(tcp) => Some(tcp.poll_read_ready(cx)),
+            Stream::Uring(u) => Some(u.poll_read_ready(cx)),
+            _ => None,
         }
     }
 }
@@ -72,6 +101,7 @@ impl AsyncRead for Stream {
             Stream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Memory(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Uring(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -88,6 +118,7 @@ impl AsyncWrite for Stream {
             Stream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Memory(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Uring(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -98,6 +129,7 @@ impl AsyncWrite for Stream {
             Stream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Memory(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Uring(s) => Pin::new(s).poll_flush(cx),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -108,6 +140,7 @@ impl AsyncWrite for Stream {
             Stream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Memory(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Uring(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Upgrading => Poll::Ready(Ok(())),
         }
     }

@@ -9,6 +9,7 @@
 //! For the same reason a worker batches its per-query metrics ([`crate::metrics::batch`]) and
 //! adds them to the shared series when it is about to sleep.
 
+use crate::protocol::uring::{self, IoEngine};
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 /// The session workers. Dropping this stops their threads; tasks still on them are dropped.
 pub struct Workers {
     workers: Vec<Worker>,
+    engine: IoEngine,
 }
 
 struct Worker {
@@ -27,6 +29,22 @@ struct Worker {
     /// Dropped (or sent) to stop the thread; the runtime is dropped on its own thread, because
     /// dropping a runtime from inside another one's async context is not allowed.
     _stop: oneshot::Sender<()>,
+}
+
+/// The engine `proxy.io-engine` asks for, if this kernel lets the process use it: io_uring is
+/// probed once here and, when refused, the one warning says why and epoll is used.
+pub fn io_engine(configured: &str) -> IoEngine {
+    let wanted = IoEngine::parse(configured).unwrap_or_default();
+    if wanted != IoEngine::IoUring {
+        return wanted;
+    }
+    match uring::probe() {
+        Ok(()) => IoEngine::IoUring,
+        Err(e) => {
+            tracing::warn!(error = %e, "proxy.io-engine = \"io-uring\" but io_uring is unavailable here (seccomp, kernel.io_uring_disabled or a kernel before 5.19): sessions use epoll");
+            IoEngine::Epoll
+        }
+    }
 }
 
 /// Counts a task against its worker's load until dropped.
@@ -41,6 +59,12 @@ impl Drop for LoadGuard {
 impl Workers {
     /// Starts `count` workers (at least one), each a named thread with its own reactor and timer.
     pub fn start(count: usize) -> io::Result<Workers> {
+        Self::start_with(count, IoEngine::Epoll)
+    }
+
+    /// `start` with plain-TCP sessions carried by `engine`; the caller has checked that the
+    /// kernel allows it (a worker that still cannot build its ring logs why and uses epoll).
+    pub fn start_with(count: usize, engine: IoEngine) -> io::Result<Workers> {
         let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
             // No signal or process driver: sessions use neither, and every park of a runtime
@@ -57,6 +81,12 @@ impl Workers {
                 .spawn(move || {
                     crate::metrics::batch::batch_on_this_thread();
                     rt.block_on(async {
+                        if engine == IoEngine::IoUring {
+                            match uring::start_on_this_thread() {
+                                Ok(drive) => drop(tokio::spawn(drive)),
+                                Err(e) => tracing::warn!(worker = i, error = %e, "io_uring ring not created: this worker's sessions use epoll"),
+                            }
+                        }
                         let _ = stopped.await;
                     });
                 })?;
@@ -66,13 +96,18 @@ impl Workers {
                 _stop: stop,
             });
         }
-        Ok(Workers { workers })
+        Ok(Workers { workers, engine })
     }
 
     /// One worker per CPU the process may run on.
-    pub fn per_core() -> io::Result<Workers> {
+    pub fn per_core(engine: IoEngine) -> io::Result<Workers> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::start(cores)
+        Self::start_with(cores, engine)
+    }
+
+    /// The engine the workers were started with.
+    pub fn engine(&self) -> IoEngine {
+        self.engine
     }
 
     pub fn len(&self) -> usize {

@@ -107,6 +107,10 @@ impl Session {
                 return Box::pin(self.close_for_failover(ctx)).await;
             }
             self.redirect_if_requested(ctx).await;
+            // On an io_uring worker, plain sockets go onto its ring (a moved session's new
+            // backend connection too); TLS ones stay on epoll.
+            self.client.stream_mut().adopt_uring();
+            self.backend.stream_mut().adopt_uring();
             if self.client.buffered().len() < HEADER_LEN + 1 {
                 let idle = self.txn.at_boundary();
                 if idle && ctx.is_closing() {
