@@ -81,6 +81,8 @@ pub(crate) struct Session {
     pub(crate) tracked: Tracked,
     /// The client's prepared statement ids and the backend's, once a rebuild made them differ.
     pub(crate) stmt_ids: stmt_ids::StmtIds,
+    /// When the client connected: queries' age since then is a metric.
+    pub(crate) born: std::time::Instant,
 }
 
 /// How much statement text is kept for a digest.
@@ -145,6 +147,7 @@ async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, g
                 redirect_retry_at: None,
                 tracked,
                 stmt_ids: stmt_ids::StmtIds::default(),
+                born,
             };
             let end = session.serve(&ctx).await;
             session.close().await;
