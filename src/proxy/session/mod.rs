@@ -138,7 +138,9 @@ async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, g
                 txn,
                 entry: registered.entry.clone(),
                 user: est.user,
-                statement: Vec::with_capacity(STATEMENT_PREFIX),
+                // Grows to the statements seen (at most STATEMENT_PREFIX): an idle session that
+                // ran short queries holds a few bytes, not a kilobyte.
+                statement: Vec::new(),
                 prepared: HashMap::new(),
                 identity: est.identity,
                 client_capabilities: est.client_capabilities,
