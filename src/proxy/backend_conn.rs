@@ -96,18 +96,24 @@ tokio::task_local! {
     /// The client's (source, destination) addresses, set for a session's task when
     /// `proxy-protocol = "v2"`: every backend connection it opens (first login, moves) then
     /// starts with a PROXY header, so the backend sees the client's address, as with TiProxy.
-    static CLIENT_ORIGIN: Option<(std::net::SocketAddr, std::net::SocketAddr)>;
+    static CLIENT_ORIGIN: (std::net::SocketAddr, std::net::SocketAddr);
 }
 
 /// Runs `session` with its backend connections announcing `origin` in a PROXY v2 header.
 /// A plain function, not an `async fn`: one that awaited the future it was given would hold it
-/// twice (as its argument and as what it awaits), doubling every session's memory.
+/// twice (as its argument and as what it awaits), doubling every session's memory. Without an
+/// origin the session runs outside any task-local scope, which every poll would enter and leave.
 pub fn with_client_origin<F: std::future::Future>(
     origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     session: F,
-) -> tokio::task::futures::TaskLocalFuture<Option<(std::net::SocketAddr, std::net::SocketAddr)>, F>
-{
-    CLIENT_ORIGIN.scope(origin, session)
+) -> tokio_util::either::Either<
+    tokio::task::futures::TaskLocalFuture<(std::net::SocketAddr, std::net::SocketAddr), F>,
+    F,
+> {
+    match origin {
+        Some(o) => tokio_util::either::Either::Left(CLIENT_ORIGIN.scope(o, session)),
+        None => tokio_util::either::Either::Right(session),
+    }
 }
 
 /// Connects to `backend` and reads its greeting.
@@ -119,7 +125,7 @@ pub async fn greet(
         .await
         .map_err(DialError::Connect)?;
     let _ = tcp.set_nodelay(true);
-    if let Ok(Some((source, destination))) = CLIENT_ORIGIN.try_with(|o| *o) {
+    if let Ok((source, destination)) = CLIENT_ORIGIN.try_with(|o| *o) {
         use tokio::io::AsyncWriteExt;
         let header = crate::protocol::proxy_protocol::encode_v2(source, destination);
         tcp.write_all(&header).await.map_err(DialError::Connect)?;
