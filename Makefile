@@ -6,7 +6,7 @@ export TIPROXY_VERSION := $(VERSION)
 export TIPROXY_GIT_HASH := $(GIT_HASH)
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo deps clean package publish publish-nightly fuzz bench bench-instructions
+.PHONY: all build test lint fmt demo deps clean package publish publish-nightly fuzz bench bench-instructions bench-idle
 
 all: build
 
@@ -50,6 +50,10 @@ bench: build
 # The proxy's and HAProxy's user-space instructions per query under callgrind: repeatable on a busy machine.
 bench-instructions: build
 	bench/instructions.sh
+
+# Idle-session memory only (RSS growth per held session), the proxy and HAProxy side by side.
+bench-idle: build
+	ulimit -n "$$(ulimit -Hn)" && bench/idle.py
 
 # TiUP packaging (packaging/README.md): the glibc 2.17 tarball and publishing it to a mirror.
 # MIRROR and KEY are passed on when set; the default is a local mirror in dist/tiup-mirror.

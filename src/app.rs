@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -274,30 +273,84 @@ async fn wait_until_idle(ctx: &ProxyContext, limit: Duration) -> bool {
 }
 
 /// SIGINT, SIGTERM, SIGQUIT and SIGHUP all mean "shut down gracefully" (TiUP sends each).
+/// A handler writes the signal's number to a pipe that the control runtime reads. Not tokio's
+/// signal support: with it compiled in, every runtime (each session worker too) carries a
+/// signal and a child-process driver that its every wake-up polls, a few hundred instructions
+/// per query on the data path.
 pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    pipe: tokio::net::unix::pipe::Receiver,
+}
+
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Async-signal-safe: one write to a non-blocking pipe, errno kept for the code interrupted.
+    // SAFETY: errno is thread-local; the byte lives on this stack frame.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+        if fd >= 0 {
+            let byte = sig as u8;
+            libc::write(fd, std::ptr::addr_of!(byte).cast(), 1);
+        }
+        *libc::__errno_location() = errno;
+    }
 }
 
 impl Signals {
+    /// Installs the handlers (once per process; inside a tokio runtime with I/O enabled).
     pub fn install() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills both descriptors, which are then owned here.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptors from pipe2.
+        let read = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        let old = SIGNAL_PIPE.swap(fds[1], std::sync::atomic::Ordering::Relaxed);
+        if old >= 0 {
+            // SAFETY: the write end of an earlier install, no longer used.
+            unsafe { libc::close(old) };
+        }
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP] {
+            // SAFETY: a zeroed sigaction with a handler that only writes to a pipe.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
         Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            quit: signal(SignalKind::quit())?,
-            hup: signal(SignalKind::hangup())?,
+            pipe: tokio::net::unix::pipe::Receiver::from_owned_fd(read)?,
         })
     }
 
     /// The name of the next signal received.
     pub async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.int.recv() => "SIGINT",
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.quit.recv() => "SIGQUIT",
-            _ = self.hup.recv() => "SIGHUP",
+        loop {
+            let mut byte = [0u8; 1];
+            let got = async {
+                self.pipe.readable().await?;
+                self.pipe.try_read(&mut byte)
+            }
+            .await;
+            match (got, i32::from(byte[0])) {
+                (Ok(1), libc::SIGINT) => return "SIGINT",
+                (Ok(1), libc::SIGTERM) => return "SIGTERM",
+                (Ok(1), libc::SIGQUIT) => return "SIGQUIT",
+                (Ok(1), libc::SIGHUP) => return "SIGHUP",
+                (Err(e), _) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    // The pipe cannot fail while the process lives; wait for nothing rather
+                    // than spin.
+                    std::future::pending::<()>().await;
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use super::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +56,46 @@ fn give_back(rbuf: &mut BytesMut, buf_size: usize) {
             p.push(b);
         }
     });
+}
+
+/// A system call's result as a count, or the error it set. The socket calls go through
+/// `syscall` rather than libc's `recv`/`send`, which are thread-cancellation points and pay for
+/// switching cancellation on and off around every call (a fifth of their cost here).
+fn check(ret: libc::c_long) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Writes all of `data` to a plain socket: straight to the socket while it takes bytes (no
+/// write future), waiting for writability only when it is full.
+async fn write_plain(tcp: &tokio::net::TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: sends from `data`, at most its length.
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_sendto,
+                    tcp.as_raw_fd(),
+                    data.as_ptr(),
+                    data.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    std::ptr::null::<libc::sockaddr>(),
+                    0 as libc::socklen_t,
+                )
+            })
+        });
+        match sent {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 pub struct PacketConn {
@@ -160,13 +201,14 @@ impl PacketConn {
     /// Reads whatever arrives next into the buffer; `Ok(0)` means the peer closed. Cancel-safe:
     /// bytes are only ever appended to buffers this struct owns.
     pub async fn fill(&mut self) -> io::Result<usize> {
+        if let (Stream::Plain(_), None) = (&self.stream, &self.compress) {
+            return self.fill_plain().await;
+        }
         if self.compress.is_none()
             && self.rbuf.is_empty()
-            && matches!(self.stream, Stream::Plain(_) | Stream::Uring(_))
+            && matches!(self.stream, Stream::Uring(_))
         {
-            // Waiting on readiness instead of a read lets the buffer go while nothing arrives:
-            // thousands of idle sessions would otherwise pin two full buffers each. Readiness
-            // costs no syscall, so the idle watch on the backend socket stays free too.
+            // As `fill_plain` does: wait on readiness so the buffer can go while idle.
             let (stream, rbuf, buf_size) = (&self.stream, &mut self.rbuf, self.buf_size);
             std::future::poll_fn(|cx| match stream.poll_read_ready(cx) {
                 Some(Poll::Pending) => {
@@ -183,9 +225,7 @@ impl PacketConn {
                 }
             }
         }
-        if self.rbuf.capacity() - self.rbuf.len() < self.buf_size / 4 {
-            self.rbuf.reserve(self.buf_size);
-        }
+        self.make_room();
         match &mut self.compress {
             None => {
                 let n = self.stream.read_buf(&mut self.rbuf).await?;
@@ -207,6 +247,80 @@ impl PacketConn {
                     return Ok(0);
                 }
             },
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() < self.buf_size / 4 {
+            self.rbuf.reserve(self.buf_size);
+        }
+    }
+
+    /// `fill` on plain TCP: waits for readiness, then reads with one system call. Waiting on
+    /// readiness instead of in a read lets the buffer go while nothing arrives: thousands of
+    /// idle sessions would otherwise pin two full buffers each. Readiness costs no syscall, so
+    /// the idle watch on the backend socket stays free too. The read itself goes straight to
+    /// the socket (no read future, no second readiness check); a read that does not fill the
+    /// buffer clears the readiness, as tokio's own reads do, so no read ends in EAGAIN.
+    async fn fill_plain(&mut self) -> io::Result<usize> {
+        loop {
+            let Stream::Plain(tcp) = &self.stream else {
+                unreachable!("fill_plain on a plain stream only");
+            };
+            let (rbuf, buf_size) = (&mut self.rbuf, self.buf_size);
+            std::future::poll_fn(|cx| match tcp.poll_read_ready(cx) {
+                Poll::Pending => {
+                    if rbuf.is_empty() {
+                        give_back(rbuf, buf_size);
+                    }
+                    Poll::Pending
+                }
+                ready => ready,
+            })
+            .await?;
+            if self.rbuf.capacity() == 0 {
+                if let Some(b) = SPARE.with(|p| p.borrow_mut().pop()) {
+                    self.rbuf = b;
+                }
+            }
+            self.make_room();
+            let Stream::Plain(tcp) = &self.stream else {
+                unreachable!("fill_plain on a plain stream only");
+            };
+            let rbuf = &mut self.rbuf;
+            let mut got = 0usize;
+            let read = tcp.try_io(tokio::io::Interest::READABLE, || {
+                let room = rbuf.spare_capacity_mut();
+                let want = room.len();
+                // SAFETY: reads into the buffer's spare capacity, at most its length.
+                got = check(unsafe {
+                    libc::syscall(
+                        libc::SYS_recvfrom,
+                        tcp.as_raw_fd(),
+                        room.as_mut_ptr(),
+                        want,
+                        libc::MSG_DONTWAIT,
+                        std::ptr::null_mut::<libc::sockaddr>(),
+                        std::ptr::null_mut::<libc::socklen_t>(),
+                    )
+                })?;
+                if got > 0 && got < want {
+                    // Short: the socket is drained; saying so clears the readiness.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match read {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            // SAFETY: `recv` initialised `got` bytes of the spare capacity.
+            unsafe { self.rbuf.set_len(self.rbuf.len() + got) };
+            self.read_bytes += got as u64;
+            return Ok(got);
         }
     }
 
@@ -301,11 +415,10 @@ impl PacketConn {
         if self.wbuf.is_empty() {
             return Ok(());
         }
+        // The buffer goes with the write: the proxy composes packets rarely (handshake, errors,
+        // COM_QUIT), and an idle session should not keep one.
         let data = std::mem::take(&mut self.wbuf);
-        let res = self.write_raw(&data).await;
-        self.wbuf = data;
-        self.wbuf.clear();
-        res
+        self.write_raw(&data).await
     }
 
     pub async fn write_packet(&mut self, seq: u8, payload: &[u8]) -> io::Result<u8> {
@@ -318,7 +431,11 @@ impl PacketConn {
     pub async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
         match &mut self.compress {
             None => {
-                self.stream.write_all(data).await?;
+                if let Stream::Plain(tcp) = &self.stream {
+                    write_plain(tcp, data).await?;
+                } else {
+                    self.stream.write_all(data).await?;
+                }
                 self.written_bytes += data.len() as u64;
             }
             Some(c) => {

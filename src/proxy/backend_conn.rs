@@ -100,13 +100,19 @@ tokio::task_local! {
 }
 
 /// Runs `session` with its backend connections announcing `origin` in a PROXY v2 header.
-pub async fn with_client_origin<F: std::future::Future>(
+/// A plain function, not an `async fn`: one that awaited the future it was given would hold it
+/// twice (as its argument and as what it awaits), doubling every session's memory. Without an
+/// origin the session runs outside any task-local scope, which every poll would enter and leave.
+pub fn with_client_origin<F: std::future::Future>(
     origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     session: F,
-) -> F::Output {
+) -> tokio_util::either::Either<
+    tokio::task::futures::TaskLocalFuture<(std::net::SocketAddr, std::net::SocketAddr), F>,
+    F,
+> {
     match origin {
-        Some(o) => CLIENT_ORIGIN.scope(o, session).await,
-        None => session.await,
+        Some(o) => tokio_util::either::Either::Left(CLIENT_ORIGIN.scope(o, session)),
+        None => tokio_util::either::Either::Right(session),
     }
 }
 

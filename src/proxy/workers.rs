@@ -67,8 +67,8 @@ impl Workers {
     pub fn start_with(count: usize, engine: IoEngine) -> io::Result<Workers> {
         let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
-            // No signal or process driver: sessions use neither, and every park of a runtime
-            // that has them tries a process-wide lock to reap child processes.
+            // No signal or process driver: tokio is built without them (Cargo.toml), as every
+            // park of a runtime that has them tries a process-wide lock to reap child processes.
             let rt = Builder::new_current_thread()
                 .enable_io()
                 .enable_time()

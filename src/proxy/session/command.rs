@@ -398,12 +398,12 @@ impl Session {
 
     fn record(&mut self, command: u8, started: std::time::Instant, ok: bool) {
         let secs = started.elapsed().as_secs_f64();
-        if let Ok(age) = std::time::SystemTime::now().duration_since(self.entry.started) {
-            self.lease
-                .backend()
-                .metrics
-                .observe_query_age((age.as_secs_f64() - secs).max(0.0));
-        }
+        // From the session's own clock reading: no second clock read per query.
+        let age = started.saturating_duration_since(self.born);
+        self.lease
+            .backend()
+            .metrics
+            .observe_query_age(age.as_secs_f64());
         let traffic = self.backend.take_traffic();
         self.lease
             .backend()

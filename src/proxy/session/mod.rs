@@ -80,6 +80,8 @@ pub(crate) struct Session {
     pub(crate) tracked: Tracked,
     /// The client's prepared statement ids and the backend's, once a rebuild made them differ.
     pub(crate) stmt_ids: stmt_ids::StmtIds,
+    /// When the client connected: queries' age since then is a metric.
+    pub(crate) born: std::time::Instant,
 }
 
 /// How much statement text is kept for a digest.
@@ -103,54 +105,36 @@ async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, g
     let _ = tcp.set_nodelay(true);
     let local_port = tcp.local_addr().map_or(0, |a| a.port());
     let settings = ctx.settings();
-    let mut client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
+    let client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
     let registered = ctx.registry.register(id, peer);
     registered.entry.set_local_port(local_port);
     debug!(conn = id, client = %peer, "session opened");
-    let origin = registered.entry.origin();
-    let end = match Box::pin(establish(&mut client, id, peer, &ctx, &origin)).await {
-        Ok(est) => {
-            guard.logged_in();
-            client.set_stall_limit(settings.client_read_timeout);
-            let handshake = born.elapsed().as_secs_f64();
-            est.lease.backend().metrics.handshake.observe(handshake);
-            registered
-                .entry
-                .set_identity(&est.user, &est.lease.backend().addr);
-            let mut txn = TxnState::default();
-            txn.after_command(&[], Some(est.status), true);
-            // The database named in the handshake is part of the state a rebuild restores.
-            let mut tracked = Tracked::default();
-            if let Some(db) = est.identity.database.as_deref().filter(|d| !d.is_empty()) {
-                tracked.after_init_db(db);
-            }
-            let mut session = Session {
-                id,
-                peer,
-                client,
-                backend: est.backend,
-                lease: est.lease,
-                capabilities: est.capabilities,
-                collation: est.collation,
-                txn,
-                entry: registered.entry.clone(),
-                user: est.user,
-                statement: Vec::with_capacity(STATEMENT_PREFIX),
-                prepared: HashMap::new(),
-                identity: est.identity,
-                client_capabilities: est.client_capabilities,
-                proof: est.proof,
-                login: None,
-                redirect_retry_at: None,
-                tracked,
-                stmt_ids: stmt_ids::StmtIds::default(),
-            };
+    // The session is built by a boxed future that is gone once it has logged in, and is served
+    // in place through a reference: a future keeps every local that lives across an await,
+    // moved-from ones too, so building or moving it here would hold its parts two or three
+    // times for the whole life of an idle session.
+    let mut opened = Box::pin(open_session(
+        client,
+        id,
+        peer,
+        &ctx,
+        &registered.entry,
+        &mut guard,
+        born,
+    ))
+    .await;
+    let served = match &mut opened {
+        Ok(session) => {
             let end = session.serve(&ctx).await;
             session.close().await;
-            client = session.client;
-            end
+            Some(end)
         }
-        Err(end) => end,
+        Err(_) => None,
+    };
+    let (end, mut client) = match (opened, served) {
+        (Ok(session), Some(end)) => (end, session.client),
+        (Err((end, client)), _) => (end, client),
+        (Ok(session), None) => (End::Shutdown, session.client),
     };
     let level = end
         .origin()
@@ -184,6 +168,60 @@ async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, g
     m.connections.dec();
     m.conn_lifetime.observe(born.elapsed().as_secs_f64());
     m.disconnected(end.disconnect()).inc();
+}
+
+/// Logs the client in and builds its session, or says how it ended and hands the client back.
+async fn open_session(
+    mut client: PacketConn,
+    id: u64,
+    peer: SocketAddr,
+    ctx: &Arc<ProxyContext>,
+    entry: &Arc<SessionEntry>,
+    guard: &mut ActiveGuard,
+    born: std::time::Instant,
+) -> Result<Session, (End, PacketConn)> {
+    let settings = ctx.settings();
+    let origin = entry.origin();
+    let est = match establish(&mut client, id, peer, ctx, &origin).await {
+        Ok(est) => est,
+        Err(end) => return Err((end, client)),
+    };
+    guard.logged_in();
+    client.set_stall_limit(settings.client_read_timeout);
+    let handshake = born.elapsed().as_secs_f64();
+    est.lease.backend().metrics.handshake.observe(handshake);
+    entry.set_identity(&est.user, &est.lease.backend().addr);
+    let mut txn = TxnState::default();
+    txn.after_command(&[], Some(est.status), true);
+    // The database named in the handshake is part of the state a rebuild restores.
+    let mut tracked = Tracked::default();
+    if let Some(db) = est.identity.database.as_deref().filter(|d| !d.is_empty()) {
+        tracked.after_init_db(db);
+    }
+    Ok(Session {
+        id,
+        peer,
+        client,
+        backend: est.backend,
+        lease: est.lease,
+        capabilities: est.capabilities,
+        collation: est.collation,
+        txn,
+        entry: entry.clone(),
+        user: est.user,
+        // Grows to the statements seen (at most STATEMENT_PREFIX): an idle session that ran
+        // short queries holds a few bytes, not a kilobyte.
+        statement: Vec::new(),
+        prepared: HashMap::new(),
+        identity: est.identity,
+        client_capabilities: est.client_capabilities,
+        proof: est.proof,
+        login: None,
+        redirect_retry_at: None,
+        tracked,
+        stmt_ids: stmt_ids::StmtIds::default(),
+        born,
+    })
 }
 
 impl End {
