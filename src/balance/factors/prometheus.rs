@@ -57,6 +57,47 @@ fn memory_query(l: &str) -> String {
     format!("process_resident_memory_bytes{{{l}=\"tidb\"}}/tidb_server_memory_quota_bytes")
 }
 
+/// For TiDBs without a memory quota: their resident memory, set against the host's total.
+fn rss_query(l: &str) -> String {
+    format!("process_resident_memory_bytes{{{l}=\"tidb\"}}")
+}
+
+/// node_exporter's figure for each host (its `instance` is the host with node_exporter's port).
+const HOST_MEMORY_QUERY: &str = "node_memory_MemTotal_bytes";
+
+/// The host part of an `instance` (`10.0.0.5:10080`, `[::1]:10080`).
+fn host_of(instance: &str) -> &str {
+    let host = instance.rsplit_once(':').map_or(instance, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Memory shares of the host's total for the TiDBs in `missing`, where node_exporter's figure
+/// for their host is known; a TiDB on a host it does not cover stays without one.
+async fn host_memory_shares(
+    addr: &str,
+    label: &str,
+    missing: &[String],
+) -> Result<Vec<(String, f64)>, PromError> {
+    let totals: HashMap<String, f64> = query(addr, HOST_MEMORY_QUERY)
+        .await?
+        .into_iter()
+        .filter(|(_, v)| v.is_finite() && *v > 0.0)
+        .map(|(inst, v)| (host_of(&inst).to_owned(), v))
+        .collect();
+    if totals.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(query(addr, &rss_query(label))
+        .await?
+        .into_iter()
+        .filter(|(inst, v)| v.is_finite() && missing.contains(inst))
+        .filter_map(|(inst, rss)| {
+            let total = totals.get(host_of(&inst))?;
+            Some((inst, rss / total))
+        })
+        .collect())
+}
+
 fn error_rate_query(l: &str) -> String {
     format!(
         "sum by (instance) (rate(tidb_server_query_total{{{l}=\"tidb\",result=\"Error\"}}[1m])) / \
@@ -81,6 +122,19 @@ pub async fn read_loads(addr: &str, timeout: Duration) -> Result<HashMap<String,
             }
             for (inst, v) in memory.into_iter().filter(|(_, v)| v.is_finite()) {
                 loads.entry(inst).or_default().memory = Some(v.max(0.0));
+            }
+            // TiDBs without tidb_server_memory_quota_bytes: the host's memory instead.
+            let missing: Vec<String> = loads
+                .iter()
+                .filter(|(_, l)| l.memory.is_none())
+                .map(|(inst, _)| inst.clone())
+                .collect();
+            if !missing.is_empty() {
+                // Best effort: without the host figures these TiDBs just have no memory figure.
+                let shares = host_memory_shares(addr, label, &missing).await;
+                for (inst, v) in shares.unwrap_or_default() {
+                    loads.entry(inst).or_default().memory = Some(v.max(0.0));
+                }
             }
             for (inst, v) in errors {
                 let rate = if v.is_finite() {
@@ -246,6 +300,40 @@ mod tests {
         ));
         let refusing = serve(vec![("GET", r#"{"status":"error"}"#)], 1).await;
         assert!(read_loads(&refusing, Duration::from_secs(5)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn without_a_quota_memory_is_a_share_of_the_hosts() {
+        let series = |pairs: &[(&str, &str)]| {
+            let items: Vec<String> = pairs
+                .iter()
+                .map(|(i, v)| format!(r#"{{"metric":{{"instance":"{i}"}},"value":[1,"{v}"]}}"#))
+                .collect();
+            format!(
+                r#"{{"status":"success","data":{{"result":[{}]}}}}"#,
+                items.join(",")
+            )
+        };
+        let cpu = series(&[("10.0.0.1:10080", "0.1"), ("10.0.0.2:10080", "0.1")]);
+        let hosts = series(&[("10.0.0.1:9100", "8000000000")]);
+        let rss = series(&[("10.0.0.1:10080", "2000000000"), ("10.0.0.2:10080", "1")]);
+        let rules: Vec<(&'static str, &'static str)> = vec![
+            ("%5B30s", cpu.leak()),
+            ("node_memory_MemTotal_bytes", hosts.leak()),
+            (
+                "process_resident_memory_bytes%7Bjob%3D\"tidb\"%7D HTTP",
+                rss.leak(),
+            ),
+        ];
+        // cpu, memory (no quota: empty), errors, then the host totals and resident memory.
+        let addr = serve(rules, 5).await;
+        let loads = read_loads(&addr, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(loads["10.0.0.1:10080"].memory, Some(0.25));
+        assert_eq!(
+            loads["10.0.0.2:10080"].memory, None,
+            "its host is not covered"
+        );
+        assert_eq!(host_of("[::1]:10080"), "::1");
     }
 
     #[test]
