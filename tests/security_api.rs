@@ -48,6 +48,12 @@ fn no_unauthenticated_or_cross_site_request_installs_a_password_harvesting_backe
             "{path} served the service password"
         );
         assert!(r.body.contains("<set>"), "{}", r.body);
+        // Account names are half a login: shown to an admin only.
+        for name in ["tiproxy_svc", "\"admin\""] {
+            assert!(!r.body.contains(name), "{path} named the account {name}");
+        }
+        let r = http(port, "GET", path, std::slice::from_ref(&admin), "");
+        assert!(r.body.contains("tiproxy_svc"), "{}", r.body);
     }
 
     let attempts: Vec<(&str, Vec<String>, &str, u16)> = vec![

@@ -1,5 +1,6 @@
 //! The status port's access rules. Open to anyone: health, metrics and the config with its
-//! secrets redacted (TiUP, Prometheus and TiDB read them without credentials). Every other
+//! secrets redacted, and account names too unless the caller is an admin (TiUP, Prometheus
+//! and TiDB read them without credentials). Every other
 //! path needs `[api]` credentials, or, when none are set, a caller on this host. Requests
 //! that change state must also come from a same-origin page (Origin, Sec-Fetch-Site) under a
 //! Host name we know, which defeats cross-site requests and DNS rebinding from a browser.

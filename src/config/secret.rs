@@ -74,6 +74,41 @@ pub fn redact(table: &mut toml::Table) {
     }
 }
 
+/// Keys that name accounts: shown to admins only (`GET /api/admin/config` is open, and an
+/// account name is half of a login).
+pub const IDENTITY_KEYS: &[&[&str]] = &[&["proxy", "service-account", "user"], &["api", "user"]];
+
+/// Marks every account name as redacted: [`IDENTITY_KEYS`] and each namespace's users.
+pub fn redact_identities(table: &mut toml::Table) {
+    for path in IDENTITY_KEYS {
+        if let Some(toml::Value::String(s)) = lookup(table, path) {
+            if !s.is_empty() {
+                *s = REDACTED.to_owned();
+            }
+        }
+    }
+    let Some(toml::Value::Array(namespaces)) = table.get_mut("namespace") else {
+        return;
+    };
+    for ns in namespaces {
+        let Some(frontend) = ns
+            .as_table_mut()
+            .and_then(|t| t.get_mut("frontend"))
+            .and_then(|f| f.as_table_mut())
+        else {
+            continue;
+        };
+        if let Some(toml::Value::String(u)) = frontend.get_mut("user") {
+            *u = REDACTED.to_owned();
+        }
+        if let Some(toml::Value::Array(users)) = frontend.get_mut("users") {
+            for u in users.iter_mut() {
+                *u = toml::Value::String(REDACTED.to_owned());
+            }
+        }
+    }
+}
+
 fn lookup<'a>(table: &'a mut toml::Table, path: &[&str]) -> Option<&'a mut toml::Value> {
     let (first, rest) = path.split_first()?;
     let v = table.get_mut(*first)?;
@@ -86,6 +121,26 @@ fn lookup<'a>(table: &'a mut toml::Table, path: &[&str]) -> Option<&'a mut toml:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_names_are_redacted_with_namespace_users() {
+        let mut t: toml::Table = toml::from_str(
+            r#"
+            [api]
+            user = "admin"
+            [[namespace]]
+            namespace = "a"
+            frontend = { user = "alice", users = ["bob"] }
+            "#,
+        )
+        .unwrap();
+        redact_identities(&mut t);
+        let text = toml::to_string(&t).unwrap();
+        for name in ["admin", "alice", "bob"] {
+            assert!(!text.contains(&format!("\"{name}\"")), "{text}");
+        }
+        assert!(text.contains("namespace = \"a\""), "{text}");
+    }
 
     #[test]
     fn debug_hides_and_redact_marks_set_secrets() {
