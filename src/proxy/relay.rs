@@ -16,7 +16,12 @@ pub enum Verdict {
 /// Sees the start of each logical packet; continuation fragments of 16 MiB packets are not shown.
 pub trait Observer {
     /// `payload` is the whole payload when `complete`, else at least its first byte.
-    fn on_packet(&mut self, len: usize, payload: &[u8], complete: bool) -> Result<Verdict, String>;
+    fn on_packet(
+        &mut self,
+        len: usize,
+        payload: &[u8],
+        complete: bool,
+    ) -> Result<Verdict, ProtocolError>;
 
     /// May rewrite a whole packet `on_packet` just saw, before it is forwarded.
     fn patch(&mut self, _payload: &mut [u8]) {}
@@ -57,8 +62,23 @@ pub enum RelayError {
     Source(io::Error),
     /// Writing the destination failed.
     Dest(io::Error),
-    /// The observer found a packet that cannot be where it is.
-    Protocol(String),
+    /// A packet that cannot be where it is.
+    Protocol(ProtocolError),
+}
+
+/// What is wrong with a packet the relay or its observer saw.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("packet with sequence id {got} where {due} was due")]
+    Sequence { got: u8, due: u8 },
+    #[error("empty packet where a response was expected")]
+    EmptyResponse,
+    #[error("truncated OK packet")]
+    TruncatedOk,
+    #[error("unexpected {0:#04x} in a prepare response")]
+    UnexpectedInPrepare(u8),
+    #[error("malformed column count {0:02x?}")]
+    ColumnCount(Vec<u8>),
 }
 
 async fn forward_scanned(
@@ -144,10 +164,10 @@ pub async fn relay(
             }
             let (len, got) = parse_header(&buf[scan..]);
             if !src_comp && got != *seq {
-                return Err(RelayError::Protocol(format!(
-                    "packet with sequence id {got} where {} was due",
-                    *seq
-                )));
+                return Err(RelayError::Protocol(ProtocolError::Sequence {
+                    got,
+                    due: *seq,
+                }));
             }
             let body = have - HEADER_LEN;
             if !continuing {
@@ -211,7 +231,7 @@ pub async fn relay(
 pub struct OnePacket;
 
 impl Observer for OnePacket {
-    fn on_packet(&mut self, _: usize, _: &[u8], _: bool) -> Result<Verdict, String> {
+    fn on_packet(&mut self, _: usize, _: &[u8], _: bool) -> Result<Verdict, ProtocolError> {
         Ok(Verdict::Done)
     }
 }
@@ -220,7 +240,7 @@ impl Observer for OnePacket {
 pub struct UntilEmpty;
 
 impl Observer for UntilEmpty {
-    fn on_packet(&mut self, len: usize, _: &[u8], _: bool) -> Result<Verdict, String> {
+    fn on_packet(&mut self, len: usize, _: &[u8], _: bool) -> Result<Verdict, ProtocolError> {
         Ok(if len == 0 {
             Verdict::Done
         } else {

@@ -1,7 +1,7 @@
 //! Where a backend's response to each command ends, and the status flags it leaves behind:
 //! an observer for the relay that walks result sets, prepare replies and simple answers.
 
-use super::relay::{Observer, Verdict};
+use super::relay::{Observer, ProtocolError, Verdict};
 use super::session::stmt_ids::StmtIds;
 use crate::protocol::constants::{
     cmd, status, EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER,
@@ -112,7 +112,7 @@ impl ResponseObserver {
         }
     }
 
-    fn first(&mut self, len: usize, p: &[u8], complete: bool) -> Result<Verdict, String> {
+    fn first(&mut self, len: usize, p: &[u8], complete: bool) -> Result<Verdict, ProtocolError> {
         let head = p[0];
         match self.shape {
             Shape::Single => {
@@ -153,7 +153,7 @@ impl ResponseObserver {
                     self.state = State::Counting(n);
                     Ok(Verdict::More)
                 }
-                _ => Err(format!("unexpected {head:#04x} in a prepare response")),
+                _ => Err(ProtocolError::UnexpectedInPrepare(head)),
             },
             Shape::ResultSets | Shape::Rows => match head {
                 OK_HEADER if complete => Ok(self.end_result(ok_status(p))),
@@ -165,11 +165,10 @@ impl ResponseObserver {
                     self.local_infile = true;
                     Ok(Verdict::Done)
                 }
-                OK_HEADER => Err("truncated OK packet".into()),
-                _ if complete && !is_column_count(p) => Err(format!(
-                    "malformed column count {:02x?}",
-                    &p[..p.len().min(9)]
-                )),
+                OK_HEADER => Err(ProtocolError::TruncatedOk),
+                _ if complete && !is_column_count(p) => {
+                    Err(ProtocolError::ColumnCount(p[..p.len().min(9)].to_vec()))
+                }
                 _ => {
                     // A column count: definitions follow.
                     self.state = if self.deprecate_eof {
@@ -222,12 +221,17 @@ impl Observer for ResponseObserver {
         }
     }
 
-    fn on_packet(&mut self, len: usize, p: &[u8], complete: bool) -> Result<Verdict, String> {
+    fn on_packet(
+        &mut self,
+        len: usize,
+        p: &[u8],
+        complete: bool,
+    ) -> Result<Verdict, ProtocolError> {
         if len == 0 {
             return match self.state {
                 State::Counting(_) | State::Columns | State::Rows => Ok(Verdict::More),
                 State::First if self.shape == Shape::Single => Ok(Verdict::Done),
-                State::First => Err("empty packet where a response was expected".into()),
+                State::First => Err(ProtocolError::EmptyResponse),
             };
         }
         match self.state {

@@ -294,10 +294,10 @@ impl Session {
                     return Box::pin(self.after_backend_failure(ctx, seq, detail, fate)).await;
                 }
                 Err(RelayError::Dest(e)) => return Err(End::ClientGone(e.to_string())),
-                Err(RelayError::Protocol(detail)) => {
+                Err(RelayError::Protocol(e)) => {
                     let err = ClientError::BackendMalformed {
                         backend: self.backend_addr(),
-                        detail,
+                        detail: e.to_string(),
                     };
                     warn!(conn = self.id, backend = %self.backend_addr(), error = %err, "closing session");
                     return Err(tell(&mut self.client, seq, err).await);
