@@ -218,7 +218,7 @@ impl App {
                 "still serving before shutdown (graceful-wait-before-shutdown)"
             );
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = crate::timer::sleep(wait) => {}
                 _ = hurry.next() => {}
             }
         }
@@ -246,7 +246,7 @@ impl App {
         self.ctx.close_all_now();
         self.background.cancel();
         self.tasks.close();
-        if tokio::time::timeout(TASKS_BOUND, self.tasks.wait())
+        if crate::timer::timeout(TASKS_BOUND, self.tasks.wait())
             .await
             .is_err()
         {
@@ -267,7 +267,7 @@ async fn wait_until_idle(ctx: &ProxyContext, limit: Duration) -> bool {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::timer::sleep(Duration::from_millis(20)).await;
     }
     true
 }

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;
+pub mod timer;
 pub mod version;

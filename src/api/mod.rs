@@ -113,7 +113,7 @@ pub fn start(
                     Ok(x) => x,
                     Err(e) => {
                         debug!(error = %e, "status port accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        crate::timer::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
@@ -163,7 +163,7 @@ async fn serve(
     let served = async {
         match acceptor {
             Some(a) => {
-                let tls = match tokio::time::timeout(TLS_TIMEOUT, a.accept(tcp)).await {
+                let tls = match crate::timer::timeout(TLS_TIMEOUT, a.accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
                     Err(_) => return Err("TLS handshake timed out".to_string()),

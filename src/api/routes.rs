@@ -356,7 +356,7 @@ async fn namespace_path(
 /// The request body, bounded in size and time; Err is the reply to send.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     let read = Limited::new(req.into_body(), MAX_BODY).collect();
-    match tokio::time::timeout(super::BODY_TIMEOUT, read).await {
+    match crate::timer::timeout(super::BODY_TIMEOUT, read).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e)) => Err(error(
             StatusCode::BAD_REQUEST,

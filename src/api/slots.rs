@@ -98,7 +98,7 @@ impl Slots {
                 Admit::Admitted(t) => return Some(t),
                 Admit::Full => return None,
                 Admit::Evicting => {
-                    tokio::time::timeout_at(deadline, self.freed.notified())
+                    crate::timer::timeout_at(deadline, self.freed.notified())
                         .await
                         .ok()?;
                 }

@@ -105,7 +105,7 @@ pub fn start(stats: Arc<Stats>, ctx: Arc<ProxyContext>, shutdown: CancellationTo
             stats.history.retain(|a| list.iter().any(|b| b.addr == a));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(INTERVAL) => {}
+                _ = crate::timer::sleep(INTERVAL) => {}
             }
         }
     });

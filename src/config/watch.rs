@@ -23,7 +23,7 @@ pub fn start(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = crate::timer::sleep(interval) => {}
             }
             // A failed read (the file mid-replace, a permission slip) is not a change: treating
             // it as one would re-apply the file once it reads again and revert what the API
@@ -77,14 +77,14 @@ mod tests {
                     if seen.lock().unwrap().len() >= n {
                         return true;
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    crate::timer::sleep(Duration::from_millis(20)).await;
                 }
                 false
             }
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        crate::timer::sleep(Duration::from_millis(50)).await;
         std::fs::write(&path, "[proxy]\nmax-connections = \"many\"\n").unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        crate::timer::sleep(Duration::from_millis(150)).await;
         assert!(
             seen.lock().unwrap().is_empty(),
             "invalid file must not be applied"
@@ -95,9 +95,9 @@ mod tests {
         // The file vanishes for a while and comes back unchanged: nothing is re-applied.
         let aside = dir.path().join("aside.toml");
         std::fs::rename(&path, &aside).unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        crate::timer::sleep(Duration::from_millis(150)).await;
         std::fs::rename(&aside, &path).unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        crate::timer::sleep(Duration::from_millis(150)).await;
         assert_eq!(
             seen.lock().unwrap().len(),
             1,

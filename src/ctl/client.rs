@@ -123,7 +123,7 @@ impl Target {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| fail(e.into()))?;
         let exchange = async {
-            let tcp = tokio::time::timeout(
+            let tcp = crate::timer::timeout(
                 CONNECT_TIMEOUT,
                 TcpStream::connect((self.host.as_str(), self.port)),
             )
@@ -142,7 +142,7 @@ impl Target {
                 None => send(tcp, req).await,
             }
         };
-        match tokio::time::timeout(TIMEOUT, exchange).await {
+        match crate::timer::timeout(TIMEOUT, exchange).await {
             Ok(r) => r.map_err(fail),
             Err(_) => Err(fail(Cause::NoAnswer)),
         }

@@ -75,7 +75,7 @@ pub fn start(pd: Pd, shutdown: CancellationToken) -> JoinHandle<()> {
             }
             conn.client = None;
             tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = crate::timer::sleep(backoff.next_delay()) => {}
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -129,7 +129,7 @@ impl Pd {
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.opts.request_timeout, fut).await {
+        match crate::timer::timeout(self.opts.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(PdError::Request { what, source }),
             Err(_) => Err(PdError::Timeout {
@@ -145,7 +145,7 @@ impl Pd {
         let mut last = PdError::NoEndpoint;
         for ep in &self.endpoints {
             let endpoint = ep.clone();
-            match tokio::time::timeout(self.opts.request_timeout, TcpStream::connect(ep)).await {
+            match crate::timer::timeout(self.opts.request_timeout, TcpStream::connect(ep)).await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(source)) => last = PdError::Dial { endpoint, source },
                 Err(_) => last = PdError::DialTimeout { endpoint },
@@ -305,7 +305,7 @@ impl Pd {
                 client.watch(TIDB_PREFIX, Some(watch_opts)),
             )
             .await?;
-        let mut tick = tokio::time::interval(self.opts.refresh_every);
+        let mut tick = crate::timer::interval(self.opts.refresh_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
@@ -347,7 +347,7 @@ impl Pd {
         };
         // Revoking our lease deletes exactly the keys written under it: ours, nobody else's.
         let revoke = client.lease_revoke(lease);
-        match tokio::time::timeout(self.opts.deregister_timeout, revoke).await {
+        match crate::timer::timeout(self.opts.deregister_timeout, revoke).await {
             Ok(Ok(_)) => info!(key = %reg.info_key, "removed our registration from PD"),
             Ok(Err(e)) => {
                 warn!(error = %describe(&e), "could not remove our registration from PD; it expires with its lease")

@@ -104,7 +104,7 @@ pub async fn probe_sql_with(
         sign_off(&mut conn, &g, account).await?;
         Ok((g.server_version, g.capabilities))
     };
-    match tokio::time::timeout(timeout, fut).await {
+    match crate::timer::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(ProbeError::Timeout(timeout)),
     }
@@ -317,7 +317,7 @@ pub fn start(
                 .set(round.elapsed().as_secs_f64());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = crate::timer::sleep(interval) => {}
             }
         }
     });
@@ -341,7 +341,7 @@ async fn watch_drains(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(DRAIN_POLL) => {}
+            _ = crate::timer::sleep(DRAIN_POLL) => {}
         }
         let probe = settings();
         let timeout = Duration::from_millis(probe.health.timeout_ms.max(10)).min(DRAIN_POLL * 2);

@@ -45,7 +45,7 @@ pub async fn status_code(status_addr: &str, timeout: Duration) -> Result<u16, St
             addr: status_addr.to_owned(),
         })
     };
-    match tokio::time::timeout(timeout, fut).await {
+    match crate::timer::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(StatusError::Timeout {
             addr: status_addr.to_owned(),

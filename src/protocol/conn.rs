@@ -331,7 +331,7 @@ impl PacketConn {
         let Some(limit) = self.stall_limit else {
             return self.fill().await;
         };
-        match tokio::time::timeout(limit, self.fill()).await {
+        match crate::timer::timeout(limit, self.fill()).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -183,7 +183,7 @@ pub async fn read_header<R: AsyncRead + Unpin>(
             None => unreachable!("parse asked for more than the length it declared"),
         }
     };
-    tokio::time::timeout(limit, read)
+    crate::timer::timeout(limit, read)
         .await
         .map_err(|_| ReadError::Timeout(limit))?
 }

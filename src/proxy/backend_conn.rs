@@ -245,7 +245,7 @@ pub async fn relay_auth_bounded(
     settings: &SessionSettings,
 ) -> Result<AuthOutcome, AuthRelayError> {
     let limit = settings.backend_connect_timeout + settings.client_handshake_timeout;
-    match tokio::time::timeout(limit, relay_auth(client, backend, delta, capture)).await {
+    match crate::timer::timeout(limit, relay_auth(client, backend, delta, capture)).await {
         Ok(r) => r,
         Err(_) => Err(AuthRelayError::Backend(io::Error::new(
             io::ErrorKind::TimedOut,

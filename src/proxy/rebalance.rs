@@ -31,7 +31,7 @@ pub fn start(ctx: Arc<ProxyContext>, shutdown: CancellationToken) -> JoinHandle<
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(TICK) => {}
+                _ = crate::timer::sleep(TICK) => {}
             }
             if ctx.closing.is_cancelled() {
                 continue;

@@ -36,7 +36,7 @@ pub fn start(
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    crate::timer::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };

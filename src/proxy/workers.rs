@@ -10,6 +10,7 @@
 //! adds them to the shared series when it is about to sleep.
 
 use crate::protocol::uring::{self, IoEngine};
+use crate::timer::TimerThread;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,7 +58,7 @@ impl Drop for LoadGuard {
 }
 
 impl Workers {
-    /// Starts `count` workers (at least one), each a named thread with its own reactor and timer.
+    /// Starts `count` workers (at least one), each a named thread with its own reactor; their timers share one timer thread.
     pub fn start(count: usize) -> io::Result<Workers> {
         Self::start_with(count, IoEngine::Epoll)
     }
@@ -66,20 +67,24 @@ impl Workers {
     /// kernel allows it (a worker that still cannot build its ring logs why and uses epoll).
     pub fn start_with(count: usize, engine: IoEngine) -> io::Result<Workers> {
         let mut workers = Vec::with_capacity(count.max(1));
+        let timers = TimerThread::start()?;
         for i in 0..count.max(1) {
             // No signal or process driver: tokio is built without them (Cargo.toml), as every
             // park of a runtime that has them tries a process-wide lock to reap child processes.
+            // No timer driver either: it would process its wheel at every park (twice a query);
+            // the workers' rare timers run on one shared timer thread (`crate::timer`).
             let rt = Builder::new_current_thread()
                 .enable_io()
-                .enable_time()
                 .on_thread_park(crate::metrics::batch::flush)
                 .build()?;
+            let timer_use = timers.use_for_thread();
             let handle = rt.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("tiproxy-worker-{i}"))
                 .spawn(move || {
                     crate::metrics::batch::batch_on_this_thread();
+                    let _timers = timer_use.enter();
                     rt.block_on(async {
                         if engine == IoEngine::IoUring {
                             match uring::start_on_this_thread() {
@@ -89,6 +94,8 @@ impl Workers {
                         }
                         let _ = stopped.await;
                     });
+                    // Its tasks may hold timers: dropped while the timer thread still runs.
+                    drop(rt);
                 })?;
             workers.push(Worker {
                 handle,
@@ -164,7 +171,7 @@ mod tests {
             workers.spawn(async move {
                 let before = std::thread::current().name().map(str::to_owned);
                 let _ = hold.wait_for(|go| *go).await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                crate::timer::sleep(Duration::from_millis(1)).await;
                 let after = std::thread::current().name().map(str::to_owned);
                 tx.send((before, after)).unwrap();
             });

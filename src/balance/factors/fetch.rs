@@ -59,7 +59,7 @@ pub async fn fetch_sample(status_addr: &str, timeout: Duration) -> Result<Sample
             None => Err(FetchError::NotHttp { addr: addr() }),
         }
     };
-    tokio::time::timeout(timeout, fut)
+    crate::timer::timeout(timeout, fut)
         .await
         .unwrap_or_else(|_| {
             Err(FetchError::Timeout {

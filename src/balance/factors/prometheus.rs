@@ -150,7 +150,7 @@ pub async fn read_loads(addr: &str, timeout: Duration) -> Result<HashMap<String,
             addr: addr.to_owned(),
         })
     };
-    tokio::time::timeout(timeout, fut)
+    crate::timer::timeout(timeout, fut)
         .await
         .unwrap_or_else(|_| {
             Err(PromError::Timeout {

@@ -109,7 +109,7 @@ pub async fn login_for(
             user,
             |h| recover(h).is_some(),
             || async {
-                tokio::time::timeout(timeout, read_stored_hashes(ctx, via, user, account))
+                crate::timer::timeout(timeout, read_stored_hashes(ctx, via, user, account))
                     .await
                     .unwrap_or(Err(LoginError::Timeout))
             },

@@ -18,7 +18,7 @@ use crate::proxy::migrate::state::{is_begin, MAX_TRACKED_TEXT};
 use crate::proxy::query_log::QueryError;
 use crate::proxy::relay::{relay, OnePacket, RelayError, UntilEmpty};
 use crate::proxy::response::{ResponseObserver, Shape};
-use tokio::time::timeout;
+use crate::timer::timeout;
 use tracing::{debug, warn};
 
 /// A control packet the proxy must read whole (COM_CHANGE_USER, refused commands).

@@ -15,10 +15,10 @@ use super::super::migrate::credential::ProofCapture;
 use crate::balance::{Backend, BackendLease};
 use crate::protocol::handshake::Greeting;
 use crate::protocol::PacketConn;
+use crate::timer::timeout;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio::time::timeout;
 use tracing::debug;
 
 /// Backend connections opened before a client's login, at once, per process.

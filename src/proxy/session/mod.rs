@@ -26,11 +26,11 @@ use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::cap;
 use crate::protocol::handshake::HandshakeResponse;
 use crate::protocol::{PacketConn, Stream};
+use crate::timer::timeout;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 pub(crate) enum Flow {
@@ -268,7 +268,7 @@ pub async fn reject(mut tcp: TcpStream, err: ClientError) {
     let mut pkt = Vec::with_capacity(payload.len() + HEADER_LEN);
     crate::protocol::conn::put_header(&mut pkt, payload.len(), 0);
     pkt.extend_from_slice(&payload);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+    let _ = crate::timer::timeout(std::time::Duration::from_secs(2), async {
         let _ = tcp.write_all(&pkt).await;
         let _ = tcp.shutdown().await;
     })
@@ -314,7 +314,7 @@ async fn establish(
         match early {
             Some(_) => tokio::select! {
                 r = &mut handshake => r,
-                _ = tokio::time::sleep(early::Early::hold(&settings)) => {
+                _ = crate::timer::sleep(early::Early::hold(&settings)) => {
                     early = None;
                     handshake.await
                 }

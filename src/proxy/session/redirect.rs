@@ -209,7 +209,7 @@ impl Session {
         self.entry.set_identity(&self.user, &target.addr);
         tokio::spawn(async move {
             let mut old = old;
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = crate::timer::timeout(Duration::from_secs(1), async {
                 let _ = old.write_packet(0, &[cmd::QUIT]).await;
                 old.shutdown().await;
             })
