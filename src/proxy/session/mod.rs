@@ -5,6 +5,7 @@ mod command;
 mod early;
 #[cfg(test)]
 mod failover_tests;
+mod move_error;
 mod namespace;
 mod outcome;
 mod redirect;
