@@ -250,6 +250,22 @@ fn every_dashboard_family_is_served_and_moves() {
         text.contains("cmd_type=\"Query\""),
         "cmd_type values are not TiProxy's:\n{text}"
     );
+    // TiProxy's quit sources, which its "Disconnection OPM" panel shows by type; the session
+    // that ended above counts in one of the client's.
+    let ended: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("tiproxy_server_disconnection_total{type=\"success\"}")
+                || l.starts_with(
+                    "tiproxy_server_disconnection_total{type=\"client network break\"}",
+                )
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        ended >= 1.0,
+        "disconnection types are not TiProxy's:\n{text}"
+    );
     for (family, _) in ABSENT_BY_DESIGN {
         assert!(!got.contains_key(*family), "{family} now has series");
     }

@@ -1,5 +1,6 @@
 //! Configuration errors, each naming the file, line or key the user has to fix.
 
+use super::namespace::NamespaceConfigError;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -21,6 +22,14 @@ pub enum ConfigError {
         key: String,
         value: String,
         reason: String,
+        line: Option<usize>,
+    },
+    /// A `[[namespace]]` entry is wrong, or claims what another one has.
+    #[error("invalid value for `namespace` = [{count} namespaces]: {source}{}", LineSuffix(*line))]
+    Namespace {
+        count: usize,
+        #[source]
+        source: NamespaceConfigError,
         line: Option<usize>,
     },
 }
@@ -74,5 +83,20 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         assert!(e.to_string().contains("/nope/proxy.toml"));
+    }
+
+    #[test]
+    fn a_namespace_fault_keeps_its_cause() {
+        let e = ConfigError::Namespace {
+            count: 2,
+            source: NamespaceConfigError::Duplicate { name: "a".into() },
+            line: Some(4),
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid value for `namespace` = [2 namespaces]: namespace \"a\" is defined twice (line 4)"
+        );
+        let cause = std::error::Error::source(&e).expect("a source");
+        assert_eq!(cause.to_string(), "namespace \"a\" is defined twice");
     }
 }

@@ -109,12 +109,14 @@ fn finish(
     warnings: Vec<String>,
 ) -> Result<Loaded, ConfigError> {
     if let Err(mut e) = config.validate() {
-        if let ConfigError::Invalid { key, line, .. } = &mut e {
-            let path: Vec<&str> = key.split('.').collect();
-            *line = find(doc, &path)
-                .and_then(|(k, _)| k)
-                .map(|s| line_of(text, s));
-        }
+        let (path, line): (Vec<&str>, _) = match &mut e {
+            ConfigError::Invalid { key, line, .. } => (key.split('.').collect(), line),
+            ConfigError::Namespace { line, .. } => (vec!["namespace"], line),
+            _ => return Err(e),
+        };
+        *line = find(doc, &path)
+            .and_then(|(k, _)| k)
+            .map(|s| line_of(text, s));
         return Err(e);
     }
     Ok(Loaded { config, warnings })
@@ -409,6 +411,22 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid value for `log.level` = \"loud\": expected one of trace, debug, info, warn, error (line 3)"
+        );
+        let e = parse_str("[proxy]\n\n[[namespace]]\nnamespace = \"a\"\n").unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ConfigError::Namespace {
+                    source: crate::config::namespace::NamespaceConfigError::NoBackends { name },
+                    ..
+                } if name == "a"
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid value for `namespace` = [1 namespaces]: namespace \"a\" names no backends: \
+             set backend.instances or backend.labels (line 3)"
         );
     }
 

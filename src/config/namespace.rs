@@ -90,46 +90,84 @@ impl NamespaceConfig {
     }
 
     /// What is wrong with this namespace on its own.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), NamespaceConfigError> {
         let name = self.namespace.trim();
         if name.is_empty() {
-            return Err("a namespace needs a name (\"namespace\")".into());
+            return Err(NamespaceConfigError::NoName);
         }
+        let named = || name.to_owned();
         if name.len() > 64
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(format!(
-                "namespace {name:?}: a name is 1-64 letters, digits, '-', '_' or '.'"
-            ));
+            return Err(NamespaceConfigError::BadName { name: named() });
         }
         if self.instances().next().is_none() && self.backend.labels.is_empty() {
-            return Err(format!(
-                "namespace {name:?} names no backends: set backend.instances or backend.labels"
-            ));
+            return Err(NamespaceConfigError::NoBackends { name: named() });
         }
         for i in self.instances() {
             if !i
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
             {
-                return Err(format!(
-                    "namespace {name:?}: backend instance {i:?} is not host:port"
-                ));
+                return Err(NamespaceConfigError::BadInstance {
+                    name: named(),
+                    instance: i.to_owned(),
+                });
             }
         }
-        if !self.frontend.security.is_unset() || !self.backend.security.is_unset() {
-            return Err(format!(
-                "namespace {name:?}: per-namespace TLS is not supported; [security] applies to every namespace"
-            ));
+        let tls_key = match (
+            self.frontend.security.is_unset(),
+            self.backend.security.is_unset(),
+        ) {
+            (false, _) => Some("frontend.security"),
+            (_, false) => Some("backend.security"),
+            _ => None,
+        };
+        if let Some(key) = tls_key {
+            return Err(NamespaceConfigError::Tls { name: named(), key });
         }
         Ok(())
     }
 }
 
+/// What is wrong with the `[[namespace]]` list: each names the namespace and the key to fix
+/// (or the two namespaces that claim the same name, user or backend).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamespaceConfigError {
+    #[error("a namespace needs a name (\"namespace\")")]
+    NoName,
+    #[error("namespace {name:?}: a name is 1-64 letters, digits, '-', '_' or '.'")]
+    BadName { name: String },
+    #[error("namespace {name:?} names no backends: set backend.instances or backend.labels")]
+    NoBackends { name: String },
+    #[error("namespace {name:?}: backend instance {instance:?} is not host:port")]
+    BadInstance { name: String, instance: String },
+    #[error(
+        "namespace {name:?}: per-namespace TLS ({key}) is not supported; [security] applies to every namespace"
+    )]
+    Tls { name: String, key: &'static str },
+    #[error("namespace {name:?} is defined twice")]
+    Duplicate { name: String },
+    #[error("user {user:?} is in namespaces {first:?} and {name:?}; a user belongs to one")]
+    SharedUser {
+        user: String,
+        first: String,
+        name: String,
+    },
+    #[error(
+        "backend {instance:?} is in namespaces {first:?} and {name:?}; a backend belongs to one"
+    )]
+    SharedBackend {
+        instance: String,
+        first: String,
+        name: String,
+    },
+}
+
 /// Checks every namespace and that no name, user or instance is claimed twice.
-pub fn check_all(list: &[NamespaceConfig]) -> Result<(), String> {
+pub fn check_all(list: &[NamespaceConfig]) -> Result<(), NamespaceConfigError> {
     let mut names = BTreeSet::new();
     let mut users: BTreeMap<&str, &str> = BTreeMap::new();
     let mut instances: BTreeMap<&str, &str> = BTreeMap::new();
@@ -137,20 +175,24 @@ pub fn check_all(list: &[NamespaceConfig]) -> Result<(), String> {
         ns.check()?;
         let name = ns.namespace.trim();
         if !names.insert(name) {
-            return Err(format!("namespace {name:?} is defined twice"));
+            return Err(NamespaceConfigError::Duplicate { name: name.into() });
         }
         for u in ns.all_users() {
             if let Some(other) = users.insert(u, name) {
-                return Err(format!(
-                    "user {u:?} is in namespaces {other:?} and {name:?}; a user belongs to one"
-                ));
+                return Err(NamespaceConfigError::SharedUser {
+                    user: u.into(),
+                    first: other.into(),
+                    name: name.into(),
+                });
             }
         }
         for i in ns.instances() {
             if let Some(other) = instances.insert(i, name) {
-                return Err(format!(
-                    "backend {i:?} is in namespaces {other:?} and {name:?}; a backend belongs to one"
-                ));
+                return Err(NamespaceConfigError::SharedBackend {
+                    instance: i.into(),
+                    first: other.into(),
+                    name: name.into(),
+                });
             }
         }
     }
@@ -188,25 +230,51 @@ mod tests {
     }
 
     #[test]
-    fn faults_are_named() {
+    fn faults_name_the_namespace_and_the_key() {
         let mut tls = ns("a", "u", &["h:1"]);
         tls.backend.security.ca = "/ca.pem".into();
-        assert!(check_all(&[tls]).unwrap_err().contains("TLS"));
-        assert!(check_all(&[ns("a", "u", &[])])
-            .unwrap_err()
-            .contains("no backends"));
-        assert!(check_all(&[ns("a", "u", &["nohost"])])
-            .unwrap_err()
-            .contains("host:port"));
-        assert!(check_all(&[ns("a", "u", &["h:1"]), ns("b", "u", &["h:2"])])
-            .unwrap_err()
-            .contains("user \"u\""));
-        assert!(check_all(&[ns("a", "u", &["h:1"]), ns("a", "v", &["h:2"])])
-            .unwrap_err()
-            .contains("twice"));
-        assert!(check_all(&[ns("a", "u", &["h:1"]), ns("b", "v", &["h:1"])])
-            .unwrap_err()
-            .contains("backend \"h:1\""));
-        assert!(check_all(&[ns("a/b", "u", &["h:1"])]).is_err());
+        let e = check_all(&[tls]).unwrap_err();
+        assert_eq!(
+            e,
+            NamespaceConfigError::Tls {
+                name: "a".into(),
+                key: "backend.security"
+            }
+        );
+        assert!(e.to_string().contains("TLS (backend.security)"), "{e}");
+        assert_eq!(
+            check_all(&[ns("a", "u", &[])]).unwrap_err().to_string(),
+            "namespace \"a\" names no backends: set backend.instances or backend.labels"
+        );
+        assert_eq!(
+            check_all(&[ns("a", "u", &["nohost"])]).unwrap_err(),
+            NamespaceConfigError::BadInstance {
+                name: "a".into(),
+                instance: "nohost".into()
+            }
+        );
+        assert_eq!(
+            check_all(&[ns("a", "u", &["h:1"]), ns("b", "u", &["h:2"])])
+                .unwrap_err()
+                .to_string(),
+            "user \"u\" is in namespaces \"a\" and \"b\"; a user belongs to one"
+        );
+        assert_eq!(
+            check_all(&[ns("a", "u", &["h:1"]), ns("a", "v", &["h:2"])]).unwrap_err(),
+            NamespaceConfigError::Duplicate { name: "a".into() }
+        );
+        assert!(matches!(
+            check_all(&[ns("a", "u", &["h:1"]), ns("b", "v", &["h:1"])]).unwrap_err(),
+            NamespaceConfigError::SharedBackend { instance, first, name }
+                if instance == "h:1" && first == "a" && name == "b"
+        ));
+        assert_eq!(
+            check_all(&[ns("a/b", "u", &["h:1"])]).unwrap_err(),
+            NamespaceConfigError::BadName { name: "a/b".into() }
+        );
+        assert_eq!(
+            check_all(&[ns(" ", "u", &["h:1"])]).unwrap_err(),
+            NamespaceConfigError::NoName
+        );
     }
 }

@@ -11,12 +11,12 @@ impl Config {
     /// Check every value that serde's types cannot express. The first problem wins,
     /// because one precise message is more useful than a pile of follow-on errors.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(reason) = super::namespace::check_all(&self.namespace) {
-            return Err(ConfigError::invalid(
-                "namespace",
-                format!("[{} namespaces]", self.namespace.len()),
-                reason,
-            ));
+        if let Err(source) = super::namespace::check_all(&self.namespace) {
+            return Err(ConfigError::Namespace {
+                count: self.namespace.len(),
+                source,
+                line: None,
+            });
         }
         let p = &self.proxy;
         let listens = super::routes::listen_addrs(&p.addr);

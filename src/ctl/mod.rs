@@ -3,6 +3,7 @@
 
 pub mod client;
 mod table;
+mod usage;
 
 use crate::config::TlsConfig;
 use clap::{Parser, Subcommand};
@@ -10,6 +11,7 @@ use client::{Answer, Target};
 use serde_json::Value;
 use std::io::Read;
 use std::path::PathBuf;
+use usage::UsageError;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_PROXY_ERROR: u8 = 1;
@@ -102,11 +104,13 @@ pub enum Command {
 }
 
 /// The method, path and body of a TiProxy namespace or traffic subcommand.
-fn tiproxy_request(command: &Command) -> Result<(&'static str, String, Option<Vec<u8>>), String> {
+fn tiproxy_request(
+    command: &Command,
+) -> Result<(&'static str, String, Option<Vec<u8>>), UsageError> {
     let (group, args) = match command {
         Command::Namespace { args } => ("namespace", args),
         Command::Traffic { args } => ("traffic", args),
-        _ => return Err("not a TiProxy group".into()),
+        _ => return Err(UsageError::NotTiproxyGroup),
     };
     let verb = args.first().map(String::as_str).unwrap_or("");
     let name = args.get(1).cloned().unwrap_or_default();
@@ -138,14 +142,14 @@ fn tiproxy_request(command: &Command) -> Result<(&'static str, String, Option<Ve
             ("POST", format!("/api/traffic/{v}"), post)
         }
         _ => {
-            return Err(format!(
-                "{group} needs a subcommand: {}",
-                if group == "namespace" {
+            return Err(UsageError::Subcommand {
+                group,
+                verbs: if group == "namespace" {
                     "list, get NAME, put --ns FILE, del NAME, commit [NAME...]"
                 } else {
                     "capture, replay, cancel, show"
-                }
-            ))
+                },
+            })
         }
     })
 }
@@ -169,13 +173,15 @@ pub const PASSWORD_ENV: &str = "TIPROXYCTL_PASSWORD";
 fn password(
     given: Option<&str>,
     file: Option<&std::path::Path>,
-) -> Result<Option<crate::config::Secret>, String> {
+) -> Result<Option<crate::config::Secret>, UsageError> {
     if let Some(p) = given {
         return Ok(Some(p.into()));
     }
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read --password-file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| UsageError::PasswordFile {
+            path: path.to_owned(),
+            source,
+        })?;
         let secret = crate::config::Secret::from(text.lines().next().unwrap_or(""));
         zeroize::Zeroize::zeroize(&mut text.into_bytes());
         return Ok(Some(secret));
@@ -352,14 +358,14 @@ fn health_text(ok: bool, v: &Value) -> String {
 }
 
 /// A namespace file (TiProxy's TOML) as the JSON body the API takes, with its name.
-fn namespace_json(toml_text: &[u8]) -> Result<(String, Vec<u8>), String> {
-    let text = std::str::from_utf8(toml_text).map_err(|_| "the namespace file is not UTF-8")?;
+fn namespace_json(toml_text: &[u8]) -> Result<(String, Vec<u8>), UsageError> {
+    let text = std::str::from_utf8(toml_text).map_err(|_| UsageError::NamespaceNotUtf8)?;
     let ns: crate::config::namespace::NamespaceConfig =
-        toml::from_str(text).map_err(|e| format!("bad namespace file: {e}"))?;
+        toml::from_str(text).map_err(UsageError::NamespaceFile)?;
     if ns.namespace.trim().is_empty() {
-        return Err("the namespace file sets no `namespace = \"NAME\"`".into());
+        return Err(UsageError::NamespaceUnnamed);
     }
-    let json = serde_json::to_vec(&ns).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&ns).map_err(UsageError::NamespaceJson)?;
     Ok((ns.namespace, json))
 }
 
@@ -387,16 +393,17 @@ fn namespace_text(args: &[String], v: &Value, body: &str) -> String {
     }
 }
 
-fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, UsageError> {
     match path {
-        Some(p) if p.as_os_str() != "-" => {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        }
+        Some(p) if p.as_os_str() != "-" => std::fs::read(p).map_err(|source| UsageError::Input {
+            path: p.to_owned(),
+            source,
+        }),
         _ => {
             let mut buf = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut buf)
-                .map_err(|e| format!("cannot read standard input: {e}"))?;
+                .map_err(UsageError::Stdin)?;
             Ok(buf)
         }
     }

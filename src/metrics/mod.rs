@@ -34,32 +34,50 @@ pub(crate) fn query_buckets() -> Vec<f64> {
 pub const REJECT_TOO_MANY: &str = "too_many_connections";
 pub const REJECT_SHUTTING_DOWN: &str = "shutting_down";
 
-/// How a session ended (`server_disconnection_total{type}`).
+/// How a session ended (`server_disconnection_total{type}`), in TiProxy's words so its
+/// dashboards and alerts read ours. `proxy::error_source` picks one from where the failure
+/// came from. TiProxy's `SQL error` (a session ended by a MySQL error) has no case here: a
+/// backend's error is passed to the client and the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disconnect {
-    ClientQuit,
-    ClientGone,
-    Error,
-    AuthDenied,
-    Shutdown,
+    Success,
+    ClientNetwork,
+    ClientHandshake,
+    AuthFail,
+    ProxyShutdown,
+    Malformed,
+    NoBackend,
+    ProxyError,
+    BackendNetwork,
+    BackendHandshake,
 }
 
 impl Disconnect {
-    pub const ALL: [Disconnect; 5] = [
-        Disconnect::ClientQuit,
-        Disconnect::ClientGone,
-        Disconnect::Error,
-        Disconnect::AuthDenied,
-        Disconnect::Shutdown,
+    pub const ALL: [Disconnect; 10] = [
+        Disconnect::Success,
+        Disconnect::ClientNetwork,
+        Disconnect::ClientHandshake,
+        Disconnect::AuthFail,
+        Disconnect::ProxyShutdown,
+        Disconnect::Malformed,
+        Disconnect::NoBackend,
+        Disconnect::ProxyError,
+        Disconnect::BackendNetwork,
+        Disconnect::BackendHandshake,
     ];
 
     pub fn label(self) -> &'static str {
         match self {
-            Disconnect::ClientQuit => "client_quit",
-            Disconnect::ClientGone => "client_gone",
-            Disconnect::Error => "error",
-            Disconnect::AuthDenied => "auth_denied",
-            Disconnect::Shutdown => "shutdown",
+            Disconnect::Success => "success",
+            Disconnect::ClientNetwork => "client network break",
+            Disconnect::ClientHandshake => "client handshake fail",
+            Disconnect::AuthFail => "auth fail",
+            Disconnect::ProxyShutdown => "proxy shutdown",
+            Disconnect::Malformed => "malformed packet",
+            Disconnect::NoBackend => "get backend fail",
+            Disconnect::ProxyError => "proxy error",
+            Disconnect::BackendNetwork => "backend network break",
+            Disconnect::BackendHandshake => "backend handshake fail",
         }
     }
 }
@@ -76,7 +94,7 @@ pub struct Metrics {
     pub reject_shutting_down: IntCounter,
     pub disconnection: IntCounterVec,
     /// One handle per [`Disconnect`], in its declaration order.
-    disconnect_handles: [IntCounter; 5],
+    disconnect_handles: [IntCounter; Disconnect::ALL.len()],
     pub server_err: IntCounterVec,
     pub query_total: IntCounterVec,
     pub query_duration: HistogramVec,

@@ -1,20 +1,30 @@
-//! Where a failure came from: the client's network or handshake, a backend's network or
-//! handshake, or the proxy itself. The classification decides how loudly a session's end is
-//! logged (with its `source` field), and whether a failed login dial moves on to the next
-//! backend, so a client that hangs up is never reported like a backend that vanished and a
-//! configuration fault is not retried on every backend in turn.
+//! Where a failure came from: the client's network, handshake or credentials, a backend's
+//! network or handshake, no backend to be had, a packet out of place, or the proxy itself.
+//! The classification decides how loudly a session's end is logged (with its `source`
+//! field), the `server_disconnection_total` series it counts in, and whether a failed login
+//! dial moves on to the next backend, so a client that hangs up is never reported like a
+//! backend that vanished and a configuration fault is not retried on every backend in turn.
 
 use super::backend_conn::DialError;
 use super::error::ClientError;
+use crate::metrics::Disconnect;
 use tracing::Level;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
     ClientNetwork,
     ClientHandshake,
+    /// The backend refused the client's credentials.
+    ClientAuth,
     BackendNetwork,
     BackendHandshake,
+    /// No healthy backend would take the session.
+    NoBackend,
+    /// A backend answered out of protocol order.
+    Malformed,
     Proxy,
+    /// The proxy is shutting down.
+    ProxyShutdown,
 }
 
 impl ErrorSource {
@@ -22,9 +32,28 @@ impl ErrorSource {
         match self {
             ErrorSource::ClientNetwork => "client_network",
             ErrorSource::ClientHandshake => "client_handshake",
+            ErrorSource::ClientAuth => "client_auth",
             ErrorSource::BackendNetwork => "backend_network",
             ErrorSource::BackendHandshake => "backend_handshake",
+            ErrorSource::NoBackend => "no_backend",
+            ErrorSource::Malformed => "malformed",
             ErrorSource::Proxy => "proxy",
+            ErrorSource::ProxyShutdown => "proxy_shutdown",
+        }
+    }
+
+    /// The `server_disconnection_total` series of a session this failure ended.
+    pub fn disconnect(self) -> Disconnect {
+        match self {
+            ErrorSource::ClientNetwork => Disconnect::ClientNetwork,
+            ErrorSource::ClientHandshake => Disconnect::ClientHandshake,
+            ErrorSource::ClientAuth => Disconnect::AuthFail,
+            ErrorSource::BackendNetwork => Disconnect::BackendNetwork,
+            ErrorSource::BackendHandshake => Disconnect::BackendHandshake,
+            ErrorSource::NoBackend => Disconnect::NoBackend,
+            ErrorSource::Malformed => Disconnect::Malformed,
+            ErrorSource::Proxy => Disconnect::ProxyError,
+            ErrorSource::ProxyShutdown => Disconnect::ProxyShutdown,
         }
     }
 
@@ -32,20 +61,25 @@ impl ErrorSource {
     /// operator looks for.
     pub fn level(self) -> Level {
         match self {
-            ErrorSource::ClientNetwork | ErrorSource::ClientHandshake => Level::DEBUG,
-            ErrorSource::BackendNetwork | ErrorSource::BackendHandshake | ErrorSource::Proxy => {
-                Level::INFO
+            ErrorSource::ClientNetwork | ErrorSource::ClientHandshake | ErrorSource::ClientAuth => {
+                Level::DEBUG
             }
+            ErrorSource::BackendNetwork
+            | ErrorSource::BackendHandshake
+            | ErrorSource::NoBackend
+            | ErrorSource::Malformed
+            | ErrorSource::Proxy
+            | ErrorSource::ProxyShutdown => Level::INFO,
         }
     }
 
     /// Whether another attempt can succeed: a backend failure may pass or another backend
-    /// may be picked; a refusal by the proxy's own rules or configuration stays until they
-    /// change.
+    /// may be picked (or become healthy); a refusal by the proxy's own rules or configuration
+    /// stays until they change.
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorSource::BackendNetwork | ErrorSource::BackendHandshake
+            ErrorSource::BackendNetwork | ErrorSource::BackendHandshake | ErrorSource::NoBackend
         )
     }
 }
@@ -58,17 +92,17 @@ impl ClientError {
             | ClientError::ClientTlsRequired => ErrorSource::ClientHandshake,
             ClientError::TooManyConnections { .. }
             | ClientError::TooManyHandshakes { .. }
-            | ClientError::UnsupportedCommand { .. }
-            | ClientError::ShuttingDown => ErrorSource::Proxy,
-            ClientError::NoBackendAvailable { .. }
-            | ClientError::BackendConnectFailed { .. }
+            | ClientError::UnsupportedCommand { .. } => ErrorSource::Proxy,
+            ClientError::ShuttingDown => ErrorSource::ProxyShutdown,
+            ClientError::NoBackendAvailable { .. } => ErrorSource::NoBackend,
+            ClientError::BackendConnectFailed { .. }
             | ClientError::BackendLost { .. }
             | ClientError::TxnRolledBack { .. }
             | ClientError::OutcomeUnknown { .. }
             | ClientError::NotExecuted { .. }
             | ClientError::FailoverTimeout { .. }
             | ClientError::TidbStateLost { .. } => ErrorSource::BackendNetwork,
-            ClientError::BackendMalformed { .. } => ErrorSource::BackendHandshake,
+            ClientError::BackendMalformed { .. } => ErrorSource::Malformed,
             // The proxy's own TLS settings and the backend disagree; another try cannot help.
             ClientError::BackendTlsUnavailable { .. } => ErrorSource::Proxy,
         }
@@ -120,5 +154,68 @@ mod tests {
         assert!(!config.origin().retryable());
         let cert = DialError::TlsHandshake(std::io::Error::other("unknown issuer"));
         assert_eq!(cert.origin(), ErrorSource::Proxy, "not retried elsewhere");
+    }
+
+    /// `server_disconnection_total{type}` follows the classification, in TiProxy's values.
+    #[test]
+    fn a_session_end_counts_where_its_failure_came_from() {
+        use crate::proxy::error::Next;
+        use crate::proxy::session::End;
+        let label = |end: End| end.disconnect().label();
+        assert_eq!(label(End::ClientQuit), "success");
+        assert_eq!(label(End::Shutdown), "proxy shutdown");
+        assert_eq!(
+            label(End::ClientGone("reset".into())),
+            "client network break"
+        );
+        assert_eq!(
+            label(End::ClientStalled("timed out".into())),
+            "client network break"
+        );
+        assert_eq!(label(End::AuthDenied), "auth fail");
+        let told = |e: ClientError| label(End::Told(e));
+        assert_eq!(
+            told(ClientError::HandshakeTimeout { secs: 10 }),
+            "client handshake fail"
+        );
+        assert_eq!(
+            told(ClientError::NoBackendAvailable {
+                detail: "none healthy".into()
+            }),
+            "get backend fail"
+        );
+        let rolled_back = ClientError::TxnRolledBack {
+            backend: "b:1".into(),
+            detail: "reset".into(),
+            next: Next::Closed("no other healthy backend".into()),
+        };
+        assert_eq!(told(rolled_back), "backend network break");
+        assert_eq!(
+            told(ClientError::BackendMalformed {
+                backend: "b:1".into(),
+                detail: "sequence".into()
+            }),
+            "malformed packet"
+        );
+        assert_eq!(told(ClientError::ShuttingDown), "proxy shutdown");
+        assert_eq!(
+            told(ClientError::UnsupportedCommand {
+                command: "COM_BINLOG_DUMP"
+            }),
+            "proxy error"
+        );
+        assert_eq!(
+            told(ClientError::BackendTlsUnavailable {
+                backend: "b:1".into(),
+                detail: "no TLS".into()
+            }),
+            "proxy error"
+        );
+        // A dial that failed in the backend's handshake counts as TiProxy counts it.
+        let refused = DialError::Refused(ErrPacket::new(1040, "08004", "Too many connections"));
+        assert_eq!(
+            refused.origin().disconnect().label(),
+            "backend handshake fail"
+        );
     }
 }

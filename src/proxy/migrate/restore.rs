@@ -139,6 +139,31 @@ pub async fn read_live_state(
     Ok((out, gaps))
 }
 
+/// Why the state could not be replayed on the new connection. The SQL text is never shown
+/// whole (it may hold a secret a user variable carries): a statement is named by its digest,
+/// a prepared statement by its id or name.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("replaying `{digest}` failed: {source}")]
+    Statement {
+        digest: String,
+        #[source]
+        source: SqlError,
+    },
+    #[error("re-preparing statement {id} failed: {source}")]
+    Prepare {
+        id: u32,
+        #[source]
+        source: SqlError,
+    },
+    #[error("re-preparing SQL statement {name} failed: {source}")]
+    SqlPrepare {
+        name: String,
+        #[source]
+        source: SqlError,
+    },
+}
+
 /// Replays state on the new connection: `statements` first (read live, or the tracked
 /// settings when the old backend is gone), then binary prepared statements, then SQL
 /// PREPAREs. Returns each binary statement's client id with the id the new backend gave it.
@@ -147,21 +172,24 @@ pub async fn replay(
     statements: &[String],
     tracked: &Tracked,
     deprecate_eof: bool,
-) -> Result<Vec<(u32, u32)>, String> {
+) -> Result<Vec<(u32, u32)>, ReplayError> {
     for s in statements {
-        super::sql::exec(new, s, deprecate_eof).await.map_err(|e| {
-            format!(
-                "replaying `{}` failed: {e}",
-                crate::proxy::digest::digest(s.as_bytes())
-            )
-        })?;
+        super::sql::exec(new, s, deprecate_eof)
+            .await
+            .map_err(|source| ReplayError::Statement {
+                digest: crate::proxy::digest::digest(s.as_bytes()),
+                source,
+            })?;
     }
     let ids = recreate_prepared(new, tracked, deprecate_eof).await?;
     for (name, text) in &tracked.sql_prepares {
         let sql = String::from_utf8_lossy(text);
         super::sql::exec(new, &sql, deprecate_eof)
             .await
-            .map_err(|e| format!("re-preparing SQL statement {name} failed: {e}"))?;
+            .map_err(|source| ReplayError::SqlPrepare {
+                name: name.clone(),
+                source,
+            })?;
     }
     Ok(ids)
 }
@@ -172,12 +200,16 @@ async fn recreate_prepared(
     new: &mut PacketConn,
     tracked: &Tracked,
     deprecate_eof: bool,
-) -> Result<Vec<(u32, u32)>, String> {
+) -> Result<Vec<(u32, u32)>, ReplayError> {
     let mut ids = Vec::with_capacity(tracked.binary.len());
     for (&client_id, text) in &tracked.binary {
-        let got = prepare(new, text, deprecate_eof)
-            .await
-            .map_err(|e| format!("re-preparing statement {client_id} failed: {e}"))?;
+        let got =
+            prepare(new, text, deprecate_eof)
+                .await
+                .map_err(|source| ReplayError::Prepare {
+                    id: client_id,
+                    source,
+                })?;
         ids.push((client_id, got));
     }
     Ok(ids)

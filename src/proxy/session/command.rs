@@ -131,7 +131,7 @@ impl Session {
                             Err(e) => e.to_string(),
                         };
                         if let Err(not_moved) = Box::pin(self.rebuild_idle(ctx)).await {
-                            let err = if self.state_lived_in_tidb() {
+                            let err = if not_moved.why.tidb_state_lost() {
                                 ClientError::TidbStateLost {
                                     backend: self.backend_addr(),
                                     detail: why,
@@ -141,7 +141,7 @@ impl Session {
                                 ClientError::NotExecuted {
                                     backend: self.backend_addr(),
                                     detail: why,
-                                    next: Next::Closed(not_moved),
+                                    next: Next::Closed(not_moved.to_string()),
                                 }
                             };
                             return self.tell_on_next_command(ctx, err).await;

@@ -5,6 +5,7 @@ mod command;
 mod early;
 #[cfg(test)]
 mod failover_tests;
+mod move_error;
 mod namespace;
 mod outcome;
 mod redirect;
@@ -234,23 +235,19 @@ impl End {
         }
     }
 
-    /// The series of `server_disconnection_total` this end counts in.
-    fn disconnect(&self) -> Disconnect {
-        match self {
-            End::ClientQuit => Disconnect::ClientQuit,
-            End::ClientGone(_) | End::ClientStalled(_) => Disconnect::ClientGone,
-            End::Told(_) => Disconnect::Error,
-            End::AuthDenied => Disconnect::AuthDenied,
-            End::Shutdown => Disconnect::Shutdown,
-        }
+    /// The series of `server_disconnection_total` this end counts in: where it came from.
+    pub(crate) fn disconnect(&self) -> Disconnect {
+        self.origin()
+            .map_or(Disconnect::Success, ErrorSource::disconnect)
     }
 
-    /// Where the failure that ended the session came from; none for an orderly end.
+    /// Where the failure that ended the session came from; none when the client quit.
     fn origin(&self) -> Option<ErrorSource> {
         match self {
-            End::ClientQuit | End::Shutdown => None,
+            End::ClientQuit => None,
+            End::Shutdown => Some(ErrorSource::ProxyShutdown),
             End::ClientGone(_) | End::ClientStalled(_) => Some(ErrorSource::ClientNetwork),
-            End::AuthDenied => Some(ErrorSource::ClientHandshake),
+            End::AuthDenied => Some(ErrorSource::ClientAuth),
             End::Told(e) => Some(e.origin()),
         }
     }

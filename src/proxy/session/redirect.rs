@@ -2,6 +2,7 @@
 //! unhealthy or removed backend, fail-backend-list, imbalance, the API), and after its
 //! backend failed, from the state the proxy tracked.
 
+use super::move_error::{Left, MoveError, NotMoved};
 use super::outcome::Fate;
 use super::stmt_ids::StmtIds;
 use super::{tell, End, Flow, Session};
@@ -26,7 +27,7 @@ use tracing::{info, warn};
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Where the state of the new session comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StateSource {
     /// The old backend is alive: read the state from it.
     Live,
@@ -55,14 +56,17 @@ impl Session {
         ctx: &ProxyContext,
         req: &Redirect,
         source: StateSource,
-    ) -> Result<String, String> {
+    ) -> Result<String, MoveError> {
         let from = self.backend_addr();
         let method = tidb::move_method(&self.lease.backend().info().server_version);
         // Many sessions asked at once (a drain) take turns in bounded parallel; the time
         // reported is the move's own, from when its turn came.
         let slot = ctx.move_gate.slot().await;
         let started = Instant::now();
-        let outcome = self.move_to(ctx, req, source).await;
+        let outcome = self
+            .move_to(ctx, req, source)
+            .await
+            .map_err(|(to, why)| MoveError::new(to, source, why));
         let secs = started.elapsed().as_secs_f64();
         drop(slot);
         let m = &ctx.metrics;
@@ -86,21 +90,30 @@ impl Session {
                 );
                 Ok(to)
             }
-            Err((to, why)) => {
+            Err(e) => {
                 self.redirect_retry_at = Some(Instant::now() + RETRY_AFTER);
+                let to = e.to_label();
                 m.migrate_total
-                    .with_label_values(&[&from, &to, req.reason, "fail"])
+                    .with_label_values(&[&from, to, req.reason, "fail"])
                     .inc();
                 m.migrate_method.with_label_values(&[method, "fail"]).inc();
                 m.migrate_duration
-                    .with_label_values(&[&from, &to, "fail"])
+                    .with_label_values(&[&from, to, "fail"])
                     .observe(secs);
-                warn!(conn = self.id, %from, %to, reason = req.reason, method, error = %why, "session not moved");
+                let why = e.why.to_string();
+                match e.left() {
+                    Left::Stays => {
+                        warn!(conn = self.id, %from, %to, reason = req.reason, method, error = %why, "session not moved")
+                    }
+                    Left::StaysBroken => {
+                        warn!(conn = self.id, %from, %to, reason = req.reason, method, error = %why, "session not moved; its backend connection failed while its state was read")
+                    }
+                    Left::Closed => {
+                        warn!(conn = self.id, %from, %to, reason = req.reason, method, error = %why, "session not moved; its backend is gone, so it closes")
+                    }
+                }
                 self.entry.set_move_blocked(Some(&why));
-                Err(match to.is_empty() {
-                    true => why,
-                    false => format!("{to}: {why}"),
-                })
+                Err(e)
             }
         }
     }
@@ -146,16 +159,13 @@ impl Session {
         ctx: &ProxyContext,
         req: &Redirect,
         source: StateSource,
-    ) -> Result<String, (String, String)> {
+    ) -> Result<String, (Option<String>, NotMoved)> {
         if let Some(b) = self.tracked.blocker() {
-            return Err((String::new(), format!("the session holds {b}")));
+            return Err((None, NotMoved::Pinned(b)));
         }
         // State the proxy could not record whole is never replayed as if it were.
         if let (StateSource::Tracked, Some(why)) = (source, self.tracked.incomplete) {
-            return Err((
-                String::new(),
-                format!("its state cannot be restored: {why}"),
-            ));
+            return Err((None, NotMoved::StateIncomplete(why)));
         }
         // A routing rule outranks an operator's or the balancer's target. The route view's
         // policy has `routing-rule`'s label groups for the current backends.
@@ -163,10 +173,7 @@ impl Session {
         let rule = route_for(&policy, &self.entry.origin());
         if let (Some(addr), Some(rule)) = (&req.target, rule) {
             if !route_allows(&policy, &self.entry.origin(), addr) {
-                return Err((
-                    addr.clone(),
-                    format!("routing rule {:?} keeps the session off it", rule.name),
-                ));
+                return Err((Some(addr.clone()), NotMoved::RoutingRule(rule.name.clone())));
             }
         }
         let settings = ctx.settings();
@@ -177,28 +184,25 @@ impl Session {
                 .any(|b| &b.addr == addr)
             {
                 let group = crate::balance::routes_namespace::Namespaces::describe(&group);
-                return Err((addr.clone(), format!("{group} keeps the session off it")));
+                return Err((Some(addr.clone()), NotMoved::NamespaceGroup(group)));
             }
         }
         let Some(target) = self.pick_target(ctx, req) else {
             let why = match rule {
-                Some(r) => format!("no other healthy backend in routing rule {:?}", r.name),
-                None => "no other healthy backend".into(),
+                Some(r) => NotMoved::NoBackendInRule(r.name.clone()),
+                None => NotMoved::NoBackend,
             };
-            return Err((req.target.clone().unwrap_or_default(), why));
+            return Err((req.target.clone(), why));
         };
         let to = target.addr.clone();
         let (dialed, ids) = self
             .open_on(ctx, &target, source)
             .await
-            .map_err(|e| (to.clone(), e))?;
+            .map_err(|e| (Some(to.clone()), e))?;
         // The client negotiated features with the old backend; the new one must match.
         let mask = !(cap::SSL | cap::CONNECT_WITH_DB);
         if dialed.capabilities & mask != self.capabilities & mask {
-            return Err((
-                to,
-                "the new backend offers different protocol capabilities".into(),
-            ));
+            return Err((Some(to), NotMoved::Capabilities));
         }
         let old = std::mem::replace(&mut self.backend, dialed.conn);
         if let Some(pairs) = ids {
@@ -218,9 +222,9 @@ impl Session {
         Ok(to)
     }
 
-    fn tracked_statements(&self) -> Result<Vec<String>, String> {
+    fn tracked_statements(&self) -> Result<Vec<String>, NotMoved> {
         if let Some(why) = self.tracked.incomplete {
-            return Err(format!("its state cannot be restored: {why}"));
+            return Err(NotMoved::StateIncomplete(why));
         }
         Ok(self
             .tracked
@@ -238,7 +242,7 @@ impl Session {
         ctx: &ProxyContext,
         target: &Arc<Backend>,
         source: StateSource,
-    ) -> Result<(Dialed, Option<Vec<(u32, u32)>>), String> {
+    ) -> Result<(Dialed, Option<Vec<(u32, u32)>>), NotMoved> {
         let settings = ctx.settings();
         let deprecate_eof = self.deprecate_eof();
         // Log in without a database: the old one may be gone; the state replay sets it.
@@ -263,20 +267,20 @@ impl Session {
         };
         if tidb::is_tidb(&old_version) {
             if source == StateSource::Tracked {
-                return Err("a TiDB session cannot be rebuilt once its backend is gone".into());
+                return Err(NotMoved::TidbBackendGone);
             }
             let states = tidb::show(&mut self.backend, deprecate_eof)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(NotMoved::ExportTidb)?;
             let answer = AuthAnswer::SessionToken(&states.token);
-            let mut d = open(answer).await.map_err(|e| e.to_string())?;
+            let mut d = open(answer).await.map_err(NotMoved::Dial)?;
             finish_auth(&mut d.conn, answer)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(NotMoved::Auth)?;
             let de = d.capabilities & cap::DEPRECATE_EOF != 0;
             sql::exec(&mut d.conn, &tidb::set_statement(&states.json), de)
                 .await
-                .map_err(|e| format!("SET SESSION_STATES failed: {e}"))?;
+                .map_err(NotMoved::SetSessionStates)?;
             return Ok((d, None));
         }
         let login = match &self.login {
@@ -291,7 +295,7 @@ impl Session {
                     settings.backend_connect_timeout,
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(NotMoved::Login)?;
                 self.login = Some(l.clone());
                 l
             }
@@ -306,9 +310,7 @@ impl Session {
             StateSource::Live => {
                 match restore::read_live_state(&mut self.backend, deprecate_eof).await {
                     // A move never drops state in silence: the session stays instead.
-                    Ok((_, Some(gaps))) => {
-                        return Err(format!("its state cannot be moved: {gaps}"))
-                    }
+                    Ok((_, Some(gaps))) => return Err(NotMoved::StateGaps(gaps)),
                     Ok((s, None)) => s,
                     // A server without MariaDB's information_schema tables (MySQL): the
                     // statements the proxy tracked carry the state instead.
@@ -316,7 +318,7 @@ impl Session {
                         warn!(conn = self.id, error = %e, "session state not readable here; replaying the tracked SET/USE statements");
                         self.tracked_statements()?
                     }
-                    Err(e) => return Err(format!("reading the session state failed: {e}")),
+                    Err(e) => return Err(NotMoved::ReadState(e)),
                 }
             }
             StateSource::Tracked => self.tracked_statements()?,
@@ -325,10 +327,10 @@ impl Session {
             Login::Native(s1) => AuthAnswer::Native(s1),
             Login::EmptyPassword => AuthAnswer::EmptyPassword,
         };
-        let mut d = open(answer).await.map_err(|e| e.to_string())?;
+        let mut d = open(answer).await.map_err(NotMoved::Dial)?;
         finish_auth(&mut d.conn, answer)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(NotMoved::Auth)?;
         let de = d.capabilities & cap::DEPRECATE_EOF != 0;
         let ids = restore::replay(&mut d.conn, &statements, &self.tracked, de).await?;
         Ok((d, Some(ids)))
@@ -437,7 +439,7 @@ impl Session {
         }
         let next = match self.move_now(ctx, &req, StateSource::Tracked).await {
             Ok(to) => Next::MovedTo(to),
-            Err(why) => Next::Closed(why),
+            Err(not_moved) => Next::Closed(not_moved.to_string()),
         };
         let moved = matches!(next, Next::MovedTo(_));
         let err = failure_error(failed, fate, detail, next);
@@ -463,12 +465,16 @@ impl Session {
 
     /// The backend went away while the session was idle: rebuild it elsewhere before the
     /// client notices. Returns why that did not work, if it did not.
-    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext) -> Result<String, String> {
+    pub(super) async fn rebuild_idle(&mut self, ctx: &ProxyContext) -> Result<String, MoveError> {
         let n = self.backend.buffered().len();
         self.backend.consume(n);
         if self.state_lived_in_tidb() {
             info!(conn = self.id, backend = %self.backend_addr(), "session's TiDB went away with its state; the session ends");
-            return Err("its state lived in that TiDB".to_owned());
+            return Err(MoveError::new(
+                None,
+                StateSource::Tracked,
+                NotMoved::StateLivedInTidb,
+            ));
         }
         let req = Redirect {
             target: None,
