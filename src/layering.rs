@@ -68,7 +68,8 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Every `.rs` file under `dir`; also used by the other scans of `src/` (`timer`).
+pub(crate) fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src/") {
         let path = entry.expect("dir entry").path();
         if path.is_dir() {

@@ -126,7 +126,8 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
+    use crate::layering::rust_files;
+    use std::path::Path;
 
     #[test]
     fn a_runtime_without_a_timer_driver_sleeps_and_times_out_on_the_timer_thread() {
@@ -159,17 +160,6 @@ mod tests {
         assert!(probe.upgrade().is_some(), "a user keeps it running");
         drop(user);
         assert!(probe.upgrade().is_none());
-    }
-
-    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("read src/") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                rust_files(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
     }
 
     /// The lines of `text` (a source file) outside its test module that make a tokio timer.
