@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod format;
 pub mod jobs;
+pub mod replay;
 mod sql_kind;
 
 use std::sync::atomic::{AtomicBool, Ordering};
