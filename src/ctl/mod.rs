@@ -3,6 +3,7 @@
 
 pub mod client;
 mod table;
+mod traffic;
 
 use crate::config::TlsConfig;
 use clap::{Parser, Subcommand};
@@ -133,10 +134,7 @@ fn tiproxy_request(command: &Command) -> Result<(&'static str, String, Option<Ve
             let (name, json) = namespace_json(&read_input(file)?)?;
             ("PUT", format!("/api/admin/namespace/{name}"), Some(json))
         }
-        ("traffic", "show") => ("GET", "/api/traffic/show".into(), None),
-        ("traffic", v @ ("capture" | "replay" | "cancel")) => {
-            ("POST", format!("/api/traffic/{v}"), post)
-        }
+        ("traffic", _) => return traffic::request(args),
         _ => {
             return Err(format!(
                 "{group} needs a subcommand: {}",
