@@ -10,6 +10,7 @@ use common::mariadb::{MariaDb, APP_PASS, APP_USER};
 use common::proxy::{Proxy, ProxyConfig};
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -190,6 +191,13 @@ fn capture_then_replay_recreates_the_writes() {
         late.query_drop("CREATE USER 'tmp_u'@'%' IDENTIFIED BY 'Leak-me-4242'")
             .await
             .unwrap();
+        // A prepared SET PASSWORD: its prepare and its executions are left out.
+        late.exec_drop(
+            "SET PASSWORD FOR 'tmp_u'@'%' = PASSWORD('Leak-me-5353')",
+            (),
+        )
+        .await
+        .unwrap();
         late.query_drop("DROP USER 'tmp_u'@'%'").await.unwrap();
         late.disconnect().await.unwrap();
         early.disconnect().await.unwrap();
@@ -207,6 +215,15 @@ fn capture_then_replay_recreates_the_writes() {
     assert!(shown[0]["end_time"].is_string(), "{shown}");
 
     let (meta, records) = decode(&capture_dir);
+    let mode = std::fs::metadata(&capture_dir)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "the capture directory is the proxy user's only"
+    );
     assert!(meta.compress);
     assert!(meta.files[0].ends_with(".log.gz"), "{meta:?}");
     assert!(meta.filtered_cmds >= 1, "CREATE USER is left out: {meta:?}");
@@ -218,8 +235,18 @@ fn capture_then_replay_recreates_the_writes() {
         "{q:?}"
     );
     assert!(q.iter().any(|s| s == "DROP USER 'tmp_u'@'%'"), "{q:?}");
-    let all = format!("{records:?}");
-    assert!(!all.contains("Leak-me-4242"), "a password was captured");
+    let mut raw = Vec::new();
+    for r in &records {
+        r.encode(&mut raw);
+    }
+    let has = |needle: &str| raw.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("INSERT INTO traffic_t"), "the search sees the records");
+    assert!(!has("Leak-me-4242"), "a password was captured");
+    assert!(
+        !has("Leak-me-5353"),
+        "a prepared statement's password was captured"
+    );
+    assert!(!has("SET PASSWORD"), "a prepared SET PASSWORD was captured");
     let early_state = records.iter().find_map(|r| match r {
         Record::Session { user, init, .. } if user == APP_USER => Some(init.clone()),
         _ => None,

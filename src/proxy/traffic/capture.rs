@@ -12,6 +12,7 @@ use crate::protocol::constants::{cmd, MAX_PAYLOAD};
 use crate::proxy::session::Session;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -117,6 +118,12 @@ pub(crate) async fn record_command(
         }
         _ => None,
     };
+    // A prepared CREATE USER / ALTER USER takes its password as a parameter.
+    let named_text = stmt_id.and_then(|id| s.tracked.binary.get(&id));
+    if named_text.is_some_and(|t| is_sensitive(t)) {
+        sink.counters.filtered.fetch_add(1, Relaxed);
+        return Ok(());
+    }
     // The change of user carries the client's auth data: kept as the state reset it causes.
     let payload = if command == cmd::CHANGE_USER {
         vec![cmd::RESET_CONNECTION]
@@ -144,7 +151,7 @@ pub(crate) async fn record_command(
         }
         if let Some(id) = stmt_id {
             if command != cmd::STMT_CLOSE && stmts.insert(id) {
-                if let Some(text) = s.tracked.binary.get(&id) {
+                if let Some(text) = named_text {
                     before.push(Record::Prepared {
                         conn,
                         at_ns,
@@ -214,12 +221,17 @@ pub fn start(traffic: &Arc<Traffic>, cfg: CaptureConfig) -> Result<Arc<Job>, Sta
         return invalid("start time should not be in the past".into());
     }
     let dir = PathBuf::from(&cfg.output);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        StartError::Io(format!(
-            "cannot create the output directory {}: {e}",
-            dir.display()
-        ))
-    })?;
+    // Captured SQL holds the application's data: readable by the proxy's user only.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| {
+            StartError::Io(format!(
+                "cannot create the output directory {}: {e}",
+                dir.display()
+            ))
+        })?;
     if dir.join(META_FILE).exists() {
         return invalid(format!(
             "{} already holds a capture (its {META_FILE} file exists); remove it or choose another output",

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// First bytes of every traffic file: the format and its version.
@@ -218,7 +219,13 @@ impl Meta {
 
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        std::fs::write(dir.join(META_FILE), text)
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(META_FILE))?;
+        f.write_all(&text)?;
+        f.sync_all()
     }
 }
 
@@ -297,6 +304,7 @@ impl Writer {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(self.dir.join(&name))?;
         let w = BufWriter::with_capacity(256 << 10, file);
         let mut sink = if self.compress {
@@ -386,6 +394,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn sample() -> Vec<Record> {
         vec![
@@ -422,6 +431,11 @@ mod tests {
         }
         let files = w.finish().unwrap();
         assert_eq!(files, vec![file_name(1, compress)]);
+        let mode = std::fs::metadata(dir.path().join(&files[0]))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "captured SQL is the proxy user's only");
         let mut r = Reader::open(&dir.path().join(&files[0])).unwrap();
         let mut got = Vec::new();
         while let Some(rec) = r.next_record().unwrap() {
