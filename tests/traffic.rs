@@ -353,7 +353,7 @@ fn a_slow_replay_is_cancelled() {
     db.sql("CREATE TABLE test.slow_t (v INT)");
     let mut cfg = ProxyConfig::new(vec![db.addr()]);
     cfg.extra_api = "user = \"admin\"\npassword = \"s3cret\"\n".into();
-    let proxy = Proxy::start(&cfg);
+    let mut proxy = Proxy::start(&cfg);
     let port = proxy.api_port();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("cap").display().to_string();
@@ -425,4 +425,28 @@ fn a_slow_replay_is_cancelled() {
     );
     let (status, body) = call(port, "POST", "/api/traffic/cancel", &[], true);
     assert_eq!((status, body.as_str()), (200, "no job running"));
+
+    // A shutdown ends a running capture with its files complete.
+    let dir2 = out.path().join("cap2").display().to_string();
+    let form = [("output", dir2.as_str()), ("duration", "10m")];
+    assert_eq!(
+        call(port, "POST", "/api/traffic/capture", &form, true).0,
+        200
+    );
+    rt.block_on(async {
+        let mut c = common::client::app_conn(proxy.port()).await;
+        c.query_drop("SELECT 42").await.unwrap();
+        c.disconnect().await.unwrap();
+    });
+    proxy.signal("TERM");
+    assert!(
+        proxy.wait_exit(Duration::from_secs(60)).is_some(),
+        "the proxy did not exit"
+    );
+    let (meta, records) = decode(Path::new(&dir2));
+    assert!(
+        queries(&records).iter().any(|q| q == "SELECT 42"),
+        "{records:?}"
+    );
+    assert!(meta.cmds >= 1, "{meta:?}");
 }
