@@ -384,3 +384,37 @@ impl Run {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (tx, rx) = sync_channel(2);
+        let sink = Sink {
+            tx,
+            seen: Mutex::default(),
+            counters: Arc::default(),
+        };
+        let rec = || Record::Command {
+            conn: 1,
+            at_ns: 1,
+            payload: vec![cmd::PING],
+        };
+        assert!(sink.send(rec()));
+        assert!(sink.send(rec()));
+        assert!(
+            !sink.send(rec()),
+            "the third does not fit and is not waited for"
+        );
+        assert_eq!(sink.counters.dropped.load(Relaxed), 1);
+        drop(rx);
+        assert!(!sink.send(rec()));
+        assert_eq!(
+            sink.counters.dropped.load(Relaxed),
+            1,
+            "a closed queue is not a drop"
+        );
+    }
+}
