@@ -143,6 +143,20 @@ fn capture_then_replay_recreates_the_writes() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("aes256-ctr"), "{body}");
+    // So are TiProxy replay options this proxy lacks, by name.
+    let (status, body) = call(
+        port,
+        "POST",
+        "/api/traffic/replay",
+        &[
+            ("input", &capture_dir_s),
+            ("username", REPLAY_USER),
+            ("cmdstarttime", "2026-01-01T00:00:00Z"),
+        ],
+        true,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cmdstarttime"), "{body}");
     assert!(show(port).is_empty());
 
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -190,6 +190,8 @@ const UNSUPPORTED_REPLAY_OPTIONS: &[(&str, &str)] = &[
     ("filtercommandwithretry", "false"),
     ("user-allowlist", ""),
     ("wait-on-eof", "false"),
+    // Skipping records that do not decode: ours have no point to pick up again after one.
+    ("ignore-errs", "false"),
 ];
 
 fn start_replay(ctx: &Arc<ProxyContext>, mut form: Form) -> Answer {
