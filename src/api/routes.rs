@@ -513,23 +513,12 @@ async fn traffic_path(
 ) -> Response<Body> {
     use super::traffic::{handle, Answer};
     let method = req.method().clone();
-    let query = req.uri().query().map(str::to_owned);
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let who = caller(state);
-    match handle(
-        &state.ctx,
-        &method,
-        path,
-        query.as_deref(),
-        &body,
-        peer,
-        &who,
-    )
-    .await
-    {
+    match handle(&state.ctx, &method, path, &body, peer, &who).await {
         Answer::Text(status, text) => reply(status, "text/plain; charset=utf-8", text),
         Answer::Json(status, v) => json_reply(status, &v),
         Answer::Error(status, e) => error(status, e),

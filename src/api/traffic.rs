@@ -21,15 +21,14 @@ pub enum Answer {
     Error(StatusCode, String),
 }
 
-/// The form fields of a request: the query string, then the body (which wins).
+/// The form fields of a request body, as TiProxy reads them (never the query string, where a
+/// replay password would end up in shell histories and access logs).
 struct Form(HashMap<String, Zeroizing<String>>);
 
 impl Form {
-    fn parse(query: Option<&str>, body: &[u8]) -> Form {
+    fn parse(body: &[u8]) -> Form {
         let mut m = HashMap::new();
-        let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .chain(form_urlencoded::parse(body));
-        for (k, v) in pairs {
+        for (k, v) in form_urlencoded::parse(body) {
             m.insert(k.into_owned(), Zeroizing::new(v.into_owned()));
         }
         Form(m)
@@ -82,13 +81,12 @@ pub async fn handle(
     ctx: &Arc<ProxyContext>,
     method: &Method,
     path: &str,
-    query: Option<&str>,
     body: &[u8],
     peer: SocketAddr,
     who: &str,
 ) -> Answer {
     let action = path.strip_prefix("/api/traffic").unwrap_or("");
-    let form = Form::parse(query, body);
+    let form = Form::parse(body);
     match (method, action) {
         (&Method::POST, "/capture") => {
             let answer = start_capture(ctx, &form);
