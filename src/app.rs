@@ -244,6 +244,8 @@ impl App {
             );
         }
         self.ctx.close_all_now();
+        // A running capture writes out its files and meta file; a replay stops.
+        self.ctx.traffic.jobs.cancel(None).await;
         self.background.cancel();
         self.tasks.close();
         if crate::timer::timeout(TASKS_BOUND, self.tasks.wait())

@@ -14,6 +14,7 @@ mod routes;
 mod slots;
 pub mod stats;
 mod tiproxy_paths;
+mod traffic;
 
 use crate::proxy::ProxyContext;
 use crate::reload::Running;

@@ -67,7 +67,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
             json_reply(StatusCode::OK, &tiproxy_paths::backend_metrics(&state.ctx))
         }
         (_, p) if p == "/api/traffic" || p.starts_with("/api/traffic/") => {
-            error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::TRAFFIC_WHY)
+            traffic_path(state, req, peer, &path).await
         }
         (_, p) if p == "/api/admin/namespace" || p.starts_with("/api/admin/namespace/") => {
             namespace_path(state, req, peer, &path).await
@@ -502,4 +502,25 @@ fn info(state: &ApiState) -> serde_json::Value {
         "connections": state.ctx.active_sessions(),
         "config_checksum": state.running.get().checksum(),
     })
+}
+
+/// TiProxy's traffic capture and replay paths (admin paths: a replay carries a password).
+async fn traffic_path(
+    state: &ApiState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    path: &str,
+) -> Response<Body> {
+    use super::traffic::{handle, Answer};
+    let method = req.method().clone();
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let who = caller(state);
+    match handle(&state.ctx, &method, path, &body, peer, &who).await {
+        Answer::Text(status, text) => reply(status, "text/plain; charset=utf-8", text),
+        Answer::Json(status, v) => json_reply(status, &v),
+        Answer::Error(status, e) => error(status, e),
+    }
 }

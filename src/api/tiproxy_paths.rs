@@ -90,10 +90,6 @@ pub const PPROF_WHY: &str =
 profile it with `perf record -g -p <pid>` (CPU) or read /api/stats/history and /api/metrics \
 (process_resident_memory_bytes, process_cpu_seconds_total) instead";
 
-/// Why `/api/traffic/...` answers 501.
-pub const TRAFFIC_WHY: &str = "traffic capture and replay are not supported by this proxy: \
-nothing is recorded, so there is nothing to show, cancel or replay";
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ const KEYS: &[(&str, Handling)] = &[
     ("api.proxy-protocol", RefuseWhenSet("the status port does not read PROXY headers: every caller would look like the load balancer, and a loopback one would be trusted as an admin")),
     ("api.enable-basic-auth", BasicAuthSwitch),
     ("log.simple", NotApplicable("log lines are always the encoder's full format")),
-    ("security.encryption-key-path", NotApplicable("it encrypts traffic-capture files, and traffic capture is not supported")),
+    ("security.encryption-key-path", NotApplicable("it keys aes256-ctr encryption of traffic-capture files, which this proxy refuses rather than write them unencrypted (docs/traffic.md)")),
     ("security.server-tls.rsa-key-size", NotApplicable("auto-certs here are ECDSA P-256, at least as strong as RSA 3072")),
     ("security.server-http-tls.rsa-key-size", NotApplicable("auto-certs here are ECDSA P-256, at least as strong as RSA 3072")),
     ("security.cluster-tls.rsa-key-size", NotApplicable("auto-certs apply to server sides only")),
@@ -48,7 +48,7 @@ const KEYS: &[(&str, Handling)] = &[
     ("ha.garp-burst-count", NotApplicable("used only with ha.virtual-ip, which is not supported")),
     ("ha.garp-refresh-count", NotApplicable("used only with ha.virtual-ip, which is not supported")),
     ("metering", NotApplicable("TiProxy Cloud's metering upload is not part of this proxy")),
-    ("enable-traffic-replay", NotApplicable("traffic capture and replay are not supported")),
+    ("enable-traffic-replay", NotApplicable("traffic capture and replay are always served, to admins of the status port only; false does not turn them off")),
     ("advance", NotApplicable("TiProxy 0.1's namespace switch; see docs/compat.md for namespaces")),
 ];
 

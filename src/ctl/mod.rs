@@ -3,7 +3,11 @@
 
 pub mod client;
 mod table;
+<<<<<<< HEAD
 mod usage;
+=======
+mod traffic;
+>>>>>>> traffic
 
 use crate::config::TlsConfig;
 use clap::{Parser, Subcommand};
@@ -137,10 +141,7 @@ fn tiproxy_request(
             let (name, json) = namespace_json(&read_input(file)?)?;
             ("PUT", format!("/api/admin/namespace/{name}"), Some(json))
         }
-        ("traffic", "show") => ("GET", "/api/traffic/show".into(), None),
-        ("traffic", v @ ("capture" | "replay" | "cancel")) => {
-            ("POST", format!("/api/traffic/{v}"), post)
-        }
+        ("traffic", _) => return traffic::request(args),
         _ => {
             return Err(UsageError::Subcommand {
                 group,

@@ -105,6 +105,8 @@ pub struct ProxyContext {
     pub handshakes: Arc<super::per_source::Handshakes>,
     /// Bounds the moves running at once and shares the service account's recent lookups.
     pub move_gate: super::migrate::gate::MoveGate,
+    /// Traffic capture and replay jobs; sessions check its capture flag on each command.
+    pub traffic: Arc<super::traffic::Traffic>,
     next_conn_id: AtomicU64,
     active: AtomicU64,
     /// New connections get "shutting down" instead of a session.
@@ -140,6 +142,7 @@ impl ProxyContext {
             events: Arc::new(EventLog::new(crate::events::CAPACITY)),
             handshakes: Arc::default(),
             move_gate: Default::default(),
+            traffic: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             active: AtomicU64::new(0),
             reject_new: CancellationToken::new(),

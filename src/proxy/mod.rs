@@ -20,6 +20,7 @@ pub mod response;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod traffic;
 pub mod txn;
 pub mod workers;
 

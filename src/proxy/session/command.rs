@@ -187,6 +187,10 @@ impl Session {
         head[..head_len]
             .copy_from_slice(&self.client.buffered()[HEADER_LEN..HEADER_LEN + head_len]);
         let command = head[0];
+        if ctx.traffic.is_capturing() {
+            let capture = crate::proxy::traffic::capture::record_command(&ctx.traffic, self, len);
+            Box::pin(capture).await.map_err(End::client_read)?;
+        }
         if command != cmd::QUERY {
             self.tracked.before_command(command, None);
         }
