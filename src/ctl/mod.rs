@@ -3,11 +3,8 @@
 
 pub mod client;
 mod table;
-<<<<<<< HEAD
-mod usage;
-=======
 mod traffic;
->>>>>>> traffic
+mod usage;
 
 use crate::config::TlsConfig;
 use clap::{Parser, Subcommand};

@@ -1,6 +1,7 @@
 //! `tiproxyctl traffic capture|replay|cancel|show` with TiProxy's flag names, turned into the
 //! form requests of `/api/traffic/...`.
 
+use super::usage::UsageError;
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -51,7 +52,11 @@ const REPLAY: &[Flag] = &[
 ];
 
 /// Reads `--name value`, `--name=value` and bare boolean `--name` flags.
-fn parse(verb: &str, flags: &[Flag], args: &[String]) -> Result<BTreeMap<String, String>, String> {
+fn parse(
+    verb: &str,
+    flags: &[Flag],
+    args: &[String],
+) -> Result<BTreeMap<String, String>, UsageError> {
     let mut out: BTreeMap<String, String> = flags
         .iter()
         .map(|f| (f.name.to_owned(), f.default.to_owned()))
@@ -60,7 +65,10 @@ fn parse(verb: &str, flags: &[Flag], args: &[String]) -> Result<BTreeMap<String,
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let Some(stripped) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
-            return Err(format!("traffic {verb}: unexpected argument {a:?}"));
+            return Err(UsageError::TrafficArgument {
+                verb: verb.into(),
+                arg: a.clone(),
+            });
         };
         let (name, inline) = match stripped.split_once('=') {
             Some((n, v)) => (n, Some(v.to_owned())),
@@ -68,25 +76,29 @@ fn parse(verb: &str, flags: &[Flag], args: &[String]) -> Result<BTreeMap<String,
         };
         let Some(flag) = flags.iter().find(|f| f.name == name) else {
             let known: Vec<&str> = flags.iter().map(|f| f.name).collect();
-            return Err(format!(
-                "traffic {verb}: unknown flag --{name} (flags: {})",
-                if known.is_empty() {
+            return Err(UsageError::TrafficFlag {
+                verb: verb.into(),
+                name: name.into(),
+                known: if known.is_empty() {
                     "none".into()
                 } else {
                     known.join(", ")
-                }
-            ));
+                },
+            });
         };
         let value = match (inline, flag.boolean) {
             (Some(v), _) => v,
             (None, true) => "true".into(),
-            (None, false) => it
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("traffic {verb}: --{name} needs a value"))?,
+            (None, false) => it.next().cloned().ok_or_else(|| UsageError::TrafficValue {
+                verb: verb.into(),
+                name: name.into(),
+            })?,
         };
         if flag.boolean && !matches!(value.as_str(), "true" | "false" | "1" | "0") {
-            return Err(format!("traffic {verb}: --{name} takes true or false"));
+            return Err(UsageError::TrafficBoolean {
+                verb: verb.into(),
+                name: name.into(),
+            });
         }
         given.insert(name.to_owned());
         out.insert(name.to_owned(), value);
@@ -109,7 +121,7 @@ fn form(flags: &[Flag], values: &BTreeMap<String, String>) -> Vec<u8> {
 
 /// Asks for the replay user's password on the terminal without echoing it, as TiProxy's
 /// tiproxyctl does; from a pipe, reads one line.
-fn ask_password(user: &str) -> Result<String, String> {
+fn ask_password(user: &str) -> Result<String, UsageError> {
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
     if tty {
@@ -123,7 +135,7 @@ fn ask_password(user: &str) -> Result<String, String> {
     if tty {
         eprintln!();
     }
-    read.map_err(|e| format!("cannot read the password: {e}"))?;
+    read.map_err(UsageError::Password)?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -158,7 +170,7 @@ impl Drop for EchoOff {
 }
 
 /// The method, path and form body of a traffic subcommand.
-pub fn request(args: &[String]) -> Result<(&'static str, String, Option<Vec<u8>>), String> {
+pub fn request(args: &[String]) -> Result<(&'static str, String, Option<Vec<u8>>), UsageError> {
     let verb = args.first().map(String::as_str).unwrap_or("");
     let rest = args.get(1..).unwrap_or_default();
     match verb {
@@ -182,7 +194,7 @@ pub fn request(args: &[String]) -> Result<(&'static str, String, Option<Vec<u8>>
             let mut v = parse(verb, REPLAY, rest)?;
             let user = v.get("username").cloned().unwrap_or_default();
             if user.is_empty() {
-                return Err("traffic replay: username is required".into());
+                return Err(UsageError::TrafficUser);
             }
             if !v.contains_key("password") {
                 v.insert("password".into(), ask_password(&user)?);
@@ -193,7 +205,10 @@ pub fn request(args: &[String]) -> Result<(&'static str, String, Option<Vec<u8>>
             }
             Ok(("POST", "/api/traffic/replay".into(), Some(body)))
         }
-        _ => Err("traffic needs a subcommand: capture, replay, cancel, show".into()),
+        _ => Err(UsageError::Subcommand {
+            group: "traffic",
+            verbs: "capture, replay, cancel, show",
+        }),
     }
 }
 

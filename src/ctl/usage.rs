@@ -36,6 +36,22 @@ pub enum UsageError {
     },
     #[error("not a TiProxy group")]
     NotTiproxyGroup,
+    #[error("traffic {verb}: unexpected argument {arg:?}")]
+    TrafficArgument { verb: String, arg: String },
+    #[error("traffic {verb}: unknown flag --{name} (flags: {known})")]
+    TrafficFlag {
+        verb: String,
+        name: String,
+        known: String,
+    },
+    #[error("traffic {verb}: --{name} needs a value")]
+    TrafficValue { verb: String, name: String },
+    #[error("traffic {verb}: --{name} takes true or false")]
+    TrafficBoolean { verb: String, name: String },
+    #[error("traffic replay: username is required")]
+    TrafficUser,
+    #[error("cannot read the password: {0}")]
+    Password(#[source] std::io::Error),
 }
 
 #[cfg(test)]
