@@ -3,6 +3,7 @@
 
 use super::outcome::{fate, InFlight, STMT_BULK_EXECUTE};
 use super::redirect::failure_error;
+use super::reused::Reused;
 use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
 use crate::protocol::conn::{parse_header, HEADER_LEN};
 use crate::protocol::constants::{
@@ -144,7 +145,7 @@ impl Session {
                                     next: Next::Closed(not_moved),
                                 }
                             };
-                            return self.tell_on_next_command(ctx, err).await;
+                            return Box::pin(self.tell_on_next_command(ctx, err)).await;
                         }
                         continue;
                     }
@@ -162,10 +163,13 @@ impl Session {
                 }
             };
             entry.set_executing(true);
+            // On the heap for the command's duration only: the command's future (relays,
+            // observer, timeouts) is the loop's largest by far, and inline it would be held by
+            // every idle session too. A reused block spares each command a malloc and free.
             let step = tokio::select! {
                 biased;
                 _ = forced => return End::Shutdown,
-                r = self.execute_cmd(ctx) => r,
+                r = Reused::new(self.execute_cmd(ctx)) => r,
             };
             entry.set_executing(false);
             match step {
@@ -232,7 +236,9 @@ impl Session {
         self.translate_statement_id(command, &head[..head_len]);
         if command == cmd::STMT_CLOSE && head_len >= 5 {
             let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-            self.prepared.remove(&id);
+            if let Some(prepared) = &mut self.prepared {
+                prepared.remove(&id);
+            }
             self.stmt_ids.on_closed(id);
         }
         let status_before = self.txn.status();
@@ -334,7 +340,9 @@ impl Session {
         }
         self.entry.set_in_transaction(self.txn.in_transaction());
         if let Some(id) = obs.prepared_id {
-            self.prepared.insert(id, digest(&self.statement).into());
+            self.prepared
+                .get_or_insert_default()
+                .insert(id, digest(&self.statement).into());
         }
         if let Some(code) = obs.error {
             self.log_query_error(ctx, head[0], &head[..head_len], code, &obs.error_message);
@@ -424,7 +432,8 @@ impl Session {
             cmd::STMT_EXECUTE if head.len() >= 5 => {
                 let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
                 self.prepared
-                    .get(&id)
+                    .as_ref()
+                    .and_then(|p| p.get(&id))
                     .map(|d| d.to_string())
                     .unwrap_or_default()
             }
