@@ -169,9 +169,13 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 _ = forced => return End::Shutdown,
-                r = Reused::new(self.execute_cmd(ctx)) => r,
+                r = Reused::new(|| self.execute_cmd(ctx)) => r,
             };
             entry.set_executing(false);
+            // The text of a long PREPARE or INIT_DB (up to 64 KiB) is not kept while waiting.
+            if self.statement.capacity() > STATEMENT_PREFIX {
+                self.statement = Vec::new();
+            }
             match step {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Quit) => return End::ClientQuit,
@@ -215,6 +219,8 @@ impl Session {
                 let buf = &self.client.buffered()[HEADER_LEN + 1..];
                 let n = buf.len().min(len.saturating_sub(1)).min(limit);
                 self.statement.clear();
+                // Exact: a query's text then never takes more than STATEMENT_PREFIX.
+                self.statement.reserve_exact(n);
                 self.statement.extend_from_slice(&buf[..n]);
                 if command == cmd::QUERY {
                     let whole = n == len.saturating_sub(1);

@@ -29,7 +29,10 @@ unsafe impl<F: Future + Send> Send for Reused<F> {}
 impl<F: Future> Unpin for Reused<F> {}
 
 impl<F: Future> Reused<F> {
-    pub(crate) fn new(future: F) -> Self {
+    /// Builds the future with `make` straight into its block: built first and then moved,
+    /// a kilobyte-sized future would be copied once per command.
+    #[inline(always)]
+    pub(crate) fn new(make: impl FnOnce() -> F) -> Self {
         let layout = Layout::new::<F>();
         assert!(layout.size() > 0, "a future with state");
         let kept = FREE.with(|free| {
@@ -43,7 +46,7 @@ impl<F: Future> Reused<F> {
         });
         let ptr = block.cast::<F>();
         // SAFETY: the block is allocated for `F`'s layout and holds nothing.
-        unsafe { ptr.as_ptr().write(future) };
+        unsafe { ptr.as_ptr().write(make()) };
         Reused { ptr }
     }
 }
@@ -105,11 +108,11 @@ mod tests {
                 n * 2
             }
         };
-        let first = Reused::new(make(1));
+        let first = Reused::new(|| make(1));
         let block = first.ptr.cast::<u8>();
         assert_eq!(first.await, 2);
         assert_eq!(drops.load(Ordering::Relaxed), 1);
-        let second = Reused::new(make(2));
+        let second = Reused::new(|| make(2));
         assert_eq!(
             second.ptr.cast::<u8>(),
             block,
@@ -123,7 +126,7 @@ mod tests {
     #[test]
     fn a_thread_keeps_a_bounded_number_of_blocks() {
         let many: Vec<_> = (0..KEEP + 4)
-            .map(|i| Reused::new(async move { i }))
+            .map(|i| Reused::new(move || async move { i }))
             .collect();
         drop(many);
         assert_eq!(FREE.with(|f| f.borrow().len()), KEEP);
