@@ -67,6 +67,7 @@ pub(crate) struct Session {
     pub(crate) statement: Vec<u8>,
     /// Digests of prepared statements by id, for errors of COM_STMT_EXECUTE; boxed, as most
     /// sessions prepare nothing and every session holds the field.
+    #[allow(clippy::box_collection)]
     pub(crate) prepared: Option<Box<HashMap<u32, Box<str>>>>,
     /// The client's handshake response: who to log in as on another backend.
     pub(crate) identity: HandshakeResponse,
