@@ -13,7 +13,19 @@ use std::task::{Context, Poll};
 const KEEP: usize = 8;
 
 thread_local! {
-    static FREE: RefCell<Vec<(Layout, NonNull<u8>)>> = const { RefCell::new(Vec::new()) };
+    static FREE: RefCell<FreeBlocks> = const { RefCell::new(FreeBlocks(Vec::new())) };
+}
+
+/// A thread's freed blocks, each with the layout it was allocated with; freed with the thread.
+struct FreeBlocks(Vec<(Layout, NonNull<u8>)>);
+
+impl Drop for FreeBlocks {
+    fn drop(&mut self) {
+        for (layout, block) in self.0.drain(..) {
+            // SAFETY: allocated with this layout and no longer used.
+            unsafe { dealloc(block.as_ptr(), layout) };
+        }
+    }
 }
 
 /// `F` in a heap block of its own; the block goes back to the dropping thread's list.
@@ -36,7 +48,7 @@ impl<F: Future> Reused<F> {
         let layout = Layout::new::<F>();
         assert!(layout.size() > 0, "a future with state");
         let kept = FREE.with(|free| {
-            let mut free = free.borrow_mut();
+            let free = &mut free.borrow_mut().0;
             let at = free.iter().rposition(|(l, _)| *l == layout)?;
             Some(free.swap_remove(at).1)
         });
@@ -68,7 +80,7 @@ impl<F: Future> Drop for Reused<F> {
         let block = self.ptr.cast::<u8>();
         let spare = FREE
             .try_with(|free| {
-                let mut free = free.borrow_mut();
+                let free = &mut free.borrow_mut().0;
                 if free.len() < KEEP {
                     free.push((layout, block));
                     None
@@ -129,6 +141,6 @@ mod tests {
             .map(|i| Reused::new(move || async move { i }))
             .collect();
         drop(many);
-        assert_eq!(FREE.with(|f| f.borrow().len()), KEEP);
+        assert_eq!(FREE.with(|f| f.borrow().0.len()), KEEP);
     }
 }
