@@ -144,13 +144,14 @@ async fn run_session(
         },
     };
     let born = std::time::Instant::now();
-    let m = &ctx.metrics;
-    m.connections.inc();
+    // Nothing here outlives an await unless the session needs it at its end: the future keeps
+    // such locals for the session's whole life (the settings snapshot too, which a reload
+    // would otherwise leave pinned by every idle session).
+    ctx.metrics.connections.inc();
     let id = ctx.next_conn_id();
     let _ = tcp.set_nodelay(true);
     let local_port = tcp.local_addr().map_or(0, |a| a.port());
-    let settings = ctx.settings();
-    let client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
+    let client = PacketConn::new(Stream::Plain(tcp), ctx.settings().conn_buffer_size);
     let registered = ctx.registry.register(id, peer);
     registered.entry.set_local_port(local_port);
     debug!(conn = id, client = %peer, "session opened");
@@ -212,6 +213,7 @@ async fn run_session(
     if !matches!(end, End::ClientQuit) {
         client.shutdown().await;
     }
+    let m = &ctx.metrics;
     m.connections.dec();
     m.conn_lifetime.observe(born.elapsed().as_secs_f64());
     m.disconnected(end.disconnect()).inc();
