@@ -120,7 +120,10 @@ impl PacketConn {
     pub fn new(stream: Stream, buf_size: usize) -> Self {
         Self {
             stream,
-            rbuf: BytesMut::with_capacity(buf_size),
+            // Taken at the first read, from this thread's spare buffers when it has one: a burst
+            // of logins then reuses the buffers earlier logins gave back instead of leaving a
+            // trail of freed 32 KiB blocks between the sessions' long-lived allocations.
+            rbuf: BytesMut::new(),
             wbuf: Vec::new(),
             compress: None,
             buf_size,
@@ -252,6 +255,14 @@ impl PacketConn {
 
     fn make_room(&mut self) {
         if self.rbuf.capacity() - self.rbuf.len() < self.buf_size / 4 {
+            if self.rbuf.capacity() == 0 {
+                if let Some(b) = SPARE.with(|p| p.borrow_mut().pop()) {
+                    self.rbuf = b;
+                    if self.rbuf.capacity() >= self.buf_size / 4 {
+                        return;
+                    }
+                }
+            }
             self.rbuf.reserve(self.buf_size);
         }
     }
@@ -345,7 +356,8 @@ impl PacketConn {
 
     /// Fills until at least `n` bytes are buffered; a close before that is an error.
     pub async fn fill_to(&mut self, n: usize) -> io::Result<()> {
-        if self.rbuf.len() < n {
+        // Without a buffer yet, the first read takes a whole one (`make_room`).
+        if self.rbuf.capacity() > 0 && self.rbuf.len() < n {
             self.rbuf.reserve(n - self.rbuf.len());
         }
         while self.rbuf.len() < n {

@@ -18,9 +18,10 @@ pub struct SessionEntry {
     in_transaction: AtomicBool,
     /// A command is running (set around each command, so the API can tell busy from idle).
     executing: AtomicBool,
-    /// A move the control plane asked for; the session acts on it at its next boundary.
-    redirect: Mutex<Option<Redirect>>,
-    /// Mirrors `redirect.is_some()` so the per-command check takes no lock.
+    /// A move the control plane asked for and why the last one failed, both rare: boxed, so
+    /// a session that is never moved holds a pointer for them.
+    moves: Mutex<Option<Box<Moves>>>,
+    /// Mirrors whether `moves` holds a redirect, so the per-command check takes no lock.
     redirect_pending: AtomicBool,
     /// The session must end (it outstayed failover-timeout on a failed backend).
     close: AtomicBool,
@@ -29,10 +30,28 @@ pub struct SessionEntry {
     /// and the session enters that wait between every two commands.
     signalled: AtomicBool,
     wake: AtomicWaker,
-    /// Why the last attempt to move the session failed; cleared when a move succeeds.
-    move_blocked: Mutex<Option<String>>,
     /// The proxy port the client reached (0 until known), for port routing rules.
     local_port: AtomicU16,
+}
+
+#[derive(Debug, Default)]
+struct Moves {
+    /// The move asked for; the session acts on it at its next boundary.
+    redirect: Option<Redirect>,
+    /// Why the last attempt to move the session failed; cleared when a move succeeds.
+    blocked: Option<String>,
+}
+
+impl Moves {
+    /// Frees the box once it holds nothing.
+    fn tidy(slot: &mut Option<Box<Moves>>) {
+        if slot
+            .as_ref()
+            .is_some_and(|m| m.redirect.is_none() && m.blocked.is_none())
+        {
+            *slot = None;
+        }
+    }
 }
 
 /// A request to move a session to another backend.
@@ -75,7 +94,11 @@ impl SessionEntry {
 
     /// Asks the session to move; a newer request replaces an older one.
     pub fn request_redirect(&self, r: Redirect) {
-        *self.redirect.lock().expect("redirect") = Some(r);
+        self.moves
+            .lock()
+            .expect("moves")
+            .get_or_insert_default()
+            .redirect = Some(r);
         self.redirect_pending.store(true, Ordering::Release);
         self.signal();
     }
@@ -95,9 +118,11 @@ impl SessionEntry {
     }
 
     pub fn take_redirect(&self) -> Option<Redirect> {
-        let mut r = self.redirect.lock().expect("redirect");
+        let mut m = self.moves.lock().expect("moves");
         self.redirect_pending.store(false, Ordering::Release);
-        r.take()
+        let r = m.as_mut().and_then(|m| m.redirect.take());
+        Moves::tidy(&mut m);
+        r
     }
 
     /// The move asked for and not yet taken up, for the pending-migration gauge.
@@ -105,7 +130,11 @@ impl SessionEntry {
         if !self.has_redirect() {
             return None;
         }
-        self.redirect.lock().expect("redirect").clone()
+        self.moves
+            .lock()
+            .expect("moves")
+            .as_ref()
+            .and_then(|m| m.redirect.clone())
     }
 
     pub fn has_redirect(&self) -> bool {
@@ -152,11 +181,24 @@ impl SessionEntry {
     }
 
     pub fn set_move_blocked(&self, why: Option<&str>) {
-        *self.move_blocked.lock().expect("move blocked") = why.map(str::to_owned);
+        let mut m = self.moves.lock().expect("moves");
+        match why {
+            Some(why) => m.get_or_insert_default().blocked = Some(why.to_owned()),
+            None => {
+                if let Some(m) = m.as_mut() {
+                    m.blocked = None;
+                }
+                Moves::tidy(&mut m);
+            }
+        }
     }
 
     pub fn move_blocked(&self) -> Option<String> {
-        self.move_blocked.lock().expect("move blocked").clone()
+        self.moves
+            .lock()
+            .expect("moves")
+            .as_ref()
+            .and_then(|m| m.blocked.clone())
     }
 
     pub fn in_transaction(&self) -> bool {
@@ -213,12 +255,11 @@ impl Registry {
             details: Mutex::new(Details::default()),
             in_transaction: AtomicBool::new(false),
             executing: AtomicBool::new(false),
-            redirect: Mutex::new(None),
+            moves: Mutex::new(None),
             redirect_pending: AtomicBool::new(false),
             close: AtomicBool::new(false),
             signalled: AtomicBool::new(false),
             wake: AtomicWaker::new(),
-            move_blocked: Mutex::new(None),
             local_port: AtomicU16::new(0),
         });
         self.sessions

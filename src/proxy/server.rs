@@ -109,12 +109,18 @@ fn hand_over(
             return;
         }
     };
-    // One future per branch, each built around the session's own: an async block holding
-    // both would make every idle session pay for the larger.
+    // One future per branch: an async block holding both would make every idle session pay
+    // for the larger. Without a PROXY header the session's own future is the task, with no
+    // wrapper keeping the handed-over socket and the arguments beside it.
     if ctx.settings().proxy_protocol_v2 {
         workers.spawn(behind_balancer(socket, peer, ctx, guard));
     } else {
-        workers.spawn(session_on_worker(socket, peer, ctx, guard));
+        workers.spawn(session::run(
+            session::ClientSocket::Handed(socket),
+            peer,
+            ctx,
+            guard,
+        ));
     }
 }
 
@@ -125,17 +131,6 @@ fn adopt(socket: std::net::TcpStream, peer: std::net::SocketAddr) -> Option<TcpS
             |e| warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it"),
         )
         .ok()
-}
-
-async fn session_on_worker(
-    socket: std::net::TcpStream,
-    peer: std::net::SocketAddr,
-    ctx: Arc<ProxyContext>,
-    guard: ActiveGuard,
-) {
-    if let Some(tcp) = adopt(socket, peer) {
-        session::run(tcp, peer, ctx, guard).await;
-    }
 }
 
 /// With `proxy-protocol = "v2"` the session's client is the one the balancer names. A
@@ -161,7 +156,9 @@ async fn behind_balancer(
         return;
     }
     let limit = settings.client_handshake_timeout;
-    match proxy_protocol::read_header(&mut tcp, limit).await {
+    // Boxed: the header's read is done before the session starts, and inline it would
+    // enlarge the future every session of this listener keeps while idle.
+    match Box::pin(proxy_protocol::read_header(&mut tcp, limit)).await {
         Ok(h) => {
             let client = h.source.unwrap_or(peer);
             let per_source = settings.max_handshakes_per_source;
@@ -171,7 +168,7 @@ async fn behind_balancer(
                 session::reject(tcp, ClientError::TooManyHandshakes { limit: per_source }).await;
                 return;
             }
-            session::run(tcp, client, ctx, guard).await;
+            session::run(session::ClientSocket::Adopted(tcp), client, ctx, guard).await;
         }
         Err(e) => {
             warn!(peer = %peer, error = %e, "connection closed: proxy-protocol is v2 and it sent no valid PROXY protocol v2 header");

@@ -6,6 +6,13 @@ use crate::protocol::constants::{cmd, status, CURSOR_TYPE_READ_ONLY};
 #[derive(Debug, Default, Clone)]
 pub struct TxnState {
     status: u16,
+    /// Statements with an open cursor or pending long data; `None` while there are none
+    /// (boxed: every session holds this, few ever use cursors).
+    open: Option<Box<OpenStatements>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct OpenStatements {
     /// Statements with an open cursor.
     cursors: Vec<u32>,
     /// Statements that got COM_STMT_SEND_LONG_DATA and not yet executed.
@@ -32,12 +39,16 @@ impl TxnState {
     }
 
     pub fn has_open_cursor(&self) -> bool {
-        !self.cursors.is_empty()
+        self.open.as_ref().is_some_and(|o| !o.cursors.is_empty())
     }
 
     /// A boundary: nothing would be lost by closing or moving the session now.
     pub fn at_boundary(&self) -> bool {
-        !self.in_transaction() && self.cursors.is_empty() && self.long_data.is_empty()
+        !self.in_transaction() && self.open.is_none()
+    }
+
+    fn opened(&mut self) -> &mut OpenStatements {
+        self.open.get_or_insert_default()
     }
 
     /// Records the effect of a finished command. `head` is the start of the command payload
@@ -53,32 +64,40 @@ impl TxnState {
         let stmt =
             (head.len() >= 5).then(|| u32::from_le_bytes([head[1], head[2], head[3], head[4]]));
         match (command, stmt) {
-            (cmd::STMT_SEND_LONG_DATA, Some(id)) => remember(&mut self.long_data, id),
+            (cmd::STMT_SEND_LONG_DATA, Some(id)) => remember(&mut self.opened().long_data, id),
             (cmd::STMT_EXECUTE, Some(id)) => {
-                forget(&mut self.long_data, id);
                 let wants_cursor = head.get(5).is_some_and(|f| f & CURSOR_TYPE_READ_ONLY != 0);
                 let opened = resp_status.is_some_and(|s| s & status::CURSOR_EXISTS != 0);
                 if ok && wants_cursor && opened {
-                    remember(&mut self.cursors, id);
-                } else {
-                    forget(&mut self.cursors, id);
+                    let open = self.opened();
+                    forget(&mut open.long_data, id);
+                    remember(&mut open.cursors, id);
+                } else if let Some(open) = &mut self.open {
+                    forget(&mut open.long_data, id);
+                    forget(&mut open.cursors, id);
                 }
             }
             (cmd::STMT_FETCH, Some(id)) => {
                 let exhausted = resp_status.is_some_and(|s| s & status::LAST_ROW_SENT != 0);
-                if exhausted || !ok {
-                    forget(&mut self.cursors, id);
+                if let (true, Some(open)) = (exhausted || !ok, &mut self.open) {
+                    forget(&mut open.cursors, id);
                 }
             }
             (cmd::STMT_RESET, Some(id)) | (cmd::STMT_CLOSE, Some(id)) => {
-                forget(&mut self.cursors, id);
-                forget(&mut self.long_data, id);
+                if let Some(open) = &mut self.open {
+                    forget(&mut open.cursors, id);
+                    forget(&mut open.long_data, id);
+                }
             }
-            (cmd::RESET_CONNECTION, _) | (cmd::CHANGE_USER, _) if ok => {
-                self.cursors.clear();
-                self.long_data.clear();
-            }
+            (cmd::RESET_CONNECTION, _) | (cmd::CHANGE_USER, _) if ok => self.open = None,
             _ => {}
+        }
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.cursors.is_empty() && o.long_data.is_empty())
+        {
+            self.open = None;
         }
     }
 }

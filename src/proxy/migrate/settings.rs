@@ -6,7 +6,7 @@
 //! session computed. Past the bounds below the settings are declared incomplete: the session
 //! is then never rebuilt from them as if they were whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Most statements kept (distinct variables, or statements that read other state).
 const MAX_ENTRIES: usize = 20_000;
@@ -19,10 +19,18 @@ const DATABASE: &str = "database";
 #[derive(Debug, Default, Clone)]
 pub struct Settings {
     next: u64,
-    /// Statements in the order they ran, by sequence number.
-    entries: BTreeMap<u64, Entry>,
-    /// The newest statement for each set of targets.
+    /// Statements in the order they ran, with their sequence numbers (ascending); a replaced
+    /// one leaves a hole until holes outnumber statements. A sorted vector rather than a map:
+    /// nearly every session holds one statement (its database), and a map's first node would
+    /// cost it half a kilobyte for as long as it lives.
+    entries: Vec<(u64, Option<Entry>)>,
+    /// Live statements in `entries`.
+    live: usize,
+    /// The newest statement for each set of targets but the database.
     latest: HashMap<Box<str>, u64>,
+    /// The newest statement that chose the database: kept apart, so a session whose only
+    /// setting is its database allocates no map for it.
+    database: Option<u64>,
     /// The newest statement that reads state: nothing at or before it may be dropped.
     barrier: Option<u64>,
     bytes: usize,
@@ -31,7 +39,7 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 struct Entry {
     text: Box<[u8]>,
-    key: Option<Box<str>>,
+    is_database: bool,
 }
 
 /// What a USE or SET statement assigns and whether its values depend on other state.
@@ -48,52 +56,78 @@ impl Settings {
         let a = assigns(sql);
         let seq = self.next;
         self.next += 1;
+        let is_database = a.key.as_deref() == Some(DATABASE);
         if let Some(key) = &a.key {
-            if let Some(&old) = self.latest.get(key.as_str()) {
+            let old = if is_database {
+                self.database.replace(seq)
+            } else {
+                self.latest.insert(key.as_str().into(), seq)
+            };
+            if let Some(old) = old {
                 if !a.reads_state && self.barrier.is_none_or(|b| old > b) {
-                    if let Some(e) = self.entries.remove(&old) {
-                        self.bytes -= e.text.len();
-                    }
+                    self.remove(old);
                 }
             }
-            self.latest.insert(key.as_str().into(), seq);
         }
         if a.reads_state {
             self.barrier = Some(seq);
         }
-        if self.entries.len() >= MAX_ENTRIES || self.bytes + sql.len() > MAX_BYTES {
+        if self.live >= MAX_ENTRIES || self.bytes + sql.len() > MAX_BYTES {
             return Err("more distinct session settings than the proxy keeps");
         }
         self.bytes += sql.len();
-        self.entries.insert(
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(1);
+        }
+        self.entries.push((
             seq,
-            Entry {
+            Some(Entry {
                 text: sql.into(),
-                key: a.key.map(Into::into),
-            },
-        );
+                is_database,
+            }),
+        ));
+        self.live += 1;
         Ok(())
+    }
+
+    fn get(&self, seq: u64) -> Option<&Entry> {
+        let at = self.entries.binary_search_by_key(&seq, |e| e.0).ok()?;
+        self.entries[at].1.as_ref()
+    }
+
+    fn remove(&mut self, seq: u64) {
+        let Ok(at) = self.entries.binary_search_by_key(&seq, |e| e.0) else {
+            return;
+        };
+        if let Some(e) = self.entries[at].1.take() {
+            self.bytes -= e.text.len();
+            self.live -= 1;
+        }
+        // Holes go once they outnumber the statements: each removal stays O(log n) amortised.
+        if self.entries.len() > 2 * self.live + 8 {
+            self.entries.retain(|e| e.1.is_some());
+        }
     }
 
     /// The statements that recreate the settings, in order.
     pub fn statements(&self) -> impl Iterator<Item = &[u8]> {
-        self.entries.values().map(|e| &*e.text)
+        self.entries
+            .iter()
+            .filter_map(|(_, e)| e.as_ref().map(|e| &*e.text))
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.live == 0
     }
 
     /// The statement that chose the current database, if one was seen.
     pub fn database_statement(&self) -> Option<&[u8]> {
-        let seq = self.latest.get(DATABASE)?;
-        self.entries
-            .get(seq)
-            .filter(|e| e.key.as_deref() == Some(DATABASE))
+        self.get(self.database?)
+            .filter(|e| e.is_database)
             .map(|e| &*e.text)
     }
 }

@@ -3,6 +3,7 @@
 
 use super::outcome::{fate, InFlight, STMT_BULK_EXECUTE};
 use super::redirect::failure_error;
+use super::reused::Reused;
 use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
 use crate::protocol::conn::{parse_header, HEADER_LEN};
 use crate::protocol::constants::{
@@ -144,7 +145,7 @@ impl Session {
                                     next: Next::Closed(not_moved.to_string()),
                                 }
                             };
-                            return self.tell_on_next_command(ctx, err).await;
+                            return Box::pin(self.tell_on_next_command(ctx, err)).await;
                         }
                         continue;
                     }
@@ -162,12 +163,19 @@ impl Session {
                 }
             };
             entry.set_executing(true);
+            // On the heap for the command's duration only: the command's future (relays,
+            // observer, timeouts) is the loop's largest by far, and inline it would be held by
+            // every idle session too. A reused block spares each command a malloc and free.
             let step = tokio::select! {
                 biased;
                 _ = forced => return End::Shutdown,
-                r = self.execute_cmd(ctx) => r,
+                r = Reused::new(|| self.execute_cmd(ctx)) => r,
             };
             entry.set_executing(false);
+            // The text of a long PREPARE or INIT_DB (up to 64 KiB) is not kept while waiting.
+            if self.statement.capacity() > STATEMENT_PREFIX {
+                self.statement = Vec::new();
+            }
             match step {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Quit) => return End::ClientQuit,
@@ -215,6 +223,8 @@ impl Session {
                 let buf = &self.client.buffered()[HEADER_LEN + 1..];
                 let n = buf.len().min(len.saturating_sub(1)).min(limit);
                 self.statement.clear();
+                // Exact: a query's text then never takes more than STATEMENT_PREFIX.
+                self.statement.reserve_exact(n);
                 self.statement.extend_from_slice(&buf[..n]);
                 if command == cmd::QUERY {
                     let whole = n == len.saturating_sub(1);
@@ -236,7 +246,9 @@ impl Session {
         self.translate_statement_id(command, &head[..head_len]);
         if command == cmd::STMT_CLOSE && head_len >= 5 {
             let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-            self.prepared.remove(&id);
+            if let Some(prepared) = &mut self.prepared {
+                prepared.remove(&id);
+            }
             self.stmt_ids.on_closed(id);
         }
         let status_before = self.txn.status();
@@ -338,7 +350,9 @@ impl Session {
         }
         self.entry.set_in_transaction(self.txn.in_transaction());
         if let Some(id) = obs.prepared_id {
-            self.prepared.insert(id, digest(&self.statement).into());
+            self.prepared
+                .get_or_insert_default()
+                .insert(id, digest(&self.statement).into());
         }
         if let Some(code) = obs.error {
             self.log_query_error(ctx, head[0], &head[..head_len], code, &obs.error_message);
@@ -428,7 +442,8 @@ impl Session {
             cmd::STMT_EXECUTE if head.len() >= 5 => {
                 let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
                 self.prepared
-                    .get(&id)
+                    .as_ref()
+                    .and_then(|p| p.get(&id))
                     .map(|d| d.to_string())
                     .unwrap_or_default()
             }

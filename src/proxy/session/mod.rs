@@ -9,6 +9,7 @@ mod move_error;
 mod namespace;
 mod outcome;
 mod redirect;
+mod reused;
 pub(crate) mod stmt_ids;
 
 use super::backend_conn::{dial, relay_auth_bounded, AuthAnswer, AuthOutcome, AuthRelayError};
@@ -65,8 +66,10 @@ pub(crate) struct Session {
     pub(crate) user: String,
     /// The start of the current COM_QUERY / COM_STMT_PREPARE text, for digests and tracking.
     pub(crate) statement: Vec<u8>,
-    /// Digests of prepared statements by id, for errors of COM_STMT_EXECUTE.
-    pub(crate) prepared: HashMap<u32, Box<str>>,
+    /// Digests of prepared statements by id, for errors of COM_STMT_EXECUTE; boxed, as most
+    /// sessions prepare nothing and every session holds the field.
+    #[allow(clippy::box_collection)]
+    pub(crate) prepared: Option<Box<HashMap<u32, Box<str>>>>,
     /// The client's handshake response: who to log in as on another backend.
     pub(crate) identity: HandshakeResponse,
     /// Capabilities in force between the client and the proxy.
@@ -88,25 +91,68 @@ pub(crate) struct Session {
 /// How much statement text is kept for a digest.
 pub(crate) const STATEMENT_PREFIX: usize = 1024;
 
-pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
+/// A plain function, not an `async fn`: one would keep its arguments and the origin beside the
+/// session's future for the session's whole life. With a PROXY-header origin the scoped
+/// session is boxed, so the common case carries no room for the scope's value either.
+pub fn run(
+    socket: ClientSocket,
+    peer: SocketAddr,
+    ctx: Arc<ProxyContext>,
+    guard: ActiveGuard,
+) -> impl std::future::Future<Output = ()> + Send {
+    use tokio_util::either::Either;
     let origin = if ctx.settings().backend_proxy_header {
-        tcp.local_addr().ok().map(|local| (peer, local))
+        let local = match &socket {
+            ClientSocket::Handed(s) => s.local_addr(),
+            ClientSocket::Adopted(t) => t.local_addr(),
+        };
+        local.ok().map(|local| (peer, local))
     } else {
         None
     };
-    super::backend_conn::with_client_origin(origin, run_session(tcp, peer, ctx, guard)).await
+    let session = run_session(socket, peer, ctx, guard);
+    match origin {
+        Some(_) => Either::Left(Box::pin(super::backend_conn::with_client_origin(
+            origin, session,
+        ))),
+        None => Either::Right(session),
+    }
 }
 
-async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, guard: ActiveGuard) {
-    let mut guard = guard;
+/// The client's socket as a session gets it.
+pub enum ClientSocket {
+    /// Handed over by the acceptor: it joins the reactor of the worker running the session
+    /// when the session starts there.
+    Handed(std::net::TcpStream),
+    /// Already on this worker's reactor (its PROXY header was read there).
+    Adopted(TcpStream),
+}
+
+async fn run_session(
+    socket: ClientSocket,
+    peer: SocketAddr,
+    ctx: Arc<ProxyContext>,
+    mut guard: ActiveGuard,
+) {
+    let tcp = match socket {
+        ClientSocket::Adopted(tcp) => tcp,
+        ClientSocket::Handed(socket) => match TcpStream::from_std(socket) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it");
+                return;
+            }
+        },
+    };
     let born = std::time::Instant::now();
-    let m = &ctx.metrics;
-    m.connections.inc();
+    // Nothing here outlives an await unless the session needs it at its end: the future keeps
+    // such locals for the session's whole life (the settings snapshot too, which a reload
+    // would otherwise leave pinned by every idle session).
+    ctx.metrics.connections.inc();
     let id = ctx.next_conn_id();
     let _ = tcp.set_nodelay(true);
     let local_port = tcp.local_addr().map_or(0, |a| a.port());
-    let settings = ctx.settings();
-    let client = PacketConn::new(Stream::Plain(tcp), settings.conn_buffer_size);
+    let client = PacketConn::new(Stream::Plain(tcp), ctx.settings().conn_buffer_size);
     let registered = ctx.registry.register(id, peer);
     registered.entry.set_local_port(local_port);
     debug!(conn = id, client = %peer, "session opened");
@@ -124,18 +170,20 @@ async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, g
         born,
     ))
     .await;
-    let served = match &mut opened {
+    // What follows works on the session in place too: moving its client out would give the
+    // future room for another connection beside the session.
+    let end = match &mut opened {
         Ok(session) => {
             let end = session.serve(&ctx).await;
-            session.close().await;
-            Some(end)
+            // Boxed: run once, at the end, and larger than the idle wait it would enlarge.
+            Box::pin(session.close()).await;
+            end
         }
-        Err(_) => None,
+        Err((end, _)) => std::mem::replace(end, End::Shutdown),
     };
-    let (end, mut client) = match (opened, served) {
-        (Ok(session), Some(end)) => (end, session.client),
-        (Err((end, client)), _) => (end, client),
-        (Ok(session), None) => (End::Shutdown, session.client),
+    let client = match &mut opened {
+        Ok(session) => &mut session.client,
+        Err((_, client)) => client,
     };
     let level = end
         .origin()
@@ -166,6 +214,7 @@ async fn run_session(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>, g
     if !matches!(end, End::ClientQuit) {
         client.shutdown().await;
     }
+    let m = &ctx.metrics;
     m.connections.dec();
     m.conn_lifetime.observe(born.elapsed().as_secs_f64());
     m.disconnected(end.disconnect()).inc();
@@ -196,9 +245,14 @@ async fn open_session(
     txn.after_command(&[], Some(est.status), true);
     // The database named in the handshake is part of the state a rebuild restores.
     let mut tracked = Tracked::default();
-    if let Some(db) = est.identity.database.as_deref().filter(|d| !d.is_empty()) {
-        tracked.after_init_db(db);
+    let mut identity = est.identity;
+    if let Some(db) = identity.database.take().filter(|d| !d.is_empty()) {
+        tracked.after_init_db(&db);
     }
+    // Kept for logging in elsewhere, which answers with a proof of its own and replays the
+    // database: the client's answer to the proxy's scramble and its plugin are not held.
+    identity.auth_data = Vec::new();
+    identity.auth_plugin = None;
     Ok(Session {
         id,
         peer,
@@ -213,8 +267,8 @@ async fn open_session(
         // Grows to the statements seen (at most STATEMENT_PREFIX): an idle session that ran
         // short queries holds a few bytes, not a kilobyte.
         statement: Vec::new(),
-        prepared: HashMap::new(),
-        identity: est.identity,
+        prepared: None,
+        identity,
         client_capabilities: est.client_capabilities,
         proof: est.proof,
         login: None,
