@@ -1,6 +1,6 @@
 //! The Go TiProxy's status-port paths and tiproxyctl groups, as its operators call them: the
 //! manual health override, redirect, backend metrics, `/metrics/`, the debug group at the root,
-//! and the documented 501s (pprof, traffic). Changes need the `[api]` credentials.
+//! and the documented 501s (traffic; pprof is tests/pprof.rs). Changes need the `[api]` credentials.
 
 mod common;
 
@@ -88,8 +88,6 @@ fn tiproxy_paths_answer_as_tiproxy_and_need_credentials_to_change_state() {
     assert!(body.contains("tiproxy_server_connections"), "{body}");
 
     for (method, path) in [
-        ("GET", "/debug/pprof/"),
-        ("GET", "/api/debug/pprof/profile"),
         ("GET", "/api/traffic/show"),
         ("POST", "/api/traffic/capture"),
     ] {

@@ -72,8 +72,9 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
         (_, p) if p == "/api/admin/namespace" || p.starts_with("/api/admin/namespace/") => {
             namespace_path(state, req, peer, &path).await
         }
-        (_, p) if p == "/api/debug/pprof" || p.starts_with("/api/debug/pprof/") => {
-            error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::PPROF_WHY)
+        (m, p) if p == "/api/debug/pprof" || p.starts_with("/api/debug/pprof/") => {
+            let sub = &p["/api/debug/pprof".len()..];
+            super::pprof::serve(state, &m, sub, req.uri().query(), peer).await
         }
         (Method::GET, "/api/metrics" | "/metrics") => reply(
             StatusCode::OK,
