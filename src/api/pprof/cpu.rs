@@ -68,26 +68,48 @@ impl Drop for Slot {
 /// dropped while waiting, sampling stops with it.
 pub async fn profile(seconds: u64) -> Result<Vec<u8>, CpuError> {
     let slot = Slot::take().ok_or(CpuError::Busy)?;
-    let guard = pprof::ProfilerGuardBuilder::default()
-        .frequency(HZ)
-        .blocklist(&BLOCKLIST)
-        .build()
-        .map_err(|e| CpuError::Profiler(e.to_string()))?;
+    // Starting the profiler resolves a first backtrace and lists the loaded libraries, which
+    // reads the binary's debug info (seconds, the first time): kept off the runtime's threads.
+    let started = tokio::task::spawn_blocking(move || {
+        let cpu_before = process_cpu();
+        pprof::ProfilerGuardBuilder::default()
+            .frequency(HZ)
+            .blocklist(&BLOCKLIST)
+            .build()
+            .map(|guard| (guard, cpu_before))
+            .map_err(|e| CpuError::Profiler(e.to_string()))
+    });
+    let (guard, cpu_before) = joined(started.await)??;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    // Resolving symbols reads the binary's debug info: seconds of CPU, kept off the runtime.
     let done = tokio::task::spawn_blocking(move || {
+        let cpu_used = process_cpu()
+            .zip(cpu_before)
+            .map(|(a, b)| (a.0 - b.0, a.1 - b.1));
         let report = guard.report().build();
         drop(guard);
         drop(slot);
         let report = report.map_err(|e| CpuError::Profiler(e.to_string()))?;
-        encode_cpu(&convert(&report)).map_err(|e| CpuError::Profiler(e.to_string()))
+        encode_cpu(&convert(&report, cpu_used)).map_err(|e| CpuError::Profiler(e.to_string()))
     });
-    done.await
-        .map_err(|e| CpuError::Profiler(format!("the symbolizing task failed: {e}")))?
+    joined(done.await)?
+}
+
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, CpuError> {
+    r.map_err(|e| CpuError::Profiler(format!("the profiler's task failed: {e}")))
+}
+
+/// (user, system) CPU seconds this process has used, from /proc/self/stat.
+fn process_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, _, user, system) = super::process::parse_stat(&stat)?;
+    let ticks = super::process::clock_ticks();
+    Some((user as f64 / ticks, system as f64 / ticks))
 }
 
 /// The crate's report as the encoder's input, without the profiler's own frames on top.
-fn convert(report: &pprof::Report) -> CpuReport {
+/// `cpu_used` is the process's (user, system) CPU seconds over the same time, for the comment
+/// that says how much of it the samples cover.
+fn convert(report: &pprof::Report, cpu_used: Option<(f64, f64)>) -> CpuReport {
     let stacks = report
         .data
         .iter()
@@ -125,25 +147,40 @@ fn convert(report: &pprof::Report) -> CpuReport {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64),
         duration_nanos: timing.duration.as_nanos() as i64,
-        comment: format!(
-            "tiproxy {} CPU profile: SIGPROF sampling at {} Hz",
-            crate::version::VERSION,
-            timing.frequency
-        ),
+        comment: comment(timing.frequency, cpu_used),
     }
+}
+
+fn comment(hz: i32, cpu_used: Option<(f64, f64)>) -> String {
+    let mut c = format!(
+        "tiproxy {} CPU profile: SIGPROF sampling at {hz} Hz. Samples that land in libc, \
+         libpthread, libgcc or the vDSO (system calls, clock reads) are dropped, since \
+         unwinding there can deadlock: kernel time spent in system calls is not in this profile.",
+        crate::version::VERSION
+    );
+    if let Some((user, system)) = cpu_used {
+        c.push_str(&format!(
+            " The process used {user:.2} s user and {system:.2} s system CPU meanwhile."
+        ));
+    }
+    c
 }
 
 /// Drops the frames of the sampler itself (the signal handler, the unwinder and the signal
 /// trampoline) from the top of a stack, so the profile starts at the interrupted code.
 fn without_handler(mut frames: Vec<Frame>) -> Vec<Frame> {
     let is_sampler = |f: &Frame| {
-        f.iter().any(|(name, _, _, _)| {
-            name.contains("perf_signal_handler") || name.contains("__restore_rt")
-        })
+        !f.is_empty()
+            && f.iter().all(|(name, _, _, _)| {
+                let name = name.trim_start_matches('<');
+                name.starts_with("backtrace::")
+                    || name.starts_with("pprof::")
+                    || name.contains("perf_signal_handler")
+                    || name.contains("__restore_rt")
+            })
     };
-    if let Some(last) = frames.iter().rposition(is_sampler) {
-        frames.drain(..=last);
-    }
+    let sampler = frames.iter().take_while(|f| is_sampler(f)).count();
+    frames.drain(..sampler);
     frames
 }
 
@@ -169,7 +206,8 @@ mod tests {
     fn the_sampler_frames_are_cut_from_the_top() {
         let f = |n: &str| vec![(n.to_string(), String::new(), String::new(), 0)];
         let stack = vec![
-            f("backtrace::trace_unsynchronized"),
+            f("backtrace::backtrace::libunwind::trace"),
+            f("<pprof::backtrace::backtrace_rs::Trace as pprof::backtrace::Trace>::trace"),
             f("pprof::profiler::perf_signal_handler"),
             f("__restore_rt"),
             f("tiproxy::relay"),
@@ -178,6 +216,9 @@ mod tests {
         let kept = without_handler(stack);
         assert_eq!(kept, vec![f("tiproxy::relay"), f("main")]);
         assert_eq!(without_handler(vec![f("main")]), vec![f("main")]);
+        // Only the top of the stack is the sampler's.
+        let deeper = vec![f("tiproxy::x"), f("backtrace::capture"), f("main")];
+        assert_eq!(without_handler(deeper.clone()), deeper);
     }
 
     #[test]

@@ -14,8 +14,7 @@ pub struct Thread {
 
 /// Every thread of this process, by thread id; empty where /proc is not mounted.
 pub fn threads() -> Vec<Thread> {
-    // SAFETY: sysconf only reads a constant of the system.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = clock_ticks();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
@@ -25,12 +24,12 @@ pub fn threads() -> Vec<Thread> {
             let tid: u32 = e.file_name().to_str()?.parse().ok()?;
             // A thread may end between the listing and the read: it is left out.
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let (name, state, cpu) = parse_stat(&stat)?;
+            let (name, state, user, system) = parse_stat(&stat)?;
             Some(Thread {
                 tid,
                 name,
                 state,
-                cpu_seconds: cpu as f64 / ticks,
+                cpu_seconds: (user + system) as f64 / ticks,
             })
         })
         .collect();
@@ -38,9 +37,15 @@ pub fn threads() -> Vec<Thread> {
     out
 }
 
-/// (name, state, utime + stime in clock ticks) of a `/proc/<pid>/task/<tid>/stat` line. The
+/// Clock ticks per second, the unit of the CPU times in /proc stat files.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// (name, state, utime, stime in clock ticks) of a `/proc/<pid>[/task/<tid>]/stat` line. The
 /// name is in parentheses and may itself hold spaces and parentheses, so it ends at the last ')'.
-fn parse_stat(stat: &str) -> Option<(String, char, u64)> {
+pub fn parse_stat(stat: &str) -> Option<(String, char, u64, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let name = stat.get(open + 1..close)?.to_owned();
@@ -49,7 +54,7 @@ fn parse_stat(stat: &str) -> Option<(String, char, u64)> {
     let state = fields.first()?.chars().next()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, state, utime + stime))
+    Some((name, state, utime, stime))
 }
 
 /// Counts the text view reports beside the threads.
@@ -195,7 +200,7 @@ mod tests {
     #[test]
     fn stat_lines_with_odd_names_parse() {
         let line = "42 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0 100";
-        assert_eq!(parse_stat(line), Some(("a) b (c)".into(), 'S', 300)));
+        assert_eq!(parse_stat(line), Some(("a) b (c)".into(), 'S', 250, 50)));
         assert_eq!(parse_stat("42 (x) S 1"), None);
     }
 
