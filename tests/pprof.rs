@@ -181,6 +181,10 @@ fn text_views_and_go_only_profiles_say_what_they_are() {
         assert!(index.contains(offered), "{offered}: {index}");
     }
 
+    let (status, head, _) = text("/debug/pprof");
+    assert_eq!(status, 301, "the index's relative links need the slash");
+    assert!(head.contains("location: /debug/pprof/"), "{head}");
+
     let (status, _, argv) = text("/api/debug/pprof/cmdline");
     assert_eq!(status, 200);
     let args: Vec<&str> = argv.split('\0').collect();

@@ -73,8 +73,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
             namespace_path(state, req, peer, &path).await
         }
         (m, p) if p == "/api/debug/pprof" || p.starts_with("/api/debug/pprof/") => {
-            let sub = &p["/api/debug/pprof".len()..];
-            super::pprof::serve(state, &m, sub, req.uri().query(), peer).await
+            super::pprof::serve(state, &m, req.uri(), peer).await
         }
         (Method::GET, "/api/metrics" | "/metrics") => reply(
             StatusCode::OK,

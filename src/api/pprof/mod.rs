@@ -11,7 +11,7 @@ mod proto;
 use super::{ApiState, Body};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE, LOCATION};
 use hyper::{Method, Response, StatusCode};
 use std::net::SocketAddr;
 use tracing::{info, warn};
@@ -28,14 +28,26 @@ const NOT_HERE: [(&str, &str); 6] = [
     ("goroutine", "there are no goroutine stacks to encode; goroutine?debug=1 lists the process's threads as text"),
 ];
 
-/// Serves `sub`, the path after `/api/debug/pprof` ("" for the index).
+/// Serves a path under `/debug/pprof` or `/api/debug/pprof`.
 pub async fn serve(
     state: &ApiState,
     method: &Method,
-    sub: &str,
-    query: Option<&str>,
+    uri: &hyper::Uri,
     peer: SocketAddr,
 ) -> Response<Body> {
+    let path = uri.path();
+    let query = uri.query();
+    let Some((_, sub)) = path.split_once("/pprof") else {
+        return failure(StatusCode::NOT_FOUND, format!("no such path: {path}"));
+    };
+    if sub.is_empty() {
+        // The index's links are relative, as Go's are: they need the trailing slash.
+        let mut r = reply(StatusCode::MOVED_PERMANENTLY, TEXT, "");
+        if let Ok(to) = HeaderValue::from_str(&format!("{path}/")) {
+            r.headers_mut().insert(LOCATION, to);
+        }
+        return r;
+    }
     if !matches!(*method, Method::GET | Method::HEAD) {
         return failure(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -43,7 +55,7 @@ pub async fn serve(
         );
     }
     let debug = query_value(query, "debug").is_some_and(|v| v != "0");
-    match sub.trim_start_matches('/') {
+    match sub.trim_start_matches('/').trim_end_matches('/') {
         "" => reply(StatusCode::OK, "text/html; charset=utf-8", INDEX),
         "cmdline" => reply(StatusCode::OK, TEXT, process::cmdline()),
         "profile" => profile(query, peer).await,
