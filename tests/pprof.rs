@@ -200,7 +200,12 @@ fn text_views_and_go_only_profiles_say_what_they_are() {
     ] {
         let (status, _, threads) = text(path);
         assert_eq!(status, 200, "{threads}");
-        assert!(threads.starts_with("threads profile: total "), "{threads}");
+        // Go's first line, so scripts that read the count keep working; the count is of threads.
+        assert!(
+            threads.starts_with("goroutine profile: total "),
+            "{threads}"
+        );
+        assert!(threads.contains("OS threads"), "{threads}");
         // The kernel keeps 15 bytes of a thread name, so "tiproxy-worker-0" reads "tiproxy-worker-".
         assert!(threads.contains("tiproxy-worker-"), "{threads}");
         assert!(threads.contains("# client sessions: 1"), "{threads}");

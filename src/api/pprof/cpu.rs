@@ -181,8 +181,16 @@ fn without_handler(mut frames: Vec<Frame>) -> Vec<Frame> {
     };
     let sampler = frames.iter().take_while(|f| is_sampler(f)).count();
     frames.drain(..sampler);
+    if frames.is_empty() {
+        // The unwinder stopped at the signal frame: the CPU time is real, its code unknown (Go
+        // names such samples after a pseudo-function too).
+        frames.push(vec![(UNWOUND.into(), UNWOUND.into(), String::new(), 0)]);
+    }
     frames
 }
+
+/// The one frame of a sample whose stack could not be unwound past the sampler.
+const UNWOUND: &str = "(stack not unwound)";
 
 #[cfg(test)]
 mod tests {
@@ -216,6 +224,13 @@ mod tests {
         let kept = without_handler(stack);
         assert_eq!(kept, vec![f("tiproxy::relay"), f("main")]);
         assert_eq!(without_handler(vec![f("main")]), vec![f("main")]);
+        let only_sampler = vec![
+            f("backtrace::trace"),
+            f("pprof::profiler::perf_signal_handler"),
+        ];
+        let kept = without_handler(only_sampler);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0][0].0, UNWOUND);
         // Only the top of the stack is the sampler's.
         let deeper = vec![f("tiproxy::x"), f("backtrace::capture"), f("main")];
         assert_eq!(without_handler(deeper.clone()), deeper);

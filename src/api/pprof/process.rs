@@ -64,17 +64,20 @@ pub struct Tasks {
     pub status_runtime_workers: usize,
 }
 
-/// The `goroutine?debug=1|2` text: what runs in this process, in Go's place.
+/// The `goroutine?debug=1|2` text: what runs in this process, in Go's place. The first line
+/// keeps Go's shape ("goroutine profile: total N") with N the thread count, the figure
+/// `go_goroutines` reports too.
 pub fn threads_text(tasks: &Tasks) -> String {
     let threads = threads();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "threads profile: total {}\n\
-         # This proxy is not a Go program and has no goroutines. Listed here are its OS threads\n\
-         # (from /proc/self/task) with their state and CPU time; sessions are async tasks that run\n\
-         # on the tiproxy-worker-N threads. Stacks are not captured: take a CPU profile\n\
-         # (/debug/pprof/profile?seconds=N) to see where the threads spend their time.\n\
+        "goroutine profile: total {}\n\
+         # This proxy is not a Go program and has no goroutines. The total above and the lines\n\
+         # below are its OS threads (from /proc/self/task), as go_goroutines in /metrics counts\n\
+         # them, so scripts that read Go's first line keep working. Each has its state and CPU\n\
+         # time; sessions are async tasks on the tiproxy-worker-N threads. Stacks are not captured:\n\
+         # a CPU profile (/debug/pprof/profile?seconds=N) shows where the threads spend their time.\n\
          # client sessions: {}\n\
          # status port runtime: {} tasks alive on {} worker threads\n",
         threads.len(),
@@ -214,7 +217,7 @@ mod tests {
             status_runtime_tasks: 1,
             status_runtime_workers: 1,
         });
-        assert!(text.starts_with("threads profile: total "), "{text}");
+        assert!(text.starts_with("goroutine profile: total "), "{text}");
         assert!(
             text.contains(&format!(" {pid} ")),
             "the main thread is listed: {text}"
