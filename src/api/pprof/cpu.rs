@@ -76,7 +76,10 @@ pub async fn profile(seconds: u64) -> Result<Vec<u8>, CpuError> {
             .frequency(HZ)
             .blocklist(&BLOCKLIST)
             .build()
-            .map(|guard| (guard, cpu_before))
+            .map(|guard| {
+                forget_debug_info();
+                (guard, cpu_before)
+            })
             .map_err(|e| CpuError::Profiler(e.to_string()))
     });
     let (guard, cpu_before) = joined(started.await)??;
@@ -87,11 +90,24 @@ pub async fn profile(seconds: u64) -> Result<Vec<u8>, CpuError> {
             .map(|(a, b)| (a.0 - b.0, a.1 - b.1));
         let report = guard.report().build();
         drop(guard);
+        forget_debug_info();
         drop(slot);
         let report = report.map_err(|e| CpuError::Profiler(e.to_string()))?;
         encode_cpu(&convert(&report, cpu_used)).map_err(|e| CpuError::Profiler(e.to_string()))
     });
     joined(done.await)?
+}
+
+/// Resolving names parses the binary's debug info into a cache that holds some 200 MB for
+/// the release binary and is kept for good; a proxy that is profiled now and then should not
+/// carry it, so it is dropped after each use and the freed memory handed back to the system.
+fn forget_debug_info() {
+    backtrace::clear_symbol_cache();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, CpuError> {
@@ -121,10 +137,11 @@ fn convert(report: &pprof::Report, cpu_used: Option<(f64, f64)>) -> CpuReport {
                     symbols
                         .iter()
                         .map(|s| {
+                            let file = s.filename().into_owned();
                             (
-                                s.name(),
+                                qualified(s.name(), &file),
                                 s.sys_name().into_owned(),
-                                s.filename().into_owned(),
+                                file,
                                 i64::from(s.lineno()),
                             )
                         })
@@ -164,6 +181,18 @@ fn comment(hz: i32, cpu_used: Option<(f64, f64)>) -> String {
         ));
     }
     c
+}
+
+/// A name with its source file's tail when the name alone says little. The release build keeps
+/// line tables only, whose inlined functions carry bare names (`poll`, `{closure#0}`); the
+/// file tells whose they are.
+fn qualified(name: String, file: &str) -> String {
+    if name.contains("::") || file.is_empty() || file == "Unknown" {
+        return name;
+    }
+    let parts: Vec<&str> = file.rsplit('/').take(3).collect();
+    let tail: Vec<&str> = parts.into_iter().rev().collect();
+    format!("{name} [{}]", tail.join("/"))
 }
 
 /// Drops the frames of the sampler itself (the signal handler, the unwinder and the signal
@@ -234,6 +263,18 @@ mod tests {
         // Only the top of the stack is the sampler's.
         let deeper = vec![f("tiproxy::x"), f("backtrace::capture"), f("main")];
         assert_eq!(without_handler(deeper.clone()), deeper);
+    }
+
+    #[test]
+    fn bare_names_get_their_file() {
+        let file = "/home/u/tiproxy/src/proxy/relay.rs";
+        assert_eq!(qualified("poll".into(), file), "poll [src/proxy/relay.rs]");
+        assert_eq!(
+            qualified("tiproxy::x::poll".into(), file),
+            "tiproxy::x::poll"
+        );
+        assert_eq!(qualified("poll".into(), "Unknown"), "poll");
+        assert_eq!(qualified("poll".into(), "lib.rs"), "poll [lib.rs]");
     }
 
     #[test]
