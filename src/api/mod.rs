@@ -10,6 +10,7 @@ mod dashboard;
 pub mod history;
 pub mod migrate;
 pub mod namespace;
+mod pprof;
 mod routes;
 mod slots;
 pub mod stats;

@@ -72,8 +72,8 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, peer: SocketAddr) 
         (_, p) if p == "/api/admin/namespace" || p.starts_with("/api/admin/namespace/") => {
             namespace_path(state, req, peer, &path).await
         }
-        (_, p) if p == "/api/debug/pprof" || p.starts_with("/api/debug/pprof/") => {
-            error(StatusCode::NOT_IMPLEMENTED, tiproxy_paths::PPROF_WHY)
+        (m, p) if p == "/api/debug/pprof" || p.starts_with("/api/debug/pprof/") => {
+            super::pprof::serve(state, &m, req.uri(), peer).await
         }
         (Method::GET, "/api/metrics" | "/metrics") => reply(
             StatusCode::OK,

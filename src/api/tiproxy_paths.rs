@@ -1,7 +1,7 @@
 //! Status-port paths the Go TiProxy has and operators' scripts call: the manual health
 //! override (`PUT`/`DELETE /api/debug/health`), `POST /api/debug/redirect`,
-//! `GET /api/backend/metrics`, and pprof, which a Rust process cannot serve. All of them are
-//! admin paths (only `GET /api/debug/health` is open), so they pass `access`'s rules first.
+//! `GET /api/backend/metrics`. All of them are admin paths (only `GET /api/debug/health` is
+//! open), so they pass `access`'s rules first.
 
 use crate::proxy::registry::Redirect;
 use crate::proxy::ProxyContext;
@@ -83,12 +83,6 @@ pub fn backend_metrics(ctx: &ProxyContext) -> Value {
     }
     Value::Object(out)
 }
-
-/// Why `/debug/pprof/` answers 501: Go's runtime profiles do not exist in this process.
-pub const PPROF_WHY: &str =
-    "pprof profiles are Go runtime profiles and this proxy is not a Go program; \
-profile it with `perf record -g -p <pid>` (CPU) or read /api/stats/history and /api/metrics \
-(process_resident_memory_bytes, process_cpu_seconds_total) instead";
 
 #[cfg(test)]
 mod tests {

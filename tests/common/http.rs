@@ -16,6 +16,22 @@ pub struct Reply {
 
 /// Sends `method path` with `headers` (each "Name: value") and `body` to the status port.
 pub fn http(port: u16, method: &str, path: &str, headers: &[String], body: &str) -> Reply {
+    let (status, head, body) = http_bytes(port, method, path, headers, body);
+    Reply {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// `http`, with the body as raw bytes (profiles are binary).
+pub fn http_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &str,
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("status port");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -33,18 +49,18 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[String], body: &str)
     s.write_all(req.as_bytes()).expect("send request");
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw.get(split + 4..).unwrap_or_default().to_vec();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    Reply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
+    (status, head, body)
 }
 
 pub fn basic(user: &str, password: &str) -> String {
