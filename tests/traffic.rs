@@ -464,3 +464,68 @@ fn a_slow_replay_is_cancelled() {
     );
     assert!(meta.cmds >= 1, "{meta:?}");
 }
+
+/// PUT of a config fragment through the status port, with the test's credentials.
+fn put_config(port: u16, toml: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "--max-time",
+        "20",
+        "-X",
+        "PUT",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .args(["-u", "admin:s3cret", "--data-binary", toml])
+    .arg(format!("http://127.0.0.1:{port}/api/admin/config"));
+    let out = run(&mut cmd, Duration::from_secs(30)).stdout;
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// TiProxy's `enable-traffic-replay = false` refuses every traffic path, with the key named;
+/// like TiProxy's, it takes effect on a running proxy.
+#[test]
+fn enable_traffic_replay_false_refuses_the_traffic_paths() {
+    let db = MariaDb::start();
+    let mut cfg = ProxyConfig::new(vec![db.addr()]);
+    cfg.extra_api = "user = \"admin\"\npassword = \"s3cret\"\n".into();
+    let proxy = Proxy::start(&cfg);
+    let port = proxy.api_port();
+    assert_eq!(call(port, "GET", "/api/traffic/show", &[], true).0, 200);
+
+    let (status, body) = put_config(port, "enable-traffic-replay = false\n");
+    assert_eq!(status, 200, "{body}");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("cap").display().to_string();
+    for (method, path, form) in [
+        ("GET", "/api/traffic/show", vec![]),
+        (
+            "POST",
+            "/api/traffic/capture",
+            vec![("output", dir.as_str()), ("duration", "1m")],
+        ),
+        ("POST", "/api/traffic/cancel", vec![]),
+    ] {
+        let (status, body) = call(port, method, path, &form, true);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body.contains("enable-traffic-replay = false"),
+            "{path}: {body}"
+        );
+    }
+    assert!(
+        !Path::new(&dir).exists(),
+        "a refused capture writes nothing"
+    );
+    let shown = ctl(port, &["traffic", "show"]);
+    assert!(
+        format!("{}{}", shown.stdout, shown.stderr).contains("disabled"),
+        "tiproxyctl says why: {shown:?}"
+    );
+
+    let (status, body) = put_config(port, "enable-traffic-replay = true\n");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(call(port, "GET", "/api/traffic/show", &[], true).0, 200);
+}

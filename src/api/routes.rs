@@ -512,6 +512,13 @@ async fn traffic_path(
     path: &str,
 ) -> Response<Body> {
     use super::traffic::{handle, Answer};
+    if !state.running.get().enable_traffic_replay {
+        let what = path.rsplit('/').next().unwrap_or("traffic");
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("traffic {what} is disabled: the config sets enable-traffic-replay = false (set it to true; it reloads without a restart)"),
+        );
+    }
     let method = req.method().clone();
     let body = match read_body(req).await {
         Ok(b) => b,

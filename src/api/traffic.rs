@@ -118,7 +118,7 @@ pub async fn handle(
             };
             if !form.get("timeout").is_empty() {
                 if let Err(e) = parse_go_duration(form.get("timeout")) {
-                    return bad(e);
+                    return bad(e.to_string());
                 }
             }
             let result = ctx.traffic.jobs.cancel(only).await;
@@ -141,7 +141,7 @@ fn start_capture(ctx: &Arc<ProxyContext>, form: &Form) -> Answer {
         "" => Default::default(),
         d => match parse_go_duration(d) {
             Ok(d) => d,
-            Err(e) => return bad(e),
+            Err(e) => return bad(e.to_string()),
         },
     };
     let compress = match form.get("compress") {

@@ -313,6 +313,10 @@ const KEYS: &[(&str, &str)] = &[
         "workdir",
         "directory for runtime files (generated certificates, etc.)",
     ),
+    (
+        "enable-traffic-replay",
+        "serve traffic capture and replay (/api/traffic, tiproxyctl traffic); false refuses them",
+    ),
 ];
 
 const LEGACY: &str = "proxy.require-backend-tls";
@@ -339,6 +343,7 @@ pub fn is_hot_reloadable(key: &str) -> bool {
         "balance",
         "labels",
         "namespace",
+        "enable-traffic-replay",
     ];
     EXACT.contains(&key)
         || [

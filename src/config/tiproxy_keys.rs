@@ -48,7 +48,6 @@ const KEYS: &[(&str, Handling)] = &[
     ("ha.garp-burst-count", NotApplicable("used only with ha.virtual-ip, which is not supported")),
     ("ha.garp-refresh-count", NotApplicable("used only with ha.virtual-ip, which is not supported")),
     ("metering", NotApplicable("TiProxy Cloud's metering upload is not part of this proxy")),
-    ("enable-traffic-replay", NotApplicable("traffic capture and replay are always served, to admins of the status port only; false does not turn them off")),
     ("advance", NotApplicable("TiProxy 0.1's namespace switch; see docs/compat.md for namespaces")),
 ];
 

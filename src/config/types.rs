@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The whole proxy configuration, as read from `proxy.toml`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct Config {
     pub proxy: ProxyConfig,
@@ -19,6 +19,26 @@ pub struct Config {
     pub workdir: String,
     /// `[[namespace]]`: users routed to their own backend group (written by the namespace API).
     pub namespace: Vec<super::namespace::NamespaceConfig>,
+    /// TiProxy's switch for traffic capture and replay: `false` refuses every `/api/traffic`
+    /// path (and so `tiproxyctl traffic`), as TiProxy does.
+    pub enable_traffic_replay: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            proxy: ProxyConfig::default(),
+            api: ApiConfig::default(),
+            log: LogConfig::default(),
+            security: SecurityConfig::default(),
+            balance: BalanceConfig::default(),
+            health: HealthConfig::default(),
+            labels: BTreeMap::new(),
+            workdir: String::new(),
+            namespace: Vec::new(),
+            enable_traffic_replay: true,
+        }
+    }
 }
 
 impl Config {

@@ -227,9 +227,14 @@ impl Jobs {
     }
 }
 
+/// A duration form field that is not a Go duration; holds the text as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected e.g. 30s, 10m, 1h30m")]
+pub struct BadDuration(pub String);
+
 /// A Go duration string as TiProxy takes it ("90s", "1h30m", "500ms").
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: expected e.g. 30s, 10m, 1h30m");
+pub fn parse_go_duration(s: &str) -> Result<Duration, BadDuration> {
+    let bad = || BadDuration(s.to_owned());
     let s = s.trim();
     if s.is_empty() {
         return Err(bad());
