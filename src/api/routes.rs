@@ -525,7 +525,8 @@ async fn traffic_path(
         Err(r) => return r,
     };
     let who = caller(state);
-    match handle(&state.ctx, &method, path, &body, peer, &who).await {
+    let key_path = state.running.get().security.encryption_key_path.clone();
+    match handle(&state.ctx, &key_path, &method, path, &body, peer, &who).await {
         Answer::Text(status, text) => reply(status, "text/plain; charset=utf-8", text),
         Answer::Json(status, v) => json_reply(status, &v),
         Answer::Error(status, e) => error(status, e),

@@ -77,8 +77,10 @@ fn parse_time(name: &str, s: &str) -> Result<Option<SystemTime>, Answer> {
         .map_err(|e| bad(format!("{name} {s:?} is not an RFC 3339 time: {e}")))
 }
 
+/// `key_path` is `security.encryption-key-path`, for encrypted captures and their replays.
 pub async fn handle(
     ctx: &Arc<ProxyContext>,
+    key_path: &str,
     method: &Method,
     path: &str,
     body: &[u8],
@@ -89,7 +91,7 @@ pub async fn handle(
     let form = Form::parse(body);
     match (method, action) {
         (&Method::POST, "/capture") => {
-            let answer = start_capture(ctx, &form);
+            let answer = start_capture(ctx, &form, key_path);
             if let Answer::Text(..) = answer {
                 info!(client = %peer, who, output = form.get("output"), duration = form.get("duration"), "audit: API started a traffic capture");
             }
@@ -98,7 +100,7 @@ pub async fn handle(
         (&Method::POST, "/replay") => {
             let input = form.get("input").to_owned();
             let user = form.get("username").to_owned();
-            let answer = start_replay(ctx, form);
+            let answer = start_replay(ctx, form, key_path);
             match &answer {
                 Answer::Text(..) => {
                     info!(client = %peer, who, input = %input, username = %user, "audit: API started a traffic replay")
@@ -136,7 +138,7 @@ pub async fn handle(
     }
 }
 
-fn start_capture(ctx: &Arc<ProxyContext>, form: &Form) -> Answer {
+fn start_capture(ctx: &Arc<ProxyContext>, form: &Form, key_path: &str) -> Answer {
     let duration = match form.get("duration") {
         "" => Default::default(),
         d => match parse_go_duration(d) {
@@ -166,6 +168,7 @@ fn start_capture(ctx: &Arc<ProxyContext>, form: &Form) -> Answer {
         duration,
         compress,
         encryption_method,
+        key_path: key_path.to_owned(),
         start_time,
     };
     match capture::start(&ctx.traffic, cfg) {
@@ -192,7 +195,7 @@ const UNSUPPORTED_REPLAY_OPTIONS: &[(&str, &str)] = &[
     ("ignore-errs", "false"),
 ];
 
-fn start_replay(ctx: &Arc<ProxyContext>, mut form: Form) -> Answer {
+fn start_replay(ctx: &Arc<ProxyContext>, mut form: Form, key_path: &str) -> Answer {
     for (name, unused) in UNSUPPORTED_REPLAY_OPTIONS {
         let v = form.get(name);
         if !v.is_empty() && !v.eq_ignore_ascii_case(unused) {
@@ -232,6 +235,7 @@ fn start_replay(ctx: &Arc<ProxyContext>, mut form: Form) -> Answer {
         speed,
         read_only,
         start_time,
+        key_path: key_path.to_owned(),
     };
     match replay::start(ctx, cfg) {
         Ok(_) => Answer::Text(StatusCode::OK, "replay started".into()),

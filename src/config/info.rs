@@ -218,6 +218,10 @@ const KEYS: &[(&str, &str)] = &[
         "not used on a client side (refused when set)",
     ),
     (
+        "security.encryption-key-path",
+        "key file of aes256-ctr traffic captures (its first 32 bytes), as TiProxy's",
+    ),
+    (
         "security.require-backend-tls",
         "refuse backends that do not offer TLS",
     ),
@@ -344,6 +348,7 @@ pub fn is_hot_reloadable(key: &str) -> bool {
         "labels",
         "namespace",
         "enable-traffic-replay",
+        "security.encryption-key-path",
     ];
     EXACT.contains(&key)
         || [

@@ -34,7 +34,6 @@ const KEYS: &[(&str, Handling)] = &[
     ("api.proxy-protocol", RefuseWhenSet("the status port does not read PROXY headers: every caller would look like the load balancer, and a loopback one would be trusted as an admin")),
     ("api.enable-basic-auth", BasicAuthSwitch),
     ("log.simple", NotApplicable("log lines are always the encoder's full format")),
-    ("security.encryption-key-path", NotApplicable("it keys aes256-ctr encryption of traffic-capture files, which this proxy refuses rather than write them unencrypted (docs/traffic.md)")),
     ("security.server-tls.rsa-key-size", NotApplicable("auto-certs here are ECDSA P-256, at least as strong as RSA 3072")),
     ("security.server-http-tls.rsa-key-size", NotApplicable("auto-certs here are ECDSA P-256, at least as strong as RSA 3072")),
     ("security.cluster-tls.rsa-key-size", NotApplicable("auto-certs apply to server sides only")),

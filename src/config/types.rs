@@ -275,6 +275,8 @@ pub struct SecurityConfig {
     pub cluster_tls: TlsConfig,
     /// Proxy-to-backend SQL connections.
     pub sql_tls: TlsConfig,
+    /// The key file of `aes256-ctr` traffic captures (its first 32 bytes), as TiProxy's.
+    pub encryption_key_path: String,
     pub require_backend_tls: bool,
 }
 

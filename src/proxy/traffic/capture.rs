@@ -3,6 +3,7 @@
 //! the meta file at the end. A full channel drops the command and counts it, so a slow disk
 //! never slows queries.
 
+use super::cipher::{self, Key};
 use super::format::{Meta, Record, Writer, META_FILE, VERSION};
 use super::jobs::{self, go_duration_string, Job, JobKind, StartError};
 use super::sql_kind::is_sensitive;
@@ -38,6 +39,8 @@ pub struct CaptureConfig {
     pub duration: Duration,
     pub compress: bool,
     pub encryption_method: String,
+    /// `security.encryption-key-path`: the key file for `aes256-ctr`.
+    pub key_path: String,
     /// When the capture is deemed to start (TiProxy's `start-time`, used as the job's id
     /// across a cluster); now when not given.
     pub start_time: Option<SystemTime>,
@@ -199,19 +202,14 @@ pub fn start(traffic: &Arc<Traffic>, cfg: CaptureConfig) -> Result<Arc<Job>, Sta
     if cfg.duration.is_zero() {
         return invalid("duration is required".into());
     }
-    match cfg.encryption_method.to_ascii_lowercase().as_str() {
-        "" | "plaintext" => {}
-        "aes256-ctr" => {
-            return invalid(
-                "encryption-method aes256-ctr is not supported: this proxy has no AES-CTR \
-                 implementation, and it will not write the captured SQL unencrypted when \
-                 encryption was asked for; capture without encryption-method into a \
-                 directory only the proxy's user can read"
-                    .into(),
-            )
-        }
+    let key = match cfg.encryption_method.to_ascii_lowercase().as_str() {
+        "" | "plaintext" => None,
+        cipher::AES256_CTR => match Key::load(&cfg.key_path) {
+            Ok(k) => Some(k),
+            Err(e) => return invalid(e.to_string()),
+        },
         other => return invalid(format!("unsupported encryption-method {other:?}")),
-    }
+    };
     let now = SystemTime::now();
     let start_time = cfg.start_time.unwrap_or(now);
     if start_time > now + Duration::from_secs(60) {
@@ -251,7 +249,8 @@ pub fn start(traffic: &Arc<Traffic>, cfg: CaptureConfig) -> Result<Arc<Job>, Sta
         .admit(Job::new(JobKind::Capture, start_time, details))?;
     let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
     let counters = Arc::new(Counters::default());
-    let writer = Writer::new(&dir, cfg.compress);
+    let encrypted = key.is_some();
+    let writer = Writer::new(&dir, cfg.compress, key);
     let run = Run {
         traffic: traffic.clone(),
         job: job.clone(),
@@ -262,6 +261,7 @@ pub fn start(traffic: &Arc<Traffic>, cfg: CaptureConfig) -> Result<Arc<Job>, Sta
         duration: cfg.duration,
         dir,
         compress: cfg.compress,
+        encrypted,
     };
     traffic.set_sink(Some(Arc::new(Sink {
         tx,
@@ -293,6 +293,7 @@ struct Run {
     duration: Duration,
     dir: PathBuf,
     compress: bool,
+    encrypted: bool,
 }
 
 impl Run {
@@ -380,6 +381,11 @@ impl Run {
             dropped_cmds: c.dropped.load(Relaxed),
             sessions: c.sessions.load(Relaxed),
             compress: self.compress,
+            encryption_method: if self.encrypted {
+                cipher::AES256_CTR.into()
+            } else {
+                String::new()
+            },
             files,
         }
     }

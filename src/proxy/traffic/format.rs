@@ -2,6 +2,7 @@
 //! or more `traffic-N.log` files (`.log.gz` when compressed) of length-prefixed records, in
 //! the order the capture saw them.
 
+use super::cipher::{CtrReader, CtrWriter, Key};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -190,6 +191,9 @@ pub struct Meta {
     pub sessions: u64,
     #[serde(rename = "Compress")]
     pub compress: bool,
+    /// "" or "aes256-ctr" (`security.encryption-key-path` holds the key).
+    #[serde(rename = "EncryptMethod", default)]
+    pub encryption_method: String,
     /// The traffic files in the order to read them.
     #[serde(rename = "Files")]
     pub files: Vec<String>,
@@ -238,9 +242,41 @@ pub fn file_name(n: usize, compress: bool) -> String {
     }
 }
 
+/// A traffic file as stored: the file's buffer, encrypted or not.
+enum Stored {
+    Clear(BufWriter<std::fs::File>),
+    Aes(Box<CtrWriter<BufWriter<std::fs::File>>>),
+}
+
+impl Write for Stored {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stored::Clear(w) => w.write(b),
+            Stored::Aes(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stored::Clear(w) => w.flush(),
+            Stored::Aes(w) => w.flush(),
+        }
+    }
+}
+
+impl Stored {
+    fn into_file(self) -> BufWriter<std::fs::File> {
+        match self {
+            Stored::Clear(w) => w,
+            Stored::Aes(w) => w.into_inner(),
+        }
+    }
+}
+
+/// What records are written to: compressed first, then encrypted, when asked.
 enum Sink {
-    Plain(BufWriter<std::fs::File>),
-    Gzip(flate2::write::GzEncoder<BufWriter<std::fs::File>>),
+    Plain(Stored),
+    Gzip(flate2::write::GzEncoder<Stored>),
 }
 
 impl Sink {
@@ -257,7 +293,8 @@ impl Sink {
             Sink::Gzip(g) => g.finish()?,
         };
         w.flush()?;
-        w.get_ref().sync_all()
+        let file = w.into_file();
+        file.get_ref().sync_all()
     }
 }
 
@@ -265,6 +302,7 @@ impl Sink {
 pub struct Writer {
     dir: PathBuf,
     compress: bool,
+    key: Option<Key>,
     sink: Option<Sink>,
     written: u64,
     files: Vec<String>,
@@ -272,10 +310,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(dir: &Path, compress: bool) -> Writer {
+    /// With a `key`, each file is encrypted (after compression) with AES-256-CTR.
+    pub fn new(dir: &Path, compress: bool, key: Option<Key>) -> Writer {
         Writer {
             dir: dir.to_owned(),
             compress,
+            key,
             sink: None,
             written: 0,
             files: Vec::new(),
@@ -306,7 +346,11 @@ impl Writer {
             .create_new(true)
             .mode(0o600)
             .open(self.dir.join(&name))?;
-        let w = BufWriter::with_capacity(256 << 10, file);
+        let file = BufWriter::with_capacity(256 << 10, file);
+        let w = match &self.key {
+            Some(key) => Stored::Aes(Box::new(CtrWriter::new(file, key)?)),
+            None => Stored::Clear(file),
+        };
         let mut sink = if self.compress {
             Sink::Gzip(flate2::write::GzEncoder::new(
                 w,
@@ -338,15 +382,24 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn open(path: &Path) -> io::Result<Reader> {
+    /// `key` decrypts a file the capture encrypted (its meta file says which).
+    pub fn open(path: &Path, key: Option<&Key>) -> io::Result<Reader> {
         let file = std::fs::File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let name = path.display().to_string();
         let file = BufReader::with_capacity(256 << 10, file);
+        let stored: Box<dyn BufRead + Send> = match key {
+            Some(key) => Box::new(BufReader::with_capacity(
+                256 << 10,
+                CtrReader::new(file, key)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?,
+            )),
+            None => Box::new(file),
+        };
         let inner: Box<dyn BufRead + Send> = if name.ends_with(".gz") {
-            Box::new(BufReader::new(flate2::bufread::GzDecoder::new(file)))
+            Box::new(BufReader::new(flate2::bufread::GzDecoder::new(stored)))
         } else {
-            Box::new(file)
+            stored
         };
         Reader::from_stream(inner, name)
     }
@@ -423,9 +476,9 @@ mod tests {
         ]
     }
 
-    fn round_trip(compress: bool) {
+    fn round_trip(compress: bool, key: Option<[u8; 32]>) {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Writer::new(dir.path(), compress);
+        let mut w = Writer::new(dir.path(), compress, key.map(Key::from_bytes));
         for r in sample() {
             w.write(&r).unwrap();
         }
@@ -436,7 +489,20 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600, "captured SQL is the proxy user's only");
-        let mut r = Reader::open(&dir.path().join(&files[0])).unwrap();
+        let path = dir.path().join(&files[0]);
+        if key.is_some() {
+            let stored = std::fs::read(&path).unwrap();
+            assert!(
+                !stored.windows(8).any(|w| w == b"SELECT ?"),
+                "no SQL in clear"
+            );
+            assert!(
+                Reader::open(&path, None).is_err(),
+                "an encrypted file does not read without its key"
+            );
+        }
+        let key = key.map(Key::from_bytes);
+        let mut r = Reader::open(&path, key.as_ref()).unwrap();
         let mut got = Vec::new();
         while let Some(rec) = r.next_record().unwrap() {
             got.push(rec);
@@ -445,9 +511,11 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_plain_and_gzip() {
-        round_trip(false);
-        round_trip(true);
+    fn records_round_trip_plain_gzip_and_encrypted() {
+        round_trip(false, None);
+        round_trip(true, None);
+        round_trip(false, Some([3; 32]));
+        round_trip(true, Some([3; 32]));
     }
 
     #[test]
@@ -462,6 +530,7 @@ mod tests {
             dropped_cmds: 0,
             sessions: 2,
             compress: true,
+            encryption_method: "aes256-ctr".into(),
             files: vec![file_name(1, true)],
         };
         meta.write(dir.path()).unwrap();

@@ -3,6 +3,7 @@
 //! at a time. Sessions look at one flag per command; everything else lives here.
 
 pub mod capture;
+pub mod cipher;
 pub mod format;
 pub mod jobs;
 pub mod replay;

@@ -2,6 +2,7 @@
 //! proxy's backends, logged in as the given user, keeping the recorded gaps between commands
 //! (divided by `speed`). Prepared statements are prepared again and their ids translated.
 
+use super::cipher::{self, Key};
 use super::format::{Meta, Reader, Record};
 use super::jobs::{rfc3339_nanos, Job, JobKind, StartError};
 use super::sql_kind::is_read_only;
@@ -57,6 +58,8 @@ pub struct ReplayConfig {
     pub speed: f64,
     pub read_only: bool,
     pub start_time: Option<SystemTime>,
+    /// `security.encryption-key-path`: read when the capture was encrypted.
+    pub key_path: String,
 }
 
 impl std::fmt::Debug for ReplayConfig {
@@ -129,6 +132,17 @@ pub fn start(ctx: &Arc<ProxyContext>, cfg: ReplayConfig) -> Result<Arc<Job>, Sta
     }
     let dir = PathBuf::from(&cfg.input);
     let meta = Meta::read(&dir).map_err(|e| StartError::Invalid(e.to_string()))?;
+    let key = match meta.encryption_method.as_str() {
+        "" | "plaintext" => None,
+        cipher::AES256_CTR => Some(Key::load(&cfg.key_path).map_err(|e| {
+            StartError::Invalid(format!("the capture is encrypted with aes256-ctr: {e}"))
+        })?),
+        other => {
+            return invalid(format!(
+                "the capture's encryption method {other:?} is unknown"
+            ))
+        }
+    };
     let details = json!({
         "input": cfg.input,
         "username": cfg.username,
@@ -151,14 +165,19 @@ pub fn start(ctx: &Arc<ProxyContext>, cfg: ReplayConfig) -> Result<Arc<Job>, Sta
         next_backend: AtomicUsize::new(0),
     });
     info!(input = %cfg.input, username = %cfg.username, speed, read_only = cfg.read_only, cmds = meta.cmds, "traffic replay started");
-    tokio::spawn(run(shared, meta, dir, speed));
+    tokio::spawn(run(shared, meta, dir, speed, key));
     Ok(job)
 }
 
 /// Reads every file of the capture in order into `tx`, on its own thread (file reads block).
-fn read_files(dir: &Path, files: Vec<String>, tx: mpsc::Sender<io::Result<Record>>) {
+fn read_files(
+    dir: &Path,
+    files: Vec<String>,
+    key: Option<Key>,
+    tx: mpsc::Sender<io::Result<Record>>,
+) {
     for f in files {
-        let mut reader = match Reader::open(&dir.join(&f)) {
+        let mut reader = match Reader::open(&dir.join(&f), key.as_ref()) {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
@@ -180,7 +199,7 @@ fn read_files(dir: &Path, files: Vec<String>, tx: mpsc::Sender<io::Result<Record
     }
 }
 
-async fn run(shared: Arc<Shared>, meta: Meta, dir: PathBuf, speed: f64) {
+async fn run(shared: Arc<Shared>, meta: Meta, dir: PathBuf, speed: f64, key: Option<Key>) {
     let job = shared.job.clone();
     let cancel = job.cancel.clone();
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
@@ -188,7 +207,7 @@ async fn run(shared: Arc<Shared>, meta: Meta, dir: PathBuf, speed: f64) {
     let reader_dir = dir.clone();
     let _reader = std::thread::Builder::new()
         .name("traffic-replay-read".into())
-        .spawn(move || read_files(&reader_dir, files, tx));
+        .spawn(move || read_files(&reader_dir, files, key, tx));
     let mut sessions: HashMap<u64, mpsc::Sender<Record>> = HashMap::new();
     let mut ended: HashSet<u64> = HashSet::new();
     let mut tasks = JoinSet::new();
