@@ -102,6 +102,18 @@ pub mod cmd {
     pub const DAEMON: u8 = 0x1d;
     pub const BINLOG_DUMP_GTID: u8 = 0x1e;
     pub const RESET_CONNECTION: u8 = 0x1f;
+    /// MariaDB's COM_STMT_BULK_EXECUTE: a statement id at the same place as COM_STMT_EXECUTE.
+    pub const STMT_BULK_EXECUTE: u8 = 0xfa;
+
+    /// The statement id a prepared-statement command names (its payload's bytes 1 to 4),
+    /// if `payload` is such a command and long enough to hold it.
+    pub fn statement_id(payload: &[u8]) -> Option<u32> {
+        match payload {
+            [STMT_EXECUTE | STMT_BULK_EXECUTE | STMT_FETCH | STMT_RESET | STMT_CLOSE
+            | STMT_SEND_LONG_DATA, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
+            _ => None,
+        }
+    }
 
     /// A short name for logs and metric labels.
     pub fn name(c: u8) -> &'static str {

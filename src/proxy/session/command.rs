@@ -1,7 +1,7 @@
 //! The command loop of a session: relay each command and its response, track transaction
 //! and session state, and handle the commands the proxy rewrites or refuses.
 
-use super::outcome::{fate, InFlight, STMT_BULK_EXECUTE};
+use super::outcome::{fate, InFlight};
 use super::redirect::failure_error;
 use super::reused::Reused;
 use super::{tell, End, Flow, Session, STATEMENT_PREFIX};
@@ -54,10 +54,9 @@ impl Session {
         let command = head.first().copied().unwrap_or(0);
         let text = match command {
             cmd::QUERY => Some(&self.statement[..]),
-            cmd::STMT_EXECUTE | STMT_BULK_EXECUTE if head.len() >= 5 => {
-                let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-                self.tracked.binary.get(&id).map(|t| &t[..])
-            }
+            cmd::STMT_EXECUTE | cmd::STMT_BULK_EXECUTE => cmd::statement_id(head)
+                .and_then(|id| self.tracked.binary.get(&id))
+                .map(|t| &t[..]),
             _ => None,
         };
         InFlight {
@@ -69,20 +68,13 @@ impl Session {
     }
 
     /// Statement commands carry the client's id; the backend may know it by another.
-    fn translate_statement_id(&mut self, command: u8, head: &[u8]) {
-        let carries_id = matches!(
-            command,
-            cmd::STMT_EXECUTE
-                | STMT_BULK_EXECUTE
-                | cmd::STMT_FETCH
-                | cmd::STMT_RESET
-                | cmd::STMT_CLOSE
-                | cmd::STMT_SEND_LONG_DATA
-        );
-        if !carries_id || head.len() < 5 || self.stmt_ids.is_identity() {
+    fn translate_statement_id(&mut self, head: &[u8]) {
+        let Some(client) = cmd::statement_id(head) else {
+            return;
+        };
+        if self.stmt_ids.is_identity() {
             return;
         }
-        let client = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         let backend = self.stmt_ids.backend_id(client);
         self.client.buffered_mut()[HEADER_LEN + 1..HEADER_LEN + 5]
             .copy_from_slice(&backend.to_le_bytes());
@@ -243,7 +235,7 @@ impl Session {
             }
             _ => {}
         }
-        self.translate_statement_id(command, &head[..head_len]);
+        self.translate_statement_id(&head[..head_len]);
         if command == cmd::STMT_CLOSE && head_len >= 5 {
             let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
             if let Some(prepared) = &mut self.prepared {

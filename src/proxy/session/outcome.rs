@@ -5,9 +5,6 @@
 use crate::protocol::constants::{cmd, status};
 use crate::proxy::migrate::state::{is_multi, word};
 
-/// MariaDB's COM_STMT_BULK_EXECUTE: a statement id at the same place as COM_STMT_EXECUTE.
-pub(crate) const STMT_BULK_EXECUTE: u8 = 0xfa;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fate {
     /// Nothing of the open transaction was committed: the server rolls it back when the
@@ -60,7 +57,7 @@ fn cannot_commit(c: &InFlight) -> bool {
             }
             None => false,
         },
-        cmd::STMT_EXECUTE | STMT_BULK_EXECUTE => c.text.is_some_and(statement_cannot_commit),
+        cmd::STMT_EXECUTE | cmd::STMT_BULK_EXECUTE => c.text.is_some_and(statement_cannot_commit),
         cmd::STMT_FETCH
         | cmd::STMT_PREPARE
         | cmd::STMT_RESET

@@ -30,8 +30,6 @@ pub const MAX_CAPTURED_PACKET: usize = 4 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// How long the writer waits for sessions still sending once the capture has stopped.
 const DRAIN: Duration = Duration::from_secs(2);
-/// MariaDB's COM_STMT_BULK_EXECUTE: a statement id where COM_STMT_EXECUTE has it.
-const STMT_BULK_EXECUTE: u8 = 0xfa;
 
 /// What `POST /api/traffic/capture` asks for.
 pub struct CaptureConfig {
@@ -106,21 +104,7 @@ pub(crate) async fn record_command(
     }
     let at_ns = now_ns();
     let conn = s.id;
-    let stmt_id = match command {
-        cmd::STMT_EXECUTE
-        | STMT_BULK_EXECUTE
-        | cmd::STMT_FETCH
-        | cmd::STMT_RESET
-        | cmd::STMT_CLOSE
-        | cmd::STMT_SEND_LONG_DATA
-            if len >= 5 =>
-        {
-            Some(u32::from_le_bytes([
-                payload[1], payload[2], payload[3], payload[4],
-            ]))
-        }
-        _ => None,
-    };
+    let stmt_id = cmd::statement_id(payload);
     // A prepared CREATE USER / ALTER USER takes its password as a parameter.
     let named_text = stmt_id.and_then(|id| s.tracked.binary.get(&id));
     if named_text.is_some_and(|t| is_sensitive(t)) {

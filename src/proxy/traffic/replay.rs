@@ -34,8 +34,6 @@ pub const MAX_SPEED: f64 = 10.0;
 const READ_AHEAD: usize = 4096;
 /// Commands queued for one replayed session before the reader waits for it.
 const PER_SESSION_QUEUE: usize = 256;
-/// MariaDB's COM_STMT_BULK_EXECUTE.
-const STMT_BULK_EXECUTE: u8 = 0xfa;
 
 const REPLAY_CAPABILITIES: u32 = cap::LONG_PASSWORD
     | cap::LONG_FLAG
@@ -448,24 +446,6 @@ async fn login(shared: &Shared) -> Result<Replayed, LoginFailure> {
     })
 }
 
-fn stmt_id_of(command: u8, payload: &[u8]) -> Option<u32> {
-    match command {
-        cmd::STMT_EXECUTE
-        | STMT_BULK_EXECUTE
-        | cmd::STMT_FETCH
-        | cmd::STMT_RESET
-        | cmd::STMT_CLOSE
-        | cmd::STMT_SEND_LONG_DATA
-            if payload.len() >= 5 =>
-        {
-            Some(u32::from_le_bytes([
-                payload[1], payload[2], payload[3], payload[4],
-            ]))
-        }
-        _ => None,
-    }
-}
-
 impl Replayed {
     /// Plays one record; Ok(false) once the session quit. Errs when the connection broke.
     async fn apply(&mut self, shared: &Shared, rec: Record) -> io::Result<bool> {
@@ -522,7 +502,7 @@ impl Replayed {
                     c.skipped.fetch_add(1, Relaxed);
                     return Ok(true);
                 }
-                if let Some(id) = stmt_id_of(command, &payload) {
+                if let Some(id) = cmd::statement_id(&payload) {
                     let mapped = self.stmts.get(&id).copied().flatten();
                     if command == cmd::STMT_CLOSE {
                         self.stmts.remove(&id);
