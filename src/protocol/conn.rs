@@ -5,9 +5,9 @@
 
 use super::compress::CompressState;
 use super::constants::MAX_PAYLOAD;
+use super::spare;
 use super::stream::Stream;
 use bytes::{Buf, BytesMut};
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::task::Poll;
@@ -28,34 +28,6 @@ pub fn parse_header(b: &[u8]) -> (usize, u8) {
 #[inline]
 pub fn put_header(out: &mut Vec<u8>, len: usize, seq: u8) {
     out.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8, seq]);
-}
-
-/// Buffers given back by idle connections, per worker thread. Reusing them keeps a busy proxy
-/// off malloc/free of 32 KiB blocks per round trip (glibc answers those frees with madvise
-/// trims); the bound keeps what an idle proxy holds small.
-const SPARE_MAX: usize = 32;
-
-thread_local! {
-    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Gives the (empty) buffer up; one grown past twice `buf_size` for a large packet is freed
-/// rather than kept, so the spare list holds at most `SPARE_MAX` ordinary buffers.
-fn give_back(rbuf: &mut BytesMut, buf_size: usize) {
-    if rbuf.capacity() == 0 {
-        return;
-    }
-    let mut b = std::mem::take(rbuf);
-    if b.capacity() > 2 * buf_size {
-        return;
-    }
-    b.clear();
-    SPARE.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < SPARE_MAX {
-            p.push(b);
-        }
-    });
 }
 
 /// A system call's result as a count, or the error it set. The socket calls go through
@@ -215,7 +187,7 @@ impl PacketConn {
             let (stream, rbuf, buf_size) = (&self.stream, &mut self.rbuf, self.buf_size);
             std::future::poll_fn(|cx| match stream.poll_read_ready(cx) {
                 Some(Poll::Pending) => {
-                    give_back(rbuf, buf_size);
+                    spare::give_back(rbuf, buf_size);
                     Poll::Pending
                 }
                 Some(ready) => ready,
@@ -223,7 +195,7 @@ impl PacketConn {
             })
             .await?;
             if self.rbuf.capacity() == 0 {
-                if let Some(b) = SPARE.with(|p| p.borrow_mut().pop()) {
+                if let Some(b) = spare::take() {
                     self.rbuf = b;
                 }
             }
@@ -256,7 +228,7 @@ impl PacketConn {
     fn make_room(&mut self) {
         if self.rbuf.capacity() - self.rbuf.len() < self.buf_size / 4 {
             if self.rbuf.capacity() == 0 {
-                if let Some(b) = SPARE.with(|p| p.borrow_mut().pop()) {
+                if let Some(b) = spare::take() {
                     self.rbuf = b;
                     if self.rbuf.capacity() >= self.buf_size / 4 {
                         return;
@@ -282,7 +254,7 @@ impl PacketConn {
             std::future::poll_fn(|cx| match tcp.poll_read_ready(cx) {
                 Poll::Pending => {
                     if rbuf.is_empty() {
-                        give_back(rbuf, buf_size);
+                        spare::give_back(rbuf, buf_size);
                     }
                     Poll::Pending
                 }
@@ -290,7 +262,7 @@ impl PacketConn {
             })
             .await?;
             if self.rbuf.capacity() == 0 {
-                if let Some(b) = SPARE.with(|p| p.borrow_mut().pop()) {
+                if let Some(b) = spare::take() {
                     self.rbuf = b;
                 }
             }

@@ -8,6 +8,7 @@ pub mod constants;
 pub mod handshake;
 pub mod proxy_protocol;
 pub mod response;
+pub mod spare;
 pub mod stream;
 pub mod uring;
 

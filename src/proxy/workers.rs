@@ -9,6 +9,7 @@
 //! For the same reason a worker batches its per-query metrics ([`crate::metrics::batch`]) and
 //! adds them to the shared series when it is about to sleep.
 
+use crate::protocol::spare;
 use crate::protocol::uring::{self, IoEngine};
 use crate::timer::TimerThread;
 use std::future::Future;
@@ -17,6 +18,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
+
+/// A worker whose sessions took or gave back no read buffer for this long frees its spare ones:
+/// long enough that a busy worker never pays for fresh buffers, short enough that a proxy whose
+/// sessions went idle after a burst of logins soon holds no more than they need.
+const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The session workers. Dropping this stops their threads; tasks still on them are dropped.
 pub struct Workers {
@@ -86,6 +92,7 @@ impl Workers {
                     crate::metrics::batch::batch_on_this_thread();
                     let _timers = timer_use.enter();
                     rt.block_on(async {
+                        drop(tokio::spawn(spare::release_while_unused(SPARE_IDLE)));
                         if engine == IoEngine::IoUring {
                             match uring::start_on_this_thread() {
                                 Ok(drive) => drop(tokio::spawn(drive)),
