@@ -168,7 +168,13 @@ async fn behind_balancer(
                 session::reject(tcp, ClientError::TooManyHandshakes { limit: per_source }).await;
                 return;
             }
-            session::run(session::ClientSocket::Adopted(tcp), client, ctx, guard).await;
+            session::run(
+                session::ClientSocket::Adopted(Box::new(tcp)),
+                client,
+                ctx,
+                guard,
+            )
+            .await;
         }
         Err(e) => {
             warn!(peer = %peer, error = %e, "connection closed: proxy-protocol is v2 and it sent no valid PROXY protocol v2 header");

@@ -118,28 +118,12 @@ impl Session {
                     // before the client needs it. Looked at before the client, so a command
                     // that arrives with the news goes to the new backend.
                     r = self.backend.fill(), if idle => {
-                        let why = match r {
-                            Ok(0) => "the backend closed the connection".to_owned(),
-                            Ok(_) => "the backend ended the connection with an error".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        if let Err(not_moved) = Box::pin(self.rebuild_idle(ctx)).await {
-                            let err = if not_moved.why.tidb_state_lost() {
-                                ClientError::TidbStateLost {
-                                    backend: self.backend_addr(),
-                                    detail: why,
-                                    in_flight: false,
-                                }
-                            } else {
-                                ClientError::NotExecuted {
-                                    backend: self.backend_addr(),
-                                    detail: why,
-                                    next: Next::Closed(not_moved.to_string()),
-                                }
-                            };
-                            return Box::pin(self.tell_on_next_command(ctx, err)).await;
+                        // Boxed: its failure's locals would otherwise sit in every idle
+                        // session's future.
+                        match Box::pin(self.after_backend_spoke(ctx, r)).await {
+                            Some(end) => return end,
+                            None => continue,
                         }
-                        continue;
                     }
                     r = self.client.fill() => match r {
                         Ok(0) => return End::ClientGone("closed".into()),
@@ -174,6 +158,35 @@ impl Session {
                 Err(end) => return end,
             }
         }
+    }
+
+    /// The backend spoke (or closed) between commands: the session is rebuilt elsewhere before
+    /// the client needs it, or, if that fails, the client is told at its next command.
+    async fn after_backend_spoke(
+        &mut self,
+        ctx: &ProxyContext,
+        read: std::io::Result<usize>,
+    ) -> Option<End> {
+        let why = match read {
+            Ok(0) => "the backend closed the connection".to_owned(),
+            Ok(_) => "the backend ended the connection with an error".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let not_moved = Box::pin(self.rebuild_idle(ctx)).await.err()?;
+        let err = if not_moved.why.tidb_state_lost() {
+            ClientError::TidbStateLost {
+                backend: self.backend_addr(),
+                detail: why,
+                in_flight: false,
+            }
+        } else {
+            ClientError::NotExecuted {
+                backend: self.backend_addr(),
+                detail: why,
+                next: Next::Closed(not_moved.to_string()),
+            }
+        };
+        Some(self.tell_on_next_command(ctx, err).await)
     }
 
     async fn execute_cmd(&mut self, ctx: &ProxyContext) -> Result<Flow, End> {
@@ -517,7 +530,7 @@ impl Session {
         match auth {
             Ok(AuthOutcome::Ok(status, proof)) => {
                 self.entry.set_identity(&new_user, &self.backend_addr());
-                self.identity.user = new_user.as_bytes().to_vec();
+                self.identity.user = new_user.as_bytes().into();
                 self.user = new_user;
                 self.proof = proof;
                 self.login = None;

@@ -5,6 +5,7 @@ mod command;
 mod early;
 #[cfg(test)]
 mod failover_tests;
+mod kept_identity;
 mod move_error;
 mod namespace;
 mod outcome;
@@ -71,7 +72,7 @@ pub(crate) struct Session {
     #[allow(clippy::box_collection)]
     pub(crate) prepared: Option<Box<HashMap<u32, Box<str>>>>,
     /// The client's handshake response: who to log in as on another backend.
-    pub(crate) identity: HandshakeResponse,
+    pub(crate) identity: kept_identity::KeptIdentity,
     /// Capabilities in force between the client and the proxy.
     pub(crate) client_capabilities: u32,
     /// The client's observed authentication, for re-authentication elsewhere.
@@ -125,29 +126,107 @@ pub enum ClientSocket {
     /// when the session starts there.
     Handed(std::net::TcpStream),
     /// Already on this worker's reactor (its PROXY header was read there).
-    Adopted(TcpStream),
+    Adopted(Box<TcpStream>),
 }
 
-async fn run_session(
+/// A plain function returning an `async move` block, not an `async fn`: an `async fn` moves
+/// its arguments into locals, and the future keeps both copies for the session's whole life.
+/// The block uses its captures in place, and the synchronous start is a function of its own so
+/// none of its locals stays in the future either.
+#[allow(clippy::manual_async_fn)]
+fn run_session(
     socket: ClientSocket,
     peer: SocketAddr,
     ctx: Arc<ProxyContext>,
     mut guard: ActiveGuard,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let Some((client, registered, born)) = start_session(socket, peer, &ctx) else {
+            return;
+        };
+        // The session is built by a boxed future that is gone once it has logged in, and is
+        // served in place through a reference: a future keeps every local that lives across an
+        // await, moved-from ones too, so building or moving it here would hold its parts two
+        // or three times for the whole life of an idle session.
+        let mut opened = Box::pin(open_session(
+            client,
+            registered.entry.id,
+            peer,
+            &ctx,
+            &registered.entry,
+            &mut guard,
+            born,
+        ))
+        .await;
+        let end = match &mut opened {
+            Ok(session) => session.serve(&ctx).await,
+            Err((end, _)) => std::mem::replace(end, End::Shutdown),
+        };
+        // Boxed: run once, at the end; inline, what it keeps across its awaits (the end, the
+        // close) would take room in every idle session's future.
+        Box::pin(finish(
+            &mut opened,
+            end,
+            registered.entry.id,
+            peer,
+            born,
+            &ctx,
+        ))
+        .await;
+    }
+}
+
+/// Closes the session's backend side, logs how it ended, shuts the client's socket and counts
+/// the end. Works on the session in place: moving its client out would copy the connection.
+async fn finish(
+    opened: &mut Result<Session, (End, PacketConn)>,
+    end: End,
+    id: u64,
+    peer: SocketAddr,
+    born: std::time::Instant,
+    ctx: &ProxyContext,
 ) {
+    if let Ok(session) = opened {
+        session.close().await;
+    }
+    let client = match opened {
+        Ok(session) => &mut session.client,
+        Err((_, client)) => client,
+    };
+    log_end(&end, id, peer);
+    // A client that sent QUIT expects nothing more and closes first: dropping the socket is
+    // enough (a shutdown would mostly fail with ENOTCONN, a system call per session for nothing).
+    if !matches!(end, End::ClientQuit) {
+        client.shutdown().await;
+    }
+    let m = &ctx.metrics;
+    m.connections.dec();
+    m.conn_lifetime.observe(born.elapsed().as_secs_f64());
+    m.disconnected(end.disconnect()).inc();
+}
+
+/// The synchronous start of a session on its worker: the client socket joins this worker's
+/// reactor, the session is counted and registered. `None` when the socket cannot be polled here.
+fn start_session(
+    socket: ClientSocket,
+    peer: SocketAddr,
+    ctx: &ProxyContext,
+) -> Option<(
+    PacketConn,
+    crate::proxy::registry::RegisteredSession,
+    std::time::Instant,
+)> {
     let tcp = match socket {
-        ClientSocket::Adopted(tcp) => tcp,
+        ClientSocket::Adopted(tcp) => *tcp,
         ClientSocket::Handed(socket) => match TcpStream::from_std(socket) {
             Ok(tcp) => tcp,
             Err(e) => {
                 warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it");
-                return;
+                return None;
             }
         },
     };
     let born = std::time::Instant::now();
-    // Nothing here outlives an await unless the session needs it at its end: the future keeps
-    // such locals for the session's whole life (the settings snapshot too, which a reload
-    // would otherwise leave pinned by every idle session).
     ctx.metrics.connections.inc();
     let id = ctx.next_conn_id();
     let _ = tcp.set_nodelay(true);
@@ -156,39 +235,15 @@ async fn run_session(
     let registered = ctx.registry.register(id, peer);
     registered.entry.set_local_port(local_port);
     debug!(conn = id, client = %peer, "session opened");
-    // The session is built by a boxed future that is gone once it has logged in, and is served
-    // in place through a reference: a future keeps every local that lives across an await,
-    // moved-from ones too, so building or moving it here would hold its parts two or three
-    // times for the whole life of an idle session.
-    let mut opened = Box::pin(open_session(
-        client,
-        id,
-        peer,
-        &ctx,
-        &registered.entry,
-        &mut guard,
-        born,
-    ))
-    .await;
-    // What follows works on the session in place too: moving its client out would give the
-    // future room for another connection beside the session.
-    let end = match &mut opened {
-        Ok(session) => {
-            let end = session.serve(&ctx).await;
-            // Boxed: run once, at the end, and larger than the idle wait it would enlarge.
-            Box::pin(session.close()).await;
-            end
-        }
-        Err((end, _)) => std::mem::replace(end, End::Shutdown),
-    };
-    let client = match &mut opened {
-        Ok(session) => &mut session.client,
-        Err((_, client)) => client,
-    };
+    Some((client, registered, born))
+}
+
+/// The one line a session's end leaves in the log, at the level its cause deserves.
+fn log_end(end: &End, id: u64, peer: SocketAddr) {
     let level = end
         .origin()
         .map_or(tracing::Level::DEBUG, ErrorSource::level);
-    match (&end, level) {
+    match (end, level) {
         (End::Told(e), tracing::Level::DEBUG) => {
             debug!(conn = id, client = %peer, error = %e, kind = e.kind(), source = e.origin().label(), "session closed")
         }
@@ -209,15 +264,6 @@ async fn run_session(
             debug!(conn = id, client = %peer, "session closed: proxy shutting down")
         }
     }
-    // A client that sent QUIT expects nothing more and closes first: dropping the socket is
-    // enough (a shutdown would mostly fail with ENOTCONN, a system call per session for nothing).
-    if !matches!(end, End::ClientQuit) {
-        client.shutdown().await;
-    }
-    let m = &ctx.metrics;
-    m.connections.dec();
-    m.conn_lifetime.observe(born.elapsed().as_secs_f64());
-    m.disconnected(end.disconnect()).inc();
 }
 
 /// Logs the client in and builds its session, or says how it ended and hands the client back.
@@ -249,10 +295,7 @@ async fn open_session(
     if let Some(db) = identity.database.take().filter(|d| !d.is_empty()) {
         tracked.after_init_db(&db);
     }
-    // Kept for logging in elsewhere, which answers with a proof of its own and replays the
-    // database: the client's answer to the proxy's scramble and its plugin are not held.
-    identity.auth_data = Vec::new();
-    identity.auth_plugin = None;
+    let identity = kept_identity::KeptIdentity::keep(identity);
     Ok(Session {
         id,
         peer,

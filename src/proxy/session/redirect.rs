@@ -10,7 +10,6 @@ use crate::balance::policy::{route_allows, route_for};
 use crate::balance::{Backend, BackendLease};
 use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::{cap, cmd, status};
-use crate::protocol::handshake::HandshakeResponse;
 use crate::proxy::backend_conn::{dial, finish_auth, AuthAnswer, Dialed, Identity};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::error::ClientError;
@@ -246,10 +245,7 @@ impl Session {
         let settings = ctx.settings();
         let deprecate_eof = self.deprecate_eof();
         // Log in without a database: the old one may be gone; the state replay sets it.
-        let identity = HandshakeResponse {
-            database: None,
-            ..self.identity.clone()
-        };
+        let identity = self.identity.response();
         let who = Identity {
             response: &identity,
             capabilities: self.client_capabilities,
