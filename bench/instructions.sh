@@ -8,7 +8,8 @@
 # One private MariaDB (bench/.work/cg, port 23316) with a 20,000-row sysbench table; each proxy
 # (bin/tiproxy, or $1) runs under callgrind three times: no queries, N point selects
 # (CG_QUERIES, default 3000, one client), and 20 range selects of 10,000 rows. Each count is
-# the difference to the no-query run, divided by the queries.
+# the difference to the no-query run, divided by the queries. CG_IO_ENGINE sets the proxy's
+# proxy.io-engine (default: its default, "epoll").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-bin/tiproxy}
@@ -33,6 +34,7 @@ cat >"$work/proxy.toml" <<EOF
 [proxy]
 addr = "127.0.0.1:$proxy_port"
 backend-addrs = ["127.0.0.1:$db_port"]
+io-engine = "${CG_IO_ENGINE:-epoll}"
 [api]
 addr = "127.0.0.1:$api_port"
 [log]
@@ -85,7 +87,7 @@ count() {
     callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
 }
 
-echo "binary: $bin ($("$bin" -v)); $(haproxy -v | head -1)"
+echo "binary: $bin ($("$bin" -v)), io-engine ${CG_IO_ENGINE:-epoll}; $(haproxy -v | head -1)"
 printf '%-8s %28s %33s\n' "" "instructions / point select" "instructions / 10,000-row select"
 for name in tiproxy haproxy; do
     port=$proxy_port

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-# System calls, context switches and CPU per query: HAProxy against tiproxy on its epoll engine and
-# on its io_uring engine, over two private MariaDB backends, with sysbench at 16 threads. Rounds
-# alternate between the three within one run; ratios within the run are what to compare.
+# System calls, context switches and CPU per query: HAProxy against tiproxy on its epoll engine
+# (the workers' own loop), on its tokio engine and on its io_uring engine, over two private MariaDB
+# backends, with sysbench at 16 threads. Rounds alternate between the four within one run; ratios
+# within the run are what to compare.
 # Counters: CPU = utime+stime of /proc/PID/stat; context switches = voluntary + nonvoluntary summed
 # over /proc/PID/task/*/status; system calls = `strace -c -f` attached for one short extra run per
 # target (strace slows the target, so only the per-query count is taken from that run).
@@ -154,7 +155,8 @@ def main():
     os.makedirs(WORK, exist_ok=True)
     for i, p in enumerate(DB_PORTS):
         sh(os.path.join(ROOT, "scripts", "mariadb-instance.sh"), "start", os.path.join(WORK, f"db{i}"), str(p))
-    targets = [haproxy(), tiproxy("epoll", 27000, 24080, "epoll"), tiproxy("uring", 27002, 24081, "io-uring")]
+    targets = [haproxy(), tiproxy("epoll", 27000, 24080, "epoll"), tiproxy("tokio", 27003, 24082, "tokio"),
+               tiproxy("uring", 27002, 24081, "io-uring")]
     try:
         for t in targets:
             t.start()
@@ -190,12 +192,15 @@ def main():
                             os.path.join(WORK, f"db{i}")], check=False)
 
 
+RATIOS = [("epoll", "haproxy"), ("tokio", "haproxy"), ("uring", "haproxy"), ("epoll", "tokio"), ("uring", "epoll")]
+
+
 def print_table(res, targets):
     names = [t.name for t in targets]
     print(f"\n{ROUNDS} alternating rounds of {SECONDS} s per target, medians; system calls from one "
           f"{STRACE_SECONDS} s run under strace -c -f per target\n")
-    print("| workload | measure | " + " | ".join(names) + " | epoll / haproxy | uring / haproxy | uring / epoll |")
-    print("|---|---|" + "---:|" * (len(names) + 3))
+    print("| workload | measure | " + " | ".join(names) + " | " + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |")
+    print("|---|---|" + "---:|" * (len(names) + len(RATIOS)))
     for wl in WORKLOADS:
         med = {n: {k: statistics.median(m[k] for m in res[(wl, n)]) for k in ("qps", "cpu_us", "ctxt")}
                for n in names}
@@ -204,13 +209,11 @@ def print_table(res, targets):
             return statistics.median(x[k] / y[k] for x, y in zip(res[(wl, a)], res[(wl, b)]))
         for k, label, fmt in (("qps", "QPS", ".0f"), ("cpu_us", "CPU us/query", ".2f"),
                               ("ctxt", "context switches/query", ".3f")):
-            print(f"| {wl} | {label} | " + " | ".join(format(med[n][k], fmt) for n in names) +
-                  f" | {ratio(k, 'epoll', 'haproxy'):.2f} | {ratio(k, 'uring', 'haproxy'):.2f} | "
-                  f"{ratio(k, 'uring', 'epoll'):.2f} |")
+            print(f"| {wl} | {label} | " + " | ".join(format(med[n][k], fmt) for n in names) + " | " +
+                  " | ".join(f"{ratio(k, a, b):.2f}" for a, b in RATIOS) + " |")
         sys_q = {n: res[(wl, n, "sys")][0] for n in names}
-        print(f"| {wl} | syscalls/query | " + " | ".join(f"{sys_q[n]:.2f}" for n in names) +
-              f" | {sys_q['epoll'] / sys_q['haproxy']:.2f} | {sys_q['uring'] / sys_q['haproxy']:.2f} | "
-              f"{sys_q['uring'] / sys_q['epoll']:.2f} |")
+        print(f"| {wl} | syscalls/query | " + " | ".join(f"{sys_q[n]:.2f}" for n in names) + " | " +
+              " | ".join(f"{sys_q[a] / sys_q[b]:.2f}" for a, b in RATIOS) + " |")
     print()
     for wl in WORKLOADS:
         for n in names:

@@ -1,8 +1,10 @@
-//! The io_uring engine (`proxy.io-engine = "io-uring"`) against real MariaDB: queries small and
-//! large, a transaction, prepared statements and a session move all work with sessions carried
-//! by the workers' rings. Where the kernel refuses io_uring for a reason a host may legitimately
-//! have (seccomp, `kernel.io_uring_disabled`, no such syscall), the test checks the fallback to
-//! epoll happened and the same queries still work; under `CI=true` any other refusal fails.
+//! The engines other than the default (the workers' own epoll loop, which every other test
+//! runs on) against real MariaDB: queries small and large, a transaction, prepared statements
+//! and a session move all work with sessions carried by the workers' rings
+//! (`proxy.io-engine = "io-uring"`) and by tokio runtimes (`"tokio"`). Where the kernel refuses
+//! io_uring for a reason a host may legitimately have (seccomp, `kernel.io_uring_disabled`, no
+//! such syscall), the test checks the fallback to epoll happened and the same queries still
+//! work; under `CI=true` any other refusal fails.
 
 mod common;
 
@@ -87,14 +89,8 @@ async fn exercise(conn: &mut Conn, round: i64) {
     assert_eq!(v, round * 10);
 }
 
-#[tokio::test]
-async fn queries_and_a_session_move_run_on_the_io_uring_engine() {
-    let available = uring_here();
-    if let Err((why, legitimate)) = &available {
-        if std::env::var("CI").as_deref() == Ok("true") && !legitimate {
-            panic!("{why}: the engine cannot be tested");
-        }
-    }
+/// Runs queries and a session move through a proxy on `engine`; returns the proxy's log.
+async fn queries_and_a_move(engine: &str) -> String {
     let dbs = MariaDb::start_many(2);
     for db in &dbs {
         db.sql(&format!(
@@ -106,7 +102,7 @@ async fn queries_and_a_session_move_run_on_the_io_uring_engine() {
     let mut cfg = ProxyConfig::new(vec![dbs[0].addr(), dbs[1].addr()]);
     cfg.service_account = Some((SVC_USER.into(), SVC_PASS.into()));
     cfg.health_interval_ms = 300;
-    cfg.extra_proxy = "io-engine = \"io-uring\"\n".into();
+    cfg.extra_proxy = format!("io-engine = \"{engine}\"\n");
     let proxy = Proxy::start(&cfg);
 
     let mut conns = Vec::new();
@@ -155,7 +151,18 @@ async fn queries_and_a_session_move_run_on_the_io_uring_engine() {
     for conn in conns {
         conn.disconnect().await.unwrap();
     }
-    let log = proxy.log();
+    proxy.log()
+}
+
+#[tokio::test]
+async fn queries_and_a_session_move_run_on_the_io_uring_engine() {
+    let available = uring_here();
+    if let Err((why, legitimate)) = &available {
+        if std::env::var("CI").as_deref() == Ok("true") && !legitimate {
+            panic!("{why}: the engine cannot be tested");
+        }
+    }
+    let log = queries_and_a_move("io-uring").await;
     match available {
         Ok(()) => {
             assert!(
@@ -171,4 +178,13 @@ async fn queries_and_a_session_move_run_on_the_io_uring_engine() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn queries_and_a_session_move_run_on_the_tokio_engine() {
+    let log = queries_and_a_move("tokio").await;
+    assert!(
+        log.contains("io_engine=tokio") || log.contains("\"io_engine\":\"tokio\""),
+        "the workers did not start on tokio runtimes:\n{log}"
+    );
 }

@@ -76,7 +76,7 @@ const KEYS: &[(&str, &str)] = &[
     ),
     (
         "proxy.io-engine",
-        "how workers carry plain-TCP sessions: \"epoll\" or \"io-uring\" (falls back to epoll where refused)",
+        "how workers carry sessions: \"epoll\" (own loop), \"tokio\" or \"io-uring\" (falls back to epoll where refused)",
     ),
     (
         "proxy.require-backend-tls",

@@ -123,8 +123,8 @@ pub struct ProxyConfig {
     pub client_handshake_timeout: u64,
     /// Seconds a client may fall silent in the middle of sending a command; 0 = no limit.
     pub client_read_timeout: u64,
-    /// How the workers carry plain-TCP sessions: "epoll" or "io-uring" (falls back to epoll,
-    /// with one log line, where the kernel refuses io_uring).
+    /// How the workers carry sessions: "epoll" (their own loop), "tokio" or "io-uring" (falls
+    /// back to epoll, with one log line, where the kernel refuses io_uring).
     pub io_engine: String,
     /// `[proxy.service-account]`: lets the proxy read password hashes so it can move MySQL
     /// and MariaDB sessions; empty = such sessions are not moved.

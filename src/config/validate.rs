@@ -71,11 +71,11 @@ impl Config {
                 "expected \"\" (off) or \"v2\"",
             ));
         }
-        if !matches!(p.io_engine.as_str(), "epoll" | "io-uring") {
+        if !matches!(p.io_engine.as_str(), "epoll" | "io-uring" | "tokio") {
             return Err(ConfigError::invalid(
                 "proxy.io-engine",
                 quoted(&p.io_engine),
-                "expected \"epoll\" or \"io-uring\"",
+                "expected \"epoll\", \"io-uring\" or \"tokio\"",
             ));
         }
         if !matches!(p.backend_proxy_protocol.as_str(), "" | "v2" | "off") {

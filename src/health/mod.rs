@@ -92,7 +92,7 @@ pub async fn probe_sql_with(
             tcp.write_all(&crate::protocol::proxy_protocol::encode_v2_local())
                 .await?;
         }
-        let mut conn = PacketConn::new(Stream::Plain(tcp), 1024);
+        let mut conn = PacketConn::new(Stream::plain(tcp), 1024);
         let (_, p) = conn.read_packet(64 * 1024).await?;
         if p.first() == Some(&ERR_HEADER) {
             let e = ErrPacket::parse(&p)

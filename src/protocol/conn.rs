@@ -9,7 +9,6 @@ use super::spare;
 use super::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,46 +27,6 @@ pub fn parse_header(b: &[u8]) -> (usize, u8) {
 #[inline]
 pub fn put_header(out: &mut Vec<u8>, len: usize, seq: u8) {
     out.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8, seq]);
-}
-
-/// A system call's result as a count, or the error it set. The socket calls go through
-/// `syscall` rather than libc's `recv`/`send`, which are thread-cancellation points and pay for
-/// switching cancellation on and off around every call (a fifth of their cost here).
-fn check(ret: libc::c_long) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
-/// Writes all of `data` to a plain socket: straight to the socket while it takes bytes (no
-/// write future), waiting for writability only when it is full.
-async fn write_plain(tcp: &tokio::net::TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
-            // SAFETY: sends from `data`, at most its length.
-            check(unsafe {
-                libc::syscall(
-                    libc::SYS_sendto,
-                    tcp.as_raw_fd(),
-                    data.as_ptr(),
-                    data.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    std::ptr::null::<libc::sockaddr>(),
-                    0 as libc::socklen_t,
-                )
-            })
-        });
-        match sent {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 pub struct PacketConn {
@@ -270,38 +229,12 @@ impl PacketConn {
             let Stream::Plain(tcp) = &self.stream else {
                 unreachable!("fill_plain on a plain stream only");
             };
-            let rbuf = &mut self.rbuf;
-            let mut got = 0usize;
-            let read = tcp.try_io(tokio::io::Interest::READABLE, || {
-                let room = rbuf.spare_capacity_mut();
-                let want = room.len();
-                // SAFETY: reads into the buffer's spare capacity, at most its length.
-                got = check(unsafe {
-                    libc::syscall(
-                        libc::SYS_recvfrom,
-                        tcp.as_raw_fd(),
-                        room.as_mut_ptr(),
-                        want,
-                        libc::MSG_DONTWAIT,
-                        std::ptr::null_mut::<libc::sockaddr>(),
-                        std::ptr::null_mut::<libc::socklen_t>(),
-                    )
-                })?;
-                if got > 0 && got < want {
-                    // Short: the socket is drained; saying so clears the readiness.
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(())
-            });
-            match read {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
+            let got = match tcp.recv_into(&mut self.rbuf) {
+                Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
-            }
-            // SAFETY: `recv` initialised `got` bytes of the spare capacity.
-            unsafe { self.rbuf.set_len(self.rbuf.len() + got) };
+            };
             self.read_bytes += got as u64;
             return Ok(got);
         }
@@ -416,7 +349,7 @@ impl PacketConn {
         match &mut self.compress {
             None => {
                 if let Stream::Plain(tcp) = &self.stream {
-                    write_plain(tcp, data).await?;
+                    tcp.send_all(data).await?;
                 } else {
                     self.stream.write_all(data).await?;
                 }

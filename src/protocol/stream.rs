@@ -2,18 +2,18 @@
 //! or an in-memory pipe (`tokio::io::duplex`) so the relay and the session logic can be
 //! tested without sockets.
 
+use super::tcp::Tcp;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
 pub enum Stream {
-    Plain(TcpStream),
-    Server(Box<server::TlsStream<TcpStream>>),
-    Client(Box<client::TlsStream<TcpStream>>),
+    Plain(Tcp),
+    Server(Box<server::TlsStream<Tcp>>),
+    Client(Box<client::TlsStream<Tcp>>),
     /// One end of an in-memory pipe.
     Memory(Box<tokio::io::DuplexStream>),
     /// Plain TCP carried by the worker's io_uring (see [`super::uring`]).
@@ -49,28 +49,31 @@ impl Stream {
         Ok(())
     }
 
-    pub fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Stream::Plain(t) => Some(t),
-            Stream::Server(t) => Some(t.get_ref().0),
-            Stream::Client(t) => Some(t.get_ref().0),
-            Stream::Memory(_) | Stream::Uring(_) | Stream::Upgrading => None,
-        }
+    /// Plain TCP on this thread's reactor (see [`Tcp::from_std`]).
+    pub fn plain(tcp: impl Into<Tcp>) -> Stream {
+        Stream::Plain(tcp.into())
     }
 
     /// Moves a plain TCP stream onto this worker's io_uring, if the worker runs one; TLS and
     /// other streams stay as they are. A socket the reactor would not release is lost, and
     /// the next I/O on it fails like a dropped connection.
+    #[inline]
     pub fn adopt_uring(&mut self) {
-        if !matches!(self, Stream::Plain(_)) || !super::uring::active_here() {
+        if matches!(self, Stream::Plain(Tcp::Tokio(_))) {
+            self.adopt_uring_now();
+        }
+    }
+
+    fn adopt_uring_now(&mut self) {
+        if !super::uring::active_here() {
             return;
         }
-        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Upgrading) else {
+        let Stream::Plain(Tcp::Tokio(tcp)) = std::mem::replace(self, Stream::Upgrading) else {
             return;
         };
         match super::uring::UringStream::adopt(tcp) {
             Ok(u) => *self = Stream::Uring(u),
-            Err(Some(tcp)) => *self = Stream::Plain(tcp),
+            Err(Some(tcp)) => *self = Stream::Plain(Tcp::Tokio(tcp)),
             Err(None) => {}
         }
     }

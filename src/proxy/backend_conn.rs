@@ -13,7 +13,7 @@ use crate::protocol::constants::{
 };
 use crate::protocol::handshake::{ssl_request, Greeting, HandshakeError, HandshakeResponse};
 use crate::protocol::response::{ok_status, ErrPacket};
-use crate::protocol::{PacketConn, Stream};
+use crate::protocol::{PacketConn, Stream, Tcp};
 use std::io;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -121,9 +121,11 @@ pub async fn greet(
     backend: &Arc<Backend>,
     buf_size: usize,
 ) -> Result<(PacketConn, Greeting), DialError> {
-    let mut tcp = TcpStream::connect(&backend.addr)
+    let tcp = TcpStream::connect(&backend.addr)
         .await
         .map_err(DialError::Connect)?;
+    // Dialled through tokio (name lookup, several addresses), then polled by this worker.
+    let mut tcp = Tcp::here(tcp).map_err(DialError::Connect)?;
     let _ = tcp.set_nodelay(true);
     if let Ok((source, destination)) = CLIENT_ORIGIN.try_with(|o| *o) {
         use tokio::io::AsyncWriteExt;

@@ -22,6 +22,7 @@ pub mod session;
 pub mod tls;
 pub mod traffic;
 pub mod txn;
+pub mod worker_loop;
 pub mod workers;
 
 pub use context::{ProxyContext, SessionSettings};

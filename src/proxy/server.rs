@@ -7,7 +7,7 @@ use super::error::ClientError;
 use super::query_log::{Admit, RateLimiter};
 use super::session;
 use super::workers::Workers;
-use crate::protocol::proxy_protocol;
+use crate::protocol::{proxy_protocol, Tcp};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -125,8 +125,8 @@ fn hand_over(
 }
 
 /// Registers a handed-over socket with the reactor of the worker running this.
-fn adopt(socket: std::net::TcpStream, peer: std::net::SocketAddr) -> Option<TcpStream> {
-    TcpStream::from_std(socket)
+fn adopt(socket: std::net::TcpStream, peer: std::net::SocketAddr) -> Option<Tcp> {
+    Tcp::from_std(socket)
         .inspect_err(
             |e| warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it"),
         )

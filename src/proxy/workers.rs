@@ -8,9 +8,13 @@
 //! accept loop stays on the control runtime and hands each new socket to the least-loaded worker.
 //! For the same reason a worker batches its per-query metrics ([`crate::metrics::batch`]) and
 //! adds them to the shared series when it is about to sleep.
+//!
+//! With the default `epoll` engine a worker runs its own loop ([`super::worker_loop`]) over
+//! its own epoll set; the `tokio` and `io-uring` engines run a current-thread tokio runtime.
 
 use crate::protocol::spare;
 use crate::protocol::uring::{self, IoEngine};
+use crate::proxy::worker_loop::{self, LoopHandle};
 use crate::timer::TimerThread;
 use std::future::Future;
 use std::io;
@@ -28,14 +32,45 @@ const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Workers {
     workers: Vec<Worker>,
     engine: IoEngine,
+    /// The tokio runtime own-loop workers enter when the caller had none (tests, tools).
+    _helper: Option<Helper>,
 }
 
 struct Worker {
-    handle: Handle,
+    spawner: Spawner,
     load: Arc<AtomicUsize>,
-    /// Dropped (or sent) to stop the thread; the runtime is dropped on its own thread, because
-    /// dropping a runtime from inside another one's async context is not allowed.
-    _stop: oneshot::Sender<()>,
+    /// Dropped to stop the thread.
+    _stop: Stop,
+}
+
+enum Spawner {
+    Tokio(Handle),
+    Own(LoopHandle),
+}
+
+enum Stop {
+    /// Dropped (or sent) to stop a tokio worker; its runtime is dropped on its own thread,
+    /// because dropping a runtime from inside another one's async context is not allowed.
+    Tokio(#[allow(dead_code)] oneshot::Sender<()>),
+    Own(LoopHandle),
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Stop::Own(handle) = self {
+            handle.stop();
+        }
+    }
+}
+
+struct Helper(Option<tokio::runtime::Runtime>);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The engine `proxy.io-engine` asks for, if this kernel lets the process use it: io_uring is
@@ -72,45 +107,34 @@ impl Workers {
     /// `start` with plain-TCP sessions carried by `engine`; the caller has checked that the
     /// kernel allows it (a worker that still cannot build its ring logs why and uses epoll).
     pub fn start_with(count: usize, engine: IoEngine) -> io::Result<Workers> {
-        let mut workers = Vec::with_capacity(count.max(1));
         let timers = TimerThread::start()?;
+        let mut helper = None;
+        let foreign = match Handle::try_current() {
+            Ok(h) => h,
+            Err(_) => {
+                let rt = Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("tiproxy-worker-io")
+                    .enable_all()
+                    .build()?;
+                let h = rt.handle().clone();
+                helper = Some(Helper(Some(rt)));
+                h
+            }
+        };
+        let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
-            // No signal or process driver: tokio is built without them (Cargo.toml), as every
-            // park of a runtime that has them tries a process-wide lock to reap child processes.
-            // No timer driver either: it would process its wheel at every park (twice a query);
-            // the workers' rare timers run on one shared timer thread (`crate::timer`).
-            let rt = Builder::new_current_thread()
-                .enable_io()
-                .on_thread_park(crate::metrics::batch::flush)
-                .build()?;
-            let timer_use = timers.use_for_thread();
-            let handle = rt.handle().clone();
-            let (stop, stopped) = oneshot::channel::<()>();
-            std::thread::Builder::new()
-                .name(format!("tiproxy-worker-{i}"))
-                .spawn(move || {
-                    crate::metrics::batch::batch_on_this_thread();
-                    let _timers = timer_use.enter();
-                    rt.block_on(async {
-                        drop(tokio::spawn(spare::release_while_unused(SPARE_IDLE)));
-                        if engine == IoEngine::IoUring {
-                            match uring::start_on_this_thread() {
-                                Ok(drive) => drop(tokio::spawn(drive)),
-                                Err(e) => tracing::warn!(worker = i, error = %e, "io_uring ring not created: this worker's sessions use epoll"),
-                            }
-                        }
-                        let _ = stopped.await;
-                    });
-                    // Its tasks may hold timers: dropped while the timer thread still runs.
-                    drop(rt);
-                })?;
-            workers.push(Worker {
-                handle,
-                load: Arc::new(AtomicUsize::new(0)),
-                _stop: stop,
-            });
+            let worker = match engine {
+                IoEngine::Epoll => own_worker(i, &timers, foreign.clone())?,
+                IoEngine::Tokio | IoEngine::IoUring => tokio_worker(i, &timers, engine)?,
+            };
+            workers.push(worker);
         }
-        Ok(Workers { workers, engine })
+        Ok(Workers {
+            workers,
+            engine,
+            _helper: helper,
+        })
     }
 
     /// One worker per CPU the process may run on.
@@ -155,11 +179,86 @@ impl Workers {
         // Boxed: an async block that awaits a future it captured holds it twice (once as the
         // capture, once as the awaited value), which would double every session's memory.
         let task = Box::pin(task);
-        worker.handle.spawn(async move {
+        let task = async move {
             let _guard = guard;
             task.await;
-        });
+        };
+        match &worker.spawner {
+            Spawner::Tokio(handle) => drop(handle.spawn(task)),
+            Spawner::Own(handle) => handle.spawn(task),
+        }
     }
+}
+
+/// A worker running its own loop (the `epoll` engine). Rare tokio I/O of its sessions (a
+/// backend dialled by name, a spawned clean-up) goes to `foreign`'s reactor.
+fn own_worker(i: usize, timers: &TimerThread, foreign: Handle) -> io::Result<Worker> {
+    let timer_use = timers.use_for_thread();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("tiproxy-worker-{i}"))
+        .spawn(move || {
+            crate::metrics::batch::batch_on_this_thread();
+            let _timers = timer_use.enter();
+            let _tokio = foreign.enter();
+            let (handle, runner) = match worker_loop::install() {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            handle.spawn(spare::release_while_unused(SPARE_IDLE));
+            let _ = tx.send(Ok(handle));
+            // Its tasks may hold timers: they are dropped before `_timers`.
+            runner.run(crate::metrics::batch::flush);
+        })?;
+    let handle = rx
+        .recv()
+        .map_err(|_| io::Error::other("a session worker ended while starting"))??;
+    Ok(Worker {
+        spawner: Spawner::Own(handle.clone()),
+        load: Arc::new(AtomicUsize::new(0)),
+        _stop: Stop::Own(handle),
+    })
+}
+
+/// A worker on a current-thread tokio runtime (the `tokio` and `io-uring` engines).
+fn tokio_worker(i: usize, timers: &TimerThread, engine: IoEngine) -> io::Result<Worker> {
+    // No signal or process driver: tokio is built without them (Cargo.toml), as every
+    // park of a runtime that has them tries a process-wide lock to reap child processes.
+    // No timer driver either: it would process its wheel at every park (twice a query);
+    // the workers' rare timers run on one shared timer thread (`crate::timer`).
+    let rt = Builder::new_current_thread()
+        .enable_io()
+        .on_thread_park(crate::metrics::batch::flush)
+        .build()?;
+    let timer_use = timers.use_for_thread();
+    let handle = rt.handle().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("tiproxy-worker-{i}"))
+        .spawn(move || {
+            crate::metrics::batch::batch_on_this_thread();
+            let _timers = timer_use.enter();
+            rt.block_on(async {
+                drop(tokio::spawn(spare::release_while_unused(SPARE_IDLE)));
+                if engine == IoEngine::IoUring {
+                    match uring::start_on_this_thread() {
+                        Ok(drive) => drop(tokio::spawn(drive)),
+                        Err(e) => tracing::warn!(worker = i, error = %e, "io_uring ring not created: this worker's sessions use epoll"),
+                    }
+                }
+                let _ = stopped.await;
+            });
+            // Its tasks may hold timers: dropped while the timer thread still runs.
+            drop(rt);
+        })?;
+    Ok(Worker {
+        spawner: Spawner::Tokio(handle),
+        load: Arc::new(AtomicUsize::new(0)),
+        _stop: Stop::Tokio(stop),
+    })
 }
 
 #[cfg(test)]

@@ -18,9 +18,12 @@ use std::io;
 /// Which I/O engine carries plain-TCP sessions on the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoEngine {
-    /// tokio's readiness-based reactor: a read or write syscall per hop.
+    /// The workers' own loop over their own epoll sets: a read or write syscall per hop.
     #[default]
     Epoll,
+    /// A current-thread tokio runtime per worker, readiness from tokio's reactor (the engine
+    /// before the workers had their own loop).
+    Tokio,
     /// Sends and receives submitted in batches through a per-worker io_uring.
     IoUring,
 }
@@ -29,6 +32,7 @@ impl IoEngine {
     pub fn parse(s: &str) -> Option<IoEngine> {
         match s {
             "" | "epoll" => Some(IoEngine::Epoll),
+            "tokio" => Some(IoEngine::Tokio),
             "io-uring" | "io_uring" | "iouring" => Some(IoEngine::IoUring),
             _ => None,
         }
@@ -37,6 +41,7 @@ impl IoEngine {
     pub fn name(self) -> &'static str {
         match self {
             IoEngine::Epoll => "epoll",
+            IoEngine::Tokio => "tokio",
             IoEngine::IoUring => "io-uring",
         }
     }

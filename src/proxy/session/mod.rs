@@ -28,12 +28,11 @@ use crate::metrics::Disconnect;
 use crate::protocol::conn::HEADER_LEN;
 use crate::protocol::constants::cap;
 use crate::protocol::handshake::HandshakeResponse;
-use crate::protocol::{PacketConn, Stream};
+use crate::protocol::{PacketConn, Stream, Tcp};
 use crate::timer::timeout;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 pub(crate) enum Flow {
@@ -126,7 +125,7 @@ pub enum ClientSocket {
     /// when the session starts there.
     Handed(std::net::TcpStream),
     /// Already on this worker's reactor (its PROXY header was read there).
-    Adopted(Box<TcpStream>),
+    Adopted(Box<Tcp>),
 }
 
 /// A plain function returning an `async move` block, not an `async fn`: an `async fn` moves
@@ -218,7 +217,7 @@ fn start_session(
 )> {
     let tcp = match socket {
         ClientSocket::Adopted(tcp) => *tcp,
-        ClientSocket::Handed(socket) => match TcpStream::from_std(socket) {
+        ClientSocket::Handed(socket) => match Tcp::from_std(socket) {
             Ok(tcp) => tcp,
             Err(e) => {
                 warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it");
@@ -356,7 +355,7 @@ pub(crate) async fn tell(client: &mut PacketConn, seq: u8, err: ClientError) -> 
 }
 
 /// Sends an error in place of the greeting: max-connections and shutdown rejections.
-pub async fn reject(mut tcp: TcpStream, err: ClientError) {
+pub async fn reject<S: tokio::io::AsyncWrite + Unpin>(mut tcp: S, err: ClientError) {
     use tokio::io::AsyncWriteExt;
     let payload = err.to_packet().encode();
     let mut pkt = Vec::with_capacity(payload.len() + HEADER_LEN);
