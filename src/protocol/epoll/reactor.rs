@@ -216,9 +216,10 @@ impl Reactor {
         self.has_closed.store(true, Ordering::Release);
     }
 
-    /// Ends a wait of the worker from another thread (a no-op when it is not waiting).
+    /// Ends a wait of the worker from another thread (a no-op when it is not waiting). Only
+    /// the first of several notifiers during one wait writes the eventfd.
     pub fn notify(&self) {
-        if self.sleeping.load(Ordering::SeqCst) {
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from `one` to the eventfd; a full counter (EAGAIN) still
             // leaves it readable, which is all a wake needs.
