@@ -43,6 +43,15 @@ impl Tcp {
         Tcp::from_std(tcp.into_std()?)
     }
 
+    /// Connects to `addr` (a name to look up, or an address): from this thread's own reactor
+    /// when it runs one and `addr` needs no lookup, through tokio otherwise.
+    pub async fn connect(addr: &str) -> io::Result<Tcp> {
+        if let (Some(reactor), Ok(sa)) = (Reactor::current(), addr.parse::<SocketAddr>()) {
+            return EpollTcp::connect(sa, reactor).await.map(Tcp::Epoll);
+        }
+        Tcp::here(tokio::net::TcpStream::connect(addr).await?)
+    }
+
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Tcp::Tokio(t) => t.set_nodelay(on),

@@ -16,7 +16,6 @@ use crate::protocol::response::{ok_status, ErrPacket};
 use crate::protocol::{PacketConn, Stream, Tcp};
 use std::io;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -121,11 +120,9 @@ pub async fn greet(
     backend: &Arc<Backend>,
     buf_size: usize,
 ) -> Result<(PacketConn, Greeting), DialError> {
-    let tcp = TcpStream::connect(&backend.addr)
+    let mut tcp = Tcp::connect(&backend.addr)
         .await
         .map_err(DialError::Connect)?;
-    // Dialled through tokio (name lookup, several addresses), then polled by this worker.
-    let mut tcp = Tcp::here(tcp).map_err(DialError::Connect)?;
     let _ = tcp.set_nodelay(true);
     if let Ok((source, destination)) = CLIENT_ORIGIN.try_with(|o| *o) {
         use tokio::io::AsyncWriteExt;

@@ -182,8 +182,14 @@ impl Reactor {
     /// a first send that finds it full costs one `EAGAIN`, a first wait for the
     /// connection's first bytes costs nothing.
     pub(super) fn register(&self, fd: RawFd) -> io::Result<Arc<IoSlot>> {
+        self.register_as(fd, WRITE)
+    }
+
+    /// `register` with the readiness the socket starts with: none for a connect in progress,
+    /// which is writable once it is done.
+    pub(super) fn register_as(&self, fd: RawFd, ready: usize) -> io::Result<Arc<IoSlot>> {
         let slot = Arc::new(IoSlot {
-            ready: AtomicUsize::new(WRITE),
+            ready: AtomicUsize::new(ready),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
         });

@@ -70,6 +70,37 @@ impl EpollTcp {
         Ok(EpollTcp { slot, reactor, tcp })
     }
 
+    /// Connects to `addr` from this thread's reactor, without leaving it: the socket is made
+    /// nonblocking, the connect completes when it turns writable.
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        reactor: Arc<Reactor>,
+    ) -> io::Result<EpollTcp> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            Some(socket2::Protocol::TCP),
+        )?;
+        let pending = match socket.connect(&addr.into()) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+            Err(e) => return Err(e),
+        };
+        let tcp: std::net::TcpStream = socket.into();
+        let slot = reactor.register_as(tcp.as_raw_fd(), if pending { 0 } else { WRITE })?;
+        let conn = EpollTcp { slot, reactor, tcp };
+        if pending {
+            std::future::poll_fn(|cx| conn.poll_write_ready(cx)).await?;
+            if let Some(e) = conn.tcp.take_error()? {
+                return Err(e);
+            }
+            // Readable-and-writable with no error can still be a refused connect on some
+            // kernels; asking for the peer settles it.
+            conn.tcp.peer_addr()?;
+        }
+        Ok(conn)
+    }
+
     pub fn get_ref(&self) -> &std::net::TcpStream {
         &self.tcp
     }

@@ -135,3 +135,37 @@ fn sockets_on_the_loop_carry_bytes_both_ways_and_see_the_peer_close() {
     handle.stop();
     thread.join().unwrap();
 }
+
+#[test]
+fn a_connect_from_the_loop_reaches_a_listener_and_reports_a_refusal() {
+    let (handle, thread) = start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().to_string();
+    // A port nothing listens on: bound, then closed.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let (tx, rx) = mpsc::channel();
+    handle.spawn(async move {
+        let reached = match Tcp::connect(&open).await {
+            Ok(mut tcp) => {
+                let on_loop = matches!(tcp, Tcp::Epoll(_));
+                tcp.write_all(b"ping").await.map(|_| on_loop)
+            }
+            Err(e) => Err(e),
+        };
+        let refused = Tcp::connect(&closed).await.err().map(|e| e.kind());
+        tx.send((reached.map_err(|e| e.to_string()), refused))
+            .unwrap();
+    });
+    let (reached, refused) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(reached, Ok(true), "connected from the loop's own reactor");
+    let (mut peer, _) = listener.accept().unwrap();
+    let mut got = [0u8; 4];
+    std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    assert_eq!(refused, Some(io::ErrorKind::ConnectionRefused));
+    handle.stop();
+    thread.join().unwrap();
+}
