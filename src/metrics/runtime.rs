@@ -45,7 +45,8 @@ mod tests {
     fn figures_are_read_and_grow_with_allocation() {
         assert!(super::threads().is_some_and(|n| n >= 1));
         if let Some(before) = super::heap_in_use() {
-            let held = vec![7u8; 8 << 20];
+            // black_box: an optimised build would otherwise drop the unused allocation.
+            let held = std::hint::black_box(vec![7u8; 8 << 20]);
             let after = super::heap_in_use().expect("heap figure");
             assert!(
                 after >= before + (8 << 20) - (1 << 20),

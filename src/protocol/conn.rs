@@ -240,6 +240,34 @@ impl PacketConn {
         }
     }
 
+    /// `fill` without a future when bytes are there: on plain TCP that may be read now, one
+    /// receive. `None` when a read would have to wait (or the stream is not plain TCP); `fill`
+    /// or `fill_more` is then the way.
+    #[inline]
+    pub fn fill_now(&mut self) -> Option<io::Result<usize>> {
+        match (&self.compress, &self.stream) {
+            (None, Stream::Plain(tcp)) if tcp.may_read() => {}
+            _ => return None,
+        }
+        self.make_room();
+        let Stream::Plain(tcp) = &self.stream else {
+            unreachable!("checked above");
+        };
+        match tcp.recv_into(&mut self.rbuf) {
+            Ok(got) => {
+                self.read_bytes += got as u64;
+                Some(Ok(got))
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// `fill` for the rest of something the peer began (a packet, an upload): within the stall
     /// limit, if one is set, or a `TimedOut` error. A silent peer then costs a session, not a
     /// session held forever with a half-sent command.
@@ -342,6 +370,19 @@ impl PacketConn {
         let next = self.queue_packet(seq, payload);
         self.flush().await?;
         Ok(next)
+    }
+
+    /// The part of `write_raw` that needs no waiting: on plain TCP, the bytes of `data` the
+    /// socket takes now (all of them, nearly always); 0 on other streams. The relay forwards
+    /// each read this way and builds a write future only for what is left.
+    #[inline]
+    pub fn write_raw_now(&mut self, data: &[u8]) -> io::Result<usize> {
+        let (None, Stream::Plain(tcp)) = (&self.compress, &self.stream) else {
+            return Ok(0);
+        };
+        let sent = tcp.send_now(data)?;
+        self.written_bytes += sent as u64;
+        Ok(sent)
     }
 
     /// Writes bytes that already form packets (relayed from the other side) in one go.

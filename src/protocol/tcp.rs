@@ -85,6 +85,16 @@ impl Tcp {
     /// the count (0 = the peer closed), or `WouldBlock` when nothing was there after all. A
     /// receive that does not fill the room clears the readiness, as tokio's own reads do, so
     /// a read rarely ends in `EAGAIN`.
+    /// False when a read would surely find nothing: on the worker's reactor, the readiness
+    /// says the socket is drained. Tokio's sockets check their own readiness in `recv_into`.
+    #[inline]
+    pub fn may_read(&self) -> bool {
+        match self {
+            Tcp::Epoll(t) => t.read_ready(),
+            Tcp::Tokio(_) => true,
+        }
+    }
+
     #[inline]
     pub fn recv_into(&self, rbuf: &mut BytesMut) -> io::Result<usize> {
         let got = match self {
@@ -117,25 +127,40 @@ impl Tcp {
     /// Writes all of `data`: straight to the socket while it takes bytes (no write future),
     /// waiting for writability only when it is full.
     pub async fn send_all(&self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
+        loop {
+            data = &data[self.send_now(data)?..];
+            if data.is_empty() {
+                return Ok(());
+            }
+            match self {
+                Tcp::Epoll(t) => std::future::poll_fn(|cx| t.poll_write_ready(cx)).await?,
+                Tcp::Tokio(t) => t.writable().await?,
+            }
+        }
+    }
+
+    /// Sends as much of `data` as the socket takes now, without waiting: the bytes sent, fewer
+    /// than `data.len()` only when the socket's buffer is full.
+    #[inline]
+    pub fn send_now(&self, data: &[u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < data.len() {
+            let rest = &data[done..];
             let sent = match self {
-                Tcp::Epoll(t) => t.send(data),
+                Tcp::Epoll(t) => t.send(rest),
                 Tcp::Tokio(t) => t.try_io(tokio::io::Interest::WRITABLE, || {
-                    sys_send(t.as_raw_fd(), data)
+                    sys_send(t.as_raw_fd(), rest)
                 }),
             };
             match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self {
-                    Tcp::Epoll(t) => std::future::poll_fn(|cx| t.poll_write_ready(cx)).await?,
-                    Tcp::Tokio(t) => t.writable().await?,
-                },
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(done)
     }
 }
 

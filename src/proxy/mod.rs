@@ -17,6 +17,7 @@ pub mod rebalance;
 pub mod registry;
 pub mod relay;
 pub mod response;
+pub mod row_walk;
 pub mod server;
 pub mod session;
 pub mod tls;

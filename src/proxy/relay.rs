@@ -5,6 +5,7 @@
 
 use crate::protocol::conn::{parse_header, PacketConn, HEADER_LEN};
 use crate::protocol::constants::MAX_PAYLOAD;
+use crate::proxy::row_walk::skip_rows;
 use std::io;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,45 +40,6 @@ pub trait Observer {
     }
 }
 
-/// Skips the whole row packets at the start of `buf` (all but 0xFE/0xFF-led, empty or 16 MiB
-/// ones, which the observer must see), checking and advancing `seq`. Returns the bytes skipped.
-/// A row is skipped only when the start of the next packet is in `buf` too: the last one before
-/// the buffer's end goes the ordinary way, which costs a row per read and spares every row a
-/// second bounds check. Large results are thousands of short rows, and this loop is all the
-/// work each one costs.
-fn skip_rows(buf: &[u8], seq: &mut u8) -> usize {
-    // A header read as one little-endian word holds the length in its low 24 bits and the
-    // sequence id in its top byte. Adding `key`, the complement of the due id's word, gives the
-    // length less one when the id is right and wraps to 2^24 or more when it is not; so a single
-    // comparison checks the id and rules out empty and 16 MiB packets, with no masking.
-    let mut key = !(u32::from(*seq) << 24);
-    // The last offset a packet may start at and still have its header and first byte in `buf`.
-    let Some(last) = buf.len().checked_sub(HEADER_LEN + 1) else {
-        return 0;
-    };
-    let mut at = 0;
-    loop {
-        // SAFETY: `at <= last` (checked before the loop and before each step), so the five
-        // bytes at `at` are in `buf`. Unchecked reads keep the loop at a dozen instructions.
-        let (word, first) = unsafe {
-            let p = buf.as_ptr().add(at);
-            (p.cast::<u32>().read_unaligned(), *p.add(HEADER_LEN))
-        };
-        let len_less_one = u32::from_le(word).wrapping_add(key);
-        if len_less_one >= MAX_PAYLOAD as u32 - 1 || first >= 0xFE {
-            break;
-        }
-        let next = at + HEADER_LEN + 1 + len_less_one as usize;
-        if next > last {
-            break;
-        }
-        at = next;
-        key = key.wrapping_sub(1 << 24);
-    }
-    *seq = (!key >> 24) as u8;
-    at
-}
-
 #[derive(Debug)]
 pub enum RelayError {
     /// Reading the source failed or it closed.
@@ -103,6 +65,33 @@ pub enum ProtocolError {
     ColumnCount(Vec<u8>),
 }
 
+/// Forwards the scanned bytes as far as the destination takes them at once; true when all went.
+#[inline]
+fn forward_now(
+    src: &mut PacketConn,
+    dst: &mut PacketConn,
+    scan: &mut usize,
+) -> Result<bool, RelayError> {
+    if *scan > 0 {
+        let sent = dst
+            .write_raw_now(&src.buffered()[..*scan])
+            .map_err(RelayError::Dest)?;
+        src.consume(sent);
+        *scan -= sent;
+    }
+    Ok(*scan == 0)
+}
+
+/// Forwards the scanned bytes, waiting for the destination if it is full. The common case
+/// (everything taken at once) costs no future.
+macro_rules! forward {
+    ($src:expr, $dst:expr, $scan:expr) => {
+        if !forward_now($src, $dst, $scan)? {
+            forward_scanned($src, $dst, $scan).await?;
+        }
+    };
+}
+
 async fn forward_scanned(
     src: &mut PacketConn,
     dst: &mut PacketConn,
@@ -118,8 +107,8 @@ async fn forward_scanned(
     Ok(())
 }
 
-async fn read_more(src: &mut PacketConn) -> Result<(), RelayError> {
-    match src.fill_more().await {
+fn read_result(got: io::Result<usize>) -> Result<(), RelayError> {
+    match got {
         Ok(0) => Err(RelayError::Source(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "connection closed",
@@ -127,6 +116,31 @@ async fn read_more(src: &mut PacketConn) -> Result<(), RelayError> {
         Ok(_) => Ok(()),
         Err(e) => Err(RelayError::Source(e)),
     }
+}
+
+async fn read_more(src: &mut PacketConn) -> Result<(), RelayError> {
+    read_result(src.fill_more().await)
+}
+
+/// Reads one relay may take without giving its worker back: while both sockets keep up, a
+/// large result could otherwise hold the thread, and every session on it, until its end.
+/// 32 reads are at most 1 MiB with the default buffer.
+const READS_PER_TURN: u32 = 32;
+
+/// Reads more into the source's buffer: at once when bytes are there, else by waiting; and
+/// every `READS_PER_TURN` reads, lets the worker's other sessions run first.
+macro_rules! read {
+    ($src:expr, $reads_left:expr) => {
+        if $reads_left == 0 {
+            $reads_left = READS_PER_TURN;
+            tokio::task::yield_now().await;
+        }
+        $reads_left -= 1;
+        match $src.fill_now() {
+            Some(got) => read_result(got)?,
+            None => read_more($src).await?,
+        }
+    };
 }
 
 /// Forwards packets from `src` to `dst` until the observer says `Done` and that logical
@@ -152,6 +166,7 @@ pub async fn relay(
     let mut skip = 0usize;
     let mut continuing = false;
     let mut done = false;
+    let mut reads_left = READS_PER_TURN;
     loop {
         if skip > 0 {
             let avail = src.buffered().len() - scan;
@@ -159,8 +174,8 @@ pub async fn relay(
             scan += take;
             skip -= take;
             if skip > 0 {
-                forward_scanned(src, dst, &mut scan).await?;
-                read_more(src).await?;
+                forward!(src, dst, &mut scan);
+                read!(src, reads_left);
                 continue;
             }
         } else {
@@ -168,14 +183,16 @@ pub async fn relay(
             let have = buf.len() - scan;
             if have < HEADER_LEN {
                 if done && !continuing {
-                    return forward_scanned(src, dst, &mut scan).await;
+                    forward!(src, dst, &mut scan);
+                    return Ok(());
                 }
-                forward_scanned(src, dst, &mut scan).await?;
-                read_more(src).await?;
+                forward!(src, dst, &mut scan);
+                read!(src, reads_left);
                 continue;
             }
             if done && !continuing {
-                return forward_scanned(src, dst, &mut scan).await;
+                forward!(src, dst, &mut scan);
+                return Ok(());
             }
             if !continuing && !src_comp && !dst_comp && obs.in_rows() {
                 let skipped = skip_rows(&buf[scan..], seq);
@@ -195,8 +212,8 @@ pub async fn relay(
             if !continuing {
                 let verdict = if len <= whole_limit {
                     if body < len {
-                        forward_scanned(src, dst, &mut scan).await?;
-                        read_more(src).await?;
+                        forward!(src, dst, &mut scan);
+                        read!(src, reads_left);
                         continue;
                     }
                     let p = &buf[scan + HEADER_LEN..scan + HEADER_LEN + len];
@@ -205,8 +222,8 @@ pub async fn relay(
                     verdict
                 } else {
                     if body == 0 {
-                        forward_scanned(src, dst, &mut scan).await?;
-                        read_more(src).await?;
+                        forward!(src, dst, &mut scan);
+                        read!(src, reads_left);
                         continue;
                     }
                     let p = &buf[scan + HEADER_LEN..scan + HEADER_LEN + body.min(len)];
@@ -220,7 +237,7 @@ pub async fn relay(
             if dst_comp && have < HEADER_LEN + len {
                 // Larger than the buffer, so it passes in pieces: one stored frame, announced
                 // before the first piece, keeps the packet in one frame as a server sends it.
-                forward_scanned(src, dst, &mut scan).await?;
+                forward!(src, dst, &mut scan);
                 dst.start_stored_frame(HEADER_LEN + len);
             }
             if src_comp || dst_comp {
@@ -234,7 +251,7 @@ pub async fn relay(
             if have >= total {
                 scan += total;
                 if std::mem::take(&mut flush_after) {
-                    forward_scanned(src, dst, &mut scan).await?;
+                    forward!(src, dst, &mut scan);
                     out_seq = dst.next_frame_seq().unwrap_or(0);
                 }
             } else {
@@ -244,7 +261,8 @@ pub async fn relay(
             }
         }
         if done && !continuing && skip == 0 {
-            return forward_scanned(src, dst, &mut scan).await;
+            forward!(src, dst, &mut scan);
+            return Ok(());
         }
     }
 }
@@ -268,156 +286,5 @@ impl Observer for UntilEmpty {
         } else {
             Verdict::More
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
-        let mut p = Vec::new();
-        crate::protocol::conn::put_header(&mut p, payload.len(), seq);
-        p.extend_from_slice(payload);
-        p
-    }
-
-    /// What `skip_rows` must do, written the plain way: no word tricks, no unchecked reads.
-    fn skip_rows_plainly(buf: &[u8], mut seq: u8) -> (usize, u8) {
-        let mut at = 0;
-        while at + HEADER_LEN < buf.len() {
-            let (len, got) = parse_header(&buf[at..]);
-            let next = at + HEADER_LEN + len;
-            if got != seq || len == 0 || len >= MAX_PAYLOAD || buf[at + HEADER_LEN] >= 0xFE {
-                break;
-            }
-            if next + HEADER_LEN + 1 > buf.len() {
-                break;
-            }
-            at = next;
-            seq = seq.wrapping_add(1);
-        }
-        (at, seq)
-    }
-
-    #[test]
-    fn skip_rows_agrees_with_the_plain_walk_on_random_streams() {
-        // A fixed xorshift sequence: the same 20,000 streams on every run.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20_000 {
-            let start = next() as u8;
-            let mut seq = start;
-            let mut buf = Vec::new();
-            for _ in 0..next() % 12 {
-                let r = next();
-                let len = match r % 16 {
-                    0 => 0,
-                    1 => MAX_PAYLOAD,
-                    _ => (r >> 8) as usize % 40 + 1,
-                };
-                let id = if r % 29 == 0 {
-                    seq.wrapping_add(1)
-                } else {
-                    seq
-                };
-                buf.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8, id]);
-                let first = match (r >> 16) % 13 {
-                    0 => 0xfe,
-                    1 => 0xff,
-                    2 => 0xfd,
-                    _ => (r >> 24) as u8 % 0xfb,
-                };
-                buf.push(first);
-                buf.extend((1..len.min(40)).map(|i| (r >> (i % 48)) as u8));
-                seq = seq.wrapping_add(1);
-            }
-            let cut = if buf.is_empty() {
-                0
-            } else {
-                next() as usize % (buf.len() + 1)
-            };
-            let stream = &buf[..cut.max(buf.len() * (next() % 2) as usize)];
-            let mut got_seq = start;
-            let skipped = skip_rows(stream, &mut got_seq);
-            assert_eq!(
-                (skipped, got_seq),
-                skip_rows_plainly(stream, start),
-                "stream {stream:02x?} from sequence id {start}"
-            );
-        }
-    }
-
-    #[test]
-    fn skip_rows_stops_at_what_the_observer_must_see() {
-        let rows: Vec<u8> = [
-            packet(5, b"\x01a"),
-            packet(6, b"\xfb"),
-            packet(7, b"\x00\x00"),
-        ]
-        .concat();
-        for (stop, why) in [
-            (packet(8, &[0xfe, 0, 0, 2, 0]), "EOF"),
-            (packet(8, &[0xff, 0x15, 0x04]), "ERR"),
-            (packet(8, b""), "empty packet"),
-            (packet(9, b"\x01b"), "sequence gap"),
-            (packet(8, b"\x05abc"), "row cut by the buffer end"),
-        ] {
-            let mut buf = rows.clone();
-            buf.extend_from_slice(&stop);
-            if why == "row cut by the buffer end" {
-                buf.truncate(buf.len() - 1);
-            } else {
-                buf.extend_from_slice(&packet(9, b"\x01z"));
-            }
-            let mut seq = 5;
-            assert_eq!(skip_rows(&buf, &mut seq), rows.len(), "{why}");
-            assert_eq!(seq, 8, "{why}");
-        }
-        let mut seq = 4;
-        assert_eq!(
-            skip_rows(&rows, &mut seq),
-            0,
-            "a wrong first sequence id skips nothing"
-        );
-        assert_eq!(seq, 4);
-        let mut seq = 6;
-        assert_eq!(
-            skip_rows(&rows, &mut seq),
-            0,
-            "a first sequence id behind the due one skips nothing"
-        );
-        assert_eq!(seq, 6);
-        let wrapping: Vec<u8> = [
-            packet(254, b"\x01a"),
-            packet(255, b"\x01b"),
-            packet(0, b"\x01c"),
-        ]
-        .concat();
-        let mut seq = 254;
-        assert_eq!(
-            skip_rows(&wrapping, &mut seq),
-            wrapping.len() - 6,
-            "sequence ids wrap from 255 to 0"
-        );
-        assert_eq!(seq, 0);
-        let mut seq = 5;
-        assert_eq!(
-            skip_rows(&rows, &mut seq),
-            rows.len() - 6,
-            "the last row before the buffer's end is left to the ordinary path"
-        );
-        assert_eq!(seq, 7);
-        let mut seq = 5;
-        assert_eq!(
-            skip_rows(&rows[..4], &mut seq),
-            0,
-            "a bare header is not a row yet"
-        );
     }
 }

@@ -60,6 +60,12 @@ impl IoSlot {
         }
     }
 
+    /// True when `dir`, or its sticky closed bit, is set: an attempt may succeed.
+    #[inline]
+    pub(super) fn is_ready(&self, dir: usize) -> bool {
+        self.ready.load(Ordering::Acquire) & (dir | dir << 2) != 0
+    }
+
     #[inline]
     pub(super) fn snapshot(&self) -> usize {
         self.ready.load(Ordering::Acquire)

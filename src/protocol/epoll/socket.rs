@@ -110,6 +110,12 @@ impl EpollTcp {
         self.slot.poll_ready(READ, cx).map(|_| Ok(()))
     }
 
+    /// True unless the last read found the socket drained and nothing was reported since.
+    #[inline]
+    pub fn read_ready(&self) -> bool {
+        self.slot.is_ready(READ)
+    }
+
     #[inline]
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.slot.poll_ready(WRITE, cx).map(|_| Ok(()))
