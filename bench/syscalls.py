@@ -26,10 +26,14 @@ STRACE_SECONDS = int(os.environ.get("BENCH_STRACE_SECONDS", "4"))
 TIPROXY = os.environ.get("TIPROXY_BIN", os.path.join(ROOT, "target", "release", "tiproxy"))
 SB_COMMON = ["--db-driver=mysql", f"--mysql-host={HOST}", "--mysql-user=app", "--mysql-password=secret",
              "--mysql-db=test", "--tables=1", "--table-size=100000", "--db-ps-mode=auto"]
-WORKLOADS = {
+ALL_WORKLOADS = {
     "point_select": ["oltp_point_select", "--threads=16"],
     "read_only": ["oltp_read_only", "--threads=16"],
+    # make bench's large results: up to 10,000 rows a select.
+    "large_ranges": ["oltp_read_only", "--threads=4", "--range_size=10000", "--point_selects=0"],
 }
+# SYSCALLS_WORKLOADS picks some (comma-separated); the default is the two short-query ones.
+WORKLOADS = {w: ALL_WORKLOADS[w] for w in os.environ.get("SYSCALLS_WORKLOADS", "point_select,read_only").split(",")}
 
 
 def log(*a):
