@@ -4,7 +4,8 @@
 # backends, with sysbench at 16 threads. Rounds alternate between the four within one run; ratios
 # within the run are what to compare.
 # Counters: CPU = utime+stime of /proc/PID/stat; context switches = voluntary + nonvoluntary summed
-# over /proc/PID/task/*/status; system calls = `strace -c -f` attached for one short extra run per
+# over /proc/PID/task/*/status, and each kind apart (voluntary: the proxy slept and was woken;
+# involuntary: another process took its CPU); system calls = `strace -c -f` attached for one short extra run per
 # target (strace slows the target, so only the per-query count is taken from that run).
 import os
 import re
@@ -71,15 +72,19 @@ class Target:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def ctxt(self):
-        total = 0
+        """(voluntary, involuntary) context switches over all threads: the first are the
+        proxy's own sleeps, each ended by a wake-up; the second are other processes (the
+        clients, the servers) taking its CPU."""
+        vol = invol = 0
         for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
             try:
                 with open(f"/proc/{self.proc.pid}/task/{tid}/status") as f:
                     s = f.read()
             except OSError:
                 continue
-            total += sum(int(x) for x in re.findall(r"ctxt_switches:\s+(\d+)", s))
-        return total
+            vol += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", s, re.M).group(1))
+            invol += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", s, re.M).group(1))
+        return vol, invol
 
     def stop(self):
         if self.proc:
@@ -180,9 +185,13 @@ def main():
                 for t in order:
                     c0, x0 = t.cpu(), t.ctxt()
                     q, qps = sysbench(t.port, args, SECONDS)
-                    m = {"qps": qps, "cpu_us": (t.cpu() - c0) / q * 1e6, "ctxt": (t.ctxt() - x0) / q}
+                    x1 = t.ctxt()
+                    m = {"qps": qps, "cpu_us": (t.cpu() - c0) / q * 1e6,
+                         "ctxt": (x1[0] + x1[1] - x0[0] - x0[1]) / q,
+                         "wakeups": (x1[0] - x0[0]) / q, "preempted": (x1[1] - x0[1]) / q}
                     res.setdefault((wl, t.name), []).append(m)
-                    log(f"{wl} round {r} {t.name}: qps {qps:.0f} cpu/q {m['cpu_us']:.2f} us ctxt/q {m['ctxt']:.3f}")
+                    log(f"{wl} round {r} {t.name}: qps {qps:.0f} cpu/q {m['cpu_us']:.2f} us ctxt/q {m['ctxt']:.3f} "
+                        f"(wake-ups {m['wakeups']:.3f}, preempted {m['preempted']:.3f})")
             for t in targets:
                 per_q, top = strace_run(t, args)
                 res[(wl, t.name, "sys")] = (per_q, top)
@@ -206,13 +215,15 @@ def print_table(res, targets):
     print("| workload | measure | " + " | ".join(names) + " | " + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |")
     print("|---|---|" + "---:|" * (len(names) + len(RATIOS)))
     for wl in WORKLOADS:
-        med = {n: {k: statistics.median(m[k] for m in res[(wl, n)]) for k in ("qps", "cpu_us", "ctxt")}
-               for n in names}
+        kinds = ("qps", "cpu_us", "ctxt", "wakeups", "preempted")
+        med = {n: {k: statistics.median(m[k] for m in res[(wl, n)]) for k in kinds} for n in names}
         # Ratios per round (same position in the alternation), then their median.
         def ratio(k, a, b):
-            return statistics.median(x[k] / y[k] for x, y in zip(res[(wl, a)], res[(wl, b)]))
+            return statistics.median(x[k] / y[k] if y[k] else float("nan") for x, y in zip(res[(wl, a)], res[(wl, b)]))
         for k, label, fmt in (("qps", "QPS", ".0f"), ("cpu_us", "CPU us/query", ".2f"),
-                              ("ctxt", "context switches/query", ".3f")):
+                              ("ctxt", "context switches/query", ".3f"),
+                              ("wakeups", "of which voluntary (wake-ups)", ".3f"),
+                              ("preempted", "of which involuntary (preempted)", ".3f")):
             print(f"| {wl} | {label} | " + " | ".join(format(med[n][k], fmt) for n in names) + " | " +
                   " | ".join(f"{ratio(k, a, b):.2f}" for a, b in RATIOS) + " |")
         sys_q = {n: res[(wl, n, "sys")][0] for n in names}
