@@ -145,10 +145,9 @@ impl App {
             "session workers started"
         );
         for listener in listeners {
-            track(
-                &tasks,
-                server::start(listener, ctx.clone(), workers.clone()),
-            );
+            let accepting = server::start(listener, ctx.clone(), workers.clone())
+                .context("cannot accept SQL connections on the session workers")?;
+            track(&tasks, accepting);
         }
         track(
             &tasks,

@@ -1,12 +1,13 @@
 //! The SQL listener: accepts clients, enforces max-connections and max-handshakes-per-source
 //! with a 1040 error, answers "shutting down" once draining, takes PROXY headers only from
-//! trusted networks, and hands each admitted client to a session worker.
+//! trusted networks, and starts each admitted client's session on a session worker.
 
 use super::context::{ActiveGuard, ProxyContext};
 use super::error::ClientError;
 use super::query_log::{Admit, RateLimiter};
 use super::session;
 use super::workers::Workers;
+use crate::protocol::epoll::{EpollListener, Reactor};
 use crate::protocol::{proxy_protocol, Tcp};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,69 +17,182 @@ use tracing::{info, warn};
 
 /// Accepts until `ctx.force_close` fires; after `ctx.reject_new` every new connection is
 /// told the proxy is shutting down instead of being served. Sessions run on `workers`.
+///
+/// With workers that run their own loops (the `epoll` engine) every worker accepts on the
+/// shared listening socket and keeps what it accepts (within a bound on imbalance), so a new
+/// session starts on the thread that serves it; otherwise one loop on this runtime accepts
+/// and hands each socket to the least-loaded worker. The task returned ends when accepting
+/// has stopped and the listening socket is closed.
 pub fn start(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
     workers: Arc<Workers>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Ok(addr) = listener.local_addr() {
-            info!(addr = %addr, "SQL port listening");
+) -> std::io::Result<JoinHandle<()>> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(addr = %addr, "SQL port listening");
+    }
+    if !workers.accept_on_workers() {
+        return Ok(tokio::spawn(accept_here(listener, ctx, workers)));
+    }
+    let listener = Arc::new(listener.into_std()?);
+    let rejections = Arc::new(RateLimiter::new(5, Duration::from_secs(1)));
+    // Each acceptor holds a sender; the receiver sees the channel close once all have ended.
+    let (running, mut ended) = tokio::sync::mpsc::channel::<()>(1);
+    for index in 0..workers.len() {
+        let acceptor = accept_on_worker(
+            index,
+            listener.clone(),
+            ctx.clone(),
+            workers.clone(),
+            rejections.clone(),
+            running.clone(),
+        );
+        workers.spawn_uncounted(index, acceptor);
+    }
+    Ok(tokio::spawn(async move {
+        while ended.recv().await.is_some() {}
+    }))
+}
+
+/// One worker's acceptor. The listening socket closes when the last acceptor drops it.
+async fn accept_on_worker(
+    index: usize,
+    listener: Arc<std::net::TcpListener>,
+    ctx: Arc<ProxyContext>,
+    workers: Arc<Workers>,
+    rejections: Arc<RateLimiter>,
+    running: tokio::sync::mpsc::Sender<()>,
+) {
+    let incoming = match Reactor::current()
+        .ok_or_else(|| std::io::Error::other("not on a session worker"))
+        .and_then(|reactor| EpollListener::adopt(listener, reactor))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "this session worker cannot accept SQL connections; the others still do");
+            return;
         }
-        let rejections = RateLimiter::new(5, Duration::from_secs(1));
-        loop {
-            let accepted = tokio::select! {
-                _ = ctx.force_close.cancelled() => break,
-                r = listener.accept() => r,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    crate::timer::sleep(Duration::from_millis(50)).await;
-                    continue;
+    };
+    let stop = ctx.force_close.cancelled();
+    tokio::pin!(stop);
+    let mut in_a_row = 0;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            r = incoming.accept() => r,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                if let Some(admitted) = admit(&ctx, &rejections, socket, peer) {
+                    let (socket, guard) = admitted;
+                    place(socket, peer, ctx.clone(), guard, &workers, Some(index));
                 }
-            };
-            let m = &ctx.metrics;
-            m.create_connection.inc();
-            if ctx.reject_new.is_cancelled() {
-                m.reject_shutting_down.inc();
-                tokio::spawn(session::reject(tcp, ClientError::ShuttingDown));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                crate::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // A stream of new connections must not keep this worker from its sessions.
+        in_a_row += 1;
+        if in_a_row == ACCEPTS_PER_TURN {
+            in_a_row = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(incoming);
+    drop(running);
+}
+
+/// Connections accepted before a worker's acceptor lets its sessions run.
+const ACCEPTS_PER_TURN: u32 = 16;
+
+/// The accept loop on the control runtime (the `tokio` and `io-uring` engines), handing each
+/// admitted socket to the least-loaded worker.
+async fn accept_here(listener: TcpListener, ctx: Arc<ProxyContext>, workers: Arc<Workers>) {
+    let rejections = RateLimiter::new(5, Duration::from_secs(1));
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.force_close.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                crate::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let settings = ctx.settings();
-            let max = settings.max_connections;
-            match ctx.admit(max) {
-                Some(mut guard) => {
-                    // Behind a balancer every peer is the balancer: the client's own address,
-                    // from its PROXY header, is counted instead.
-                    let per_source = settings.max_handshakes_per_source;
-                    if !settings.proxy_protocol_v2 && !guard.enter_handshake(peer.ip(), per_source)
-                    {
-                        refuse_source(&ctx, &rejections, peer, per_source);
-                        tokio::spawn(session::reject(
-                            tcp,
-                            ClientError::TooManyHandshakes { limit: per_source },
-                        ));
-                        continue;
-                    }
-                    hand_over(&workers, tcp, peer, ctx.clone(), guard)
-                }
-                None => {
-                    m.reject_too_many.inc();
-                    // A flood must not flood the log too: a few lines a second, then a count.
-                    if let Admit::Yes { dropped } = rejections.admit(std::time::Instant::now()) {
-                        warn!(client = %peer, max_connections = max, suppressed = dropped, "connection rejected: too many connections");
-                    }
-                    tokio::spawn(session::reject(
-                        tcp,
-                        ClientError::TooManyConnections { limit: max },
-                    ));
-                }
+        };
+        let socket = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(client = %peer, error = %e, "connection dropped: cannot hand it to a worker");
+                continue;
             }
+        };
+        if let Some((socket, guard)) = admit(&ctx, &rejections, socket, peer) {
+            place(socket, peer, ctx.clone(), guard, &workers, None);
         }
-    })
+    }
+}
+
+/// Counts a new connection and decides whether it may start a session: the socket and its
+/// max-connections guard when it may, `None` after it has been given its refusal.
+fn admit(
+    ctx: &Arc<ProxyContext>,
+    rejections: &RateLimiter,
+    socket: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<(std::net::TcpStream, ActiveGuard)> {
+    let m = &ctx.metrics;
+    m.create_connection.inc();
+    if ctx.reject_new.is_cancelled() {
+        m.reject_shutting_down.inc();
+        refuse(socket, peer, ClientError::ShuttingDown);
+        return None;
+    }
+    let settings = ctx.settings();
+    let max = settings.max_connections;
+    let Some(mut guard) = ctx.admit(max) else {
+        m.reject_too_many.inc();
+        // A flood must not flood the log too: a few lines a second, then a count.
+        if let Admit::Yes { dropped } = rejections.admit(std::time::Instant::now()) {
+            warn!(client = %peer, max_connections = max, suppressed = dropped, "connection rejected: too many connections");
+        }
+        refuse(socket, peer, ClientError::TooManyConnections { limit: max });
+        return None;
+    };
+    // Behind a balancer every peer is the balancer: the client's own address, from its
+    // PROXY header, is counted instead.
+    let per_source = settings.max_handshakes_per_source;
+    if !settings.proxy_protocol_v2 && !guard.enter_handshake(peer.ip(), per_source) {
+        refuse_source(ctx, rejections, peer, per_source);
+        refuse(
+            socket,
+            peer,
+            ClientError::TooManyHandshakes { limit: per_source },
+        );
+        return None;
+    }
+    Some((socket, guard))
+}
+
+/// Sends a refused connection its error and closes it, from the control runtime: refusals
+/// are rare, and a flood of them must not occupy the session workers.
+fn refuse(socket: std::net::TcpStream, peer: std::net::SocketAddr, err: ClientError) {
+    let tcp = socket
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(socket));
+    match tcp {
+        Ok(tcp) => drop(tokio::spawn(session::reject(tcp, err))),
+        Err(e) => {
+            warn!(client = %peer, error = %e, "connection closed without its error: the socket cannot be polled")
+        }
+    }
 }
 
 /// Logs a per-source refusal, a few lines a second at most.
@@ -94,33 +208,37 @@ fn refuse_source(
     }
 }
 
-/// Moves the socket from this runtime's reactor to a worker's, where the session lives.
-fn hand_over(
-    workers: &Workers,
-    tcp: TcpStream,
+/// Starts an admitted connection's session: near worker `accepted_on` when a worker accepted
+/// it, on the least-loaded worker otherwise.
+fn place(
+    socket: std::net::TcpStream,
     peer: std::net::SocketAddr,
     ctx: Arc<ProxyContext>,
     guard: ActiveGuard,
+    workers: &Workers,
+    accepted_on: Option<usize>,
 ) {
-    let socket = match tcp.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(client = %peer, error = %e, "connection dropped: cannot hand it to a worker");
-            return;
+    fn spawn<F>(workers: &Workers, accepted_on: Option<usize>, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match accepted_on {
+            Some(index) => workers.spawn_near(index, task),
+            None => workers.spawn(task),
         }
-    };
+    }
     // One future per branch: an async block holding both would make every idle session pay
     // for the larger. Without a PROXY header the session's own future is the task, with no
     // wrapper keeping the handed-over socket and the arguments beside it.
     if ctx.settings().proxy_protocol_v2 {
-        workers.spawn(behind_balancer(socket, peer, ctx, guard));
+        spawn(
+            workers,
+            accepted_on,
+            behind_balancer(socket, peer, ctx, guard),
+        );
     } else {
-        workers.spawn(session::run(
-            session::ClientSocket::Handed(socket),
-            peer,
-            ctx,
-            guard,
-        ));
+        let client = session::ClientSocket::Handed(socket);
+        spawn(workers, accepted_on, session::run(client, peer, ctx, guard));
     }
 }
 

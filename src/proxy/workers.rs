@@ -5,7 +5,8 @@
 //! Why not one work-stealing runtime: on a proxy every query is two short socket hops, and a
 //! shared scheduler hands those wake-ups between threads (a futex wake and a cache miss each
 //! time). Keeping each session on its own thread is what HAProxy's per-thread pollers do; the
-//! accept loop stays on the control runtime and hands each new socket to the least-loaded worker.
+//! workers also accept new sessions themselves (`super::server`) and keep them while their
+//! loads stay within a bound of each other.
 //! For the same reason a worker batches its per-query metrics ([`crate::metrics::batch`]) and
 //! adds them to the shared series when it is about to sleep.
 //!
@@ -89,6 +90,12 @@ pub fn io_engine(configured: &str) -> IoEngine {
     }
 }
 
+/// The most tasks a worker may have and still keep a session it accepted, when the
+/// least-loaded worker has `least`: two more, or an eighth more for large counts.
+fn near_enough(least: usize) -> usize {
+    least + (least / 8).max(2)
+}
+
 /// Counts a task against its worker's load until dropped.
 struct LoadGuard(Arc<AtomicUsize>);
 
@@ -169,11 +176,59 @@ impl Workers {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let worker = self
-            .workers
+        self.spawn_counted(self.least_loaded(), task);
+    }
+
+    /// Runs `task` on worker `here` (the one calling, for a session it accepted) unless that
+    /// worker has more than [`near_enough`] tasks beyond the least-loaded one, which then
+    /// runs it. Starting on the accepting thread spares a hand-off and a wake-up per
+    /// session; the bound keeps a worker that is idle whenever connections arrive (and so
+    /// accepts most of them) from collecting the long-lived sessions of a burst of logins.
+    pub fn spawn_near<F>(&self, here: usize, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let least = self.least_loaded();
+        let mine = &self.workers[here];
+        let mine_load = mine.load.load(Ordering::Relaxed);
+        let least_load = least.load.load(Ordering::Relaxed);
+        let worker = if mine_load <= near_enough(least_load) {
+            mine
+        } else {
+            least
+        };
+        self.spawn_counted(worker, task);
+    }
+
+    /// Runs `task` on worker `index`, outside the load count: the listener's acceptors.
+    pub(crate) fn spawn_uncounted<F>(&self, index: usize, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.workers[index].spawner {
+            Spawner::Tokio(handle) => drop(handle.spawn(task)),
+            Spawner::Own(handle) => handle.spawn(task),
+        }
+    }
+
+    /// Whether the workers run their own loops (the `epoll` engine), where each can accept.
+    pub fn accept_on_workers(&self) -> bool {
+        self.workers
+            .iter()
+            .all(|w| matches!(w.spawner, Spawner::Own(_)))
+    }
+
+    fn least_loaded(&self) -> &Worker {
+        self.workers
             .iter()
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
-            .expect("at least one worker");
+            .expect("at least one worker")
+    }
+
+    fn spawn_counted<F>(&self, worker: &Worker, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         worker.load.fetch_add(1, Ordering::Relaxed);
         let guard = LoadGuard(worker.load.clone());
         // Boxed: an async block that awaits a future it captured holds it twice (once as the
@@ -300,6 +355,40 @@ mod tests {
                 "tiproxy-worker-1"
             ]
         );
+        for _ in 0..100 {
+            if workers.loads() == vec![0, 0] {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("finished tasks still counted: {:?}", workers.loads());
+    }
+
+    #[test]
+    fn a_session_stays_on_the_worker_that_accepted_it_until_that_one_is_too_far_ahead() {
+        let workers = Workers::start(2).unwrap();
+        let (release, hold) = tokio::sync::watch::channel(false);
+        let held = || {
+            let mut hold = hold.clone();
+            async move {
+                let _ = hold.wait_for(|go| *go).await;
+            }
+        };
+        // Two more than the least-loaded worker's none is still near enough.
+        for _ in 0..3 {
+            workers.spawn_near(0, held());
+        }
+        assert_eq!(workers.loads(), vec![3, 0]);
+        workers.spawn_near(0, held());
+        assert_eq!(workers.loads(), vec![3, 1]);
+        for _ in 0..20 {
+            workers.spawn_near(1, held());
+        }
+        // Worker 1 keeps what it accepts while it has at most two more than worker 0.
+        assert_eq!(workers.loads(), vec![11, 13]);
+        assert_eq!(near_enough(0), 2);
+        assert_eq!(near_enough(100), 112);
+        release.send(true).unwrap();
         for _ in 0..100 {
             if workers.loads() == vec![0, 0] {
                 return;

@@ -3,8 +3,11 @@
 //! epoll wait, a readiness bit and a queue push per wake-up, where a tokio runtime adds its
 //! scheduler, its readiness registrations and its busy-time clock reads.
 
+mod listener;
 mod reactor;
 mod socket;
+
+pub use listener::EpollListener;
 
 pub use reactor::{Events, Reactor};
 pub use socket::EpollTcp;

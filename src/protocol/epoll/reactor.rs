@@ -35,6 +35,14 @@ pub(super) struct IoSlot {
 }
 
 impl IoSlot {
+    fn new(ready: usize) -> Arc<IoSlot> {
+        Arc::new(IoSlot {
+            ready: AtomicUsize::new(ready),
+            reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
+        })
+    }
+
     /// The readiness word when `dir` is ready, after registering `cx` to be woken when it
     /// becomes so.
     #[inline]
@@ -58,6 +66,12 @@ impl IoSlot {
         } else {
             Poll::Pending
         }
+    }
+
+    /// True when the readiness word `seen` carries `dir`'s sticky closed bit.
+    #[inline]
+    pub(super) fn closed(seen: usize, dir: usize) -> bool {
+        seen & dir << 2 != 0
     }
 
     /// True when `dir`, or its sticky closed bit, is set: an attempt may succeed.
@@ -194,20 +208,35 @@ impl Reactor {
     /// `register` with the readiness the socket starts with: none for a connect in progress,
     /// which is writable once it is done.
     pub(super) fn register_as(&self, fd: RawFd, ready: usize) -> io::Result<Arc<IoSlot>> {
-        let slot = Arc::new(IoSlot {
-            ready: AtomicUsize::new(ready),
-            reader: AtomicWaker::new(),
-            writer: AtomicWaker::new(),
-        });
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        let slot = IoSlot::new(ready);
+        self.add(fd, events, &slot)?;
+        Ok(slot)
+    }
+
+    /// Adds a listening socket that other workers' sets may hold too: edge-triggered reads,
+    /// one waiting worker woken per connection where the kernel knows `EPOLLEXCLUSIVE`.
+    /// It starts readable, so connections queued before it was added are accepted.
+    pub(super) fn register_listener(&self, fd: RawFd) -> io::Result<Arc<IoSlot>> {
+        let slot = IoSlot::new(READ);
+        let events = libc::EPOLLIN | libc::EPOLLET;
+        match self.add(fd, events | libc::EPOLLEXCLUSIVE, &slot) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.add(fd, events, &slot)?,
+            r => r?,
+        }
+        Ok(slot)
+    }
+
+    fn add(&self, fd: RawFd, events: libc::c_int, slot: &Arc<IoSlot>) -> io::Result<()> {
         let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: Arc::as_ptr(&slot) as u64,
+            events: events as u32,
+            u64: Arc::as_ptr(slot) as u64,
         };
         // SAFETY: `fd` is open; `ev` outlives the call.
         check(unsafe {
             libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev)
         })?;
-        Ok(slot)
+        Ok(())
     }
 
     /// Removes `fd` (still open) and keeps its slot until no event taken can name it.

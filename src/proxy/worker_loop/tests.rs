@@ -169,3 +169,53 @@ fn a_connect_from_the_loop_reaches_a_listener_and_reports_a_refusal() {
     handle.stop();
     thread.join().unwrap();
 }
+
+#[test]
+fn loops_sharing_a_listener_accept_every_connection_once() {
+    use crate::protocol::epoll::{EpollListener, Reactor};
+    use std::io::{Read, Write};
+    let listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let loops: Vec<_> = (0..2).map(|_| start()).collect();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    for (handle, _) in &loops {
+        let (listener, accepted, ready) = (listener.clone(), accepted.clone(), ready_tx.clone());
+        handle.spawn(async move {
+            let incoming = EpollListener::adopt(listener, Reactor::current().unwrap()).unwrap();
+            ready.send(()).unwrap();
+            loop {
+                let (socket, _) = incoming.accept().await.unwrap();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let mut tcp = Tcp::from_std(socket).unwrap();
+                let mut byte = [0u8; 1];
+                tcp.read_exact(&mut byte).await.unwrap();
+                tcp.write_all(&[byte[0] + 1]).await.unwrap();
+            }
+        });
+    }
+    drop(listener);
+    for _ in 0..2 {
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    for n in 0..40u8 {
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client.write_all(&[n]).unwrap();
+        let mut answer = [0u8; 1];
+        client.read_exact(&mut answer).unwrap();
+        assert_eq!(answer[0], n + 1, "connection {n} was not served");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 40);
+    for (handle, thread) in loops {
+        handle.stop();
+        thread.join().unwrap();
+    }
+    // Both loops dropped their acceptors, and with them the last reference to the socket.
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listening socket is still open"
+    );
+}
