@@ -88,7 +88,7 @@ impl App {
         ));
         let mut listeners = Vec::new();
         for addr in crate::config::routes::listen_addrs(&config.proxy.addr) {
-            let l = TcpListener::bind(&addr)
+            let l = crate::proxy::listen::bind_sql(&addr)
                 .await
                 .with_context(|| format!("cannot listen on [proxy] addr = {addr:?}"))?;
             listeners.push(l);

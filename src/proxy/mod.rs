@@ -10,6 +10,7 @@ pub mod context;
 pub mod digest;
 pub mod error;
 pub mod error_source;
+pub mod listen;
 pub mod migrate;
 pub mod per_source;
 pub mod query_log;
