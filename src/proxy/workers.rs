@@ -321,6 +321,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Waits (at most a second) for the two workers' loads to fall back to none.
+    fn assert_all_tasks_end(workers: &Workers) {
+        for _ in 0..100 {
+            if workers.loads() == vec![0, 0] {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("finished tasks still counted: {:?}", workers.loads());
+    }
+
     #[test]
     fn tasks_spread_to_the_least_loaded_worker_and_stay_on_its_thread() {
         let workers = Workers::start(2).unwrap();
@@ -355,13 +366,7 @@ mod tests {
                 "tiproxy-worker-1"
             ]
         );
-        for _ in 0..100 {
-            if workers.loads() == vec![0, 0] {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("finished tasks still counted: {:?}", workers.loads());
+        assert_all_tasks_end(&workers);
     }
 
     #[test]
@@ -389,13 +394,7 @@ mod tests {
         assert_eq!(near_enough(0), 2);
         assert_eq!(near_enough(100), 112);
         release.send(true).unwrap();
-        for _ in 0..100 {
-            if workers.loads() == vec![0, 0] {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("finished tasks still counted: {:?}", workers.loads());
+        assert_all_tasks_end(&workers);
     }
 
     #[test]
