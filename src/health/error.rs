@@ -22,6 +22,22 @@ pub enum ProbeError {
     Status(#[from] StatusError),
 }
 
+impl ProbeError {
+    /// The probe failed for want of a descriptor, buffer or memory in this process or host,
+    /// before any packet reached the backend: it shows nothing about the backend.
+    pub fn is_local_shortage(&self) -> bool {
+        let io = match self {
+            ProbeError::Io(e) => e,
+            ProbeError::Status(StatusError::Io { source, .. }) => source,
+            _ => return false,
+        };
+        matches!(
+            io.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+}
+
 /// A failed `GET /status` of a TiDB status port.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -37,4 +53,24 @@ pub enum StatusError {
     Timeout { addr: String, limit: Duration },
     #[error("status port {addr} answered {code}")]
     Answered { addr: String, code: u16 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_shortage_in_this_process_says_nothing_about_the_backend() {
+        let os = |code| ProbeError::Io(io::Error::from_raw_os_error(code));
+        assert!(os(libc::EMFILE).is_local_shortage());
+        assert!(os(libc::ENFILE).is_local_shortage());
+        let status = ProbeError::Status(StatusError::Io {
+            addr: "10.0.0.1:10080".into(),
+            source: io::Error::from_raw_os_error(libc::EMFILE),
+        });
+        assert!(status.is_local_shortage());
+        assert!(!os(libc::ECONNREFUSED).is_local_shortage());
+        assert!(!os(libc::ETIMEDOUT).is_local_shortage());
+        assert!(!ProbeError::Timeout(Duration::from_secs(1)).is_local_shortage());
+    }
 }

@@ -241,6 +241,19 @@ fn apply(
                 events.push("backend-up", format!("backend {} is up", backend.addr));
             }
         }
+        Err(err) if err.is_local_shortage() => {
+            // The proxy could not even make a socket: the probe says nothing about the
+            // backend, so its state and streak stay as they were.
+            static SHORTAGE: std::sync::OnceLock<crate::logging::rate::RateLimiter> =
+                std::sync::OnceLock::new();
+            let limiter = SHORTAGE
+                .get_or_init(|| crate::logging::rate::RateLimiter::new(1, Duration::from_secs(10)));
+            if let crate::logging::rate::Admit::Yes { dropped } =
+                limiter.admit(std::time::Instant::now())
+            {
+                warn!(backend = %backend.addr, error = %err, suppressed = dropped, "health probe not run: this proxy is out of file descriptors or memory; the backend's health is left as it was");
+            }
+        }
         Err(err) => {
             let reason = err.to_string();
             streak.oks = 0;

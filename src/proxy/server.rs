@@ -89,11 +89,7 @@ async fn accept_on_worker(
                     place(socket, peer, ctx.clone(), guard, &workers, Some(index));
                 }
             }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                crate::timer::sleep(Duration::from_millis(50)).await;
-            }
+            Err(e) => back_off_after(e).await,
         }
         // A stream of new connections must not keep this worker from its sessions.
         in_a_row += 1;
@@ -104,6 +100,22 @@ async fn accept_on_worker(
     }
     drop(incoming);
     drop(running);
+}
+
+/// Logs a failed accept, one line in ten seconds across all acceptors (with the count of
+/// those left out), and waits before the next try instead of spinning: out of file
+/// descriptors, the connection stays queued until one is freed.
+async fn back_off_after(e: std::io::Error) {
+    static FAILURES: std::sync::OnceLock<RateLimiter> = std::sync::OnceLock::new();
+    let limiter = FAILURES.get_or_init(|| RateLimiter::new(1, Duration::from_secs(10)));
+    if let Admit::Yes { dropped } = limiter.admit(std::time::Instant::now()) {
+        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            warn!(error = %e, suppressed = dropped, "cannot accept SQL connections: the process is out of file descriptors; raise its open-file limit (ulimit -n, LimitNOFILE) or lower [proxy] max-connections; retrying every 50 ms");
+        } else {
+            warn!(error = %e, suppressed = dropped, "cannot accept a SQL connection; retrying in 50 ms");
+        }
+    }
+    crate::timer::sleep(Duration::from_millis(50)).await;
 }
 
 /// Connections accepted before a worker's acceptor lets its sessions run.
@@ -121,9 +133,7 @@ async fn accept_here(listener: TcpListener, ctx: Arc<ProxyContext>, workers: Arc
         let (tcp, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                crate::timer::sleep(Duration::from_millis(50)).await;
+                back_off_after(e).await;
                 continue;
             }
         };
