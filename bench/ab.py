@@ -23,9 +23,11 @@ def churn_round(binary, haproxy):
     tp = bench.TiProxy()
     tp.start()
     try:
+        bench.settle()
         rate, cpu = bench.churn(tp)
     finally:
         tp.stop()
+    bench.settle()
     ha_rate, ha_cpu = bench.churn(haproxy)
     bench.log(f"{binary}: {rate:.0f}/s at {cpu:.3f} ms; HAProxy next to it {ha_rate:.0f}/s at {ha_cpu:.3f} ms")
     return {"sessions/s vs HAProxy": rate / ha_rate, "CPU per session vs HAProxy": cpu / ha_cpu}

@@ -271,12 +271,37 @@ def parse_sysbench(out):
     return {"qps": q, "queries": total, "avg_ms": avg, "p95_ms": p95}
 
 
+SETTLE_MAX = float(os.environ.get("BENCH_SETTLE", "3"))
+
+
+def cpu_busy(window):
+    """The share of the machine's CPU time that was busy over `window` seconds (/proc/stat)."""
+    def sample():
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+    t0, i0 = sample()
+    time.sleep(window)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def settle():
+    """Waits, at most BENCH_SETTLE seconds, until the machine is nearly idle: the aftermath of
+    the previous target's run (a server ending thousands of connections, a garbage collector)
+    is then not charged to the next target, whichever comes next in the round."""
+    deadline = time.time() + SETTLE_MAX
+    while time.time() < deadline and cpu_busy(0.25) > 0.15:
+        pass
+
+
 def run_sysbench_rounds(targets):
     results = {}
     for wl, args in WORKLOADS.items():
         for r in range(ROUNDS):
             order = targets if r % 2 == 0 else list(reversed(targets))
             for t in order:
+                settle()
                 c0 = t.cpu_seconds()
                 m = parse_sysbench(sysbench(t.port, args, "run"))
                 m["cpu_per_1k"] = (t.cpu_seconds() - c0) / m["queries"] * 1000 if t.proc else None
@@ -321,6 +346,7 @@ def churn_rounds(targets):
     out = {}
     for r in range(ROUNDS):
         for t in (targets if r % 2 == 0 else list(reversed(targets))):
+            settle()
             out.setdefault(t.name, []).append(churn(t))
             log(f"churn round {r} {t.name}: {out[t.name][-1]}")
     return out

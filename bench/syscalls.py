@@ -15,6 +15,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import settle  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(ROOT, "bench", ".work-syscalls")
 HOST = "127.0.0.1"
@@ -183,6 +186,7 @@ def main():
             for r in range(ROUNDS):
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for t in order:
+                    settle()
                     c0, x0 = t.cpu(), t.ctxt()
                     q, qps = sysbench(t.port, args, SECONDS)
                     x1 = t.ctxt()
