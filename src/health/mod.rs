@@ -222,6 +222,8 @@ async fn login_and_quit(
 struct Streak {
     fails: u32,
     oks: u32,
+    /// The last probe could not run for want of descriptors or memory here (logged once).
+    short: bool,
 }
 
 fn apply(
@@ -231,6 +233,7 @@ fn apply(
     cfg: &HealthConfig,
     events: &EventLog,
 ) {
+    let was_short = std::mem::take(&mut streak.short);
     match result {
         Ok((version, caps)) => {
             backend.record_greeting(&version, caps);
@@ -244,14 +247,9 @@ fn apply(
         Err(err) if err.is_local_shortage() => {
             // The proxy could not even make a socket: the probe says nothing about the
             // backend, so its state and streak stay as they were.
-            static SHORTAGE: std::sync::OnceLock<crate::logging::rate::RateLimiter> =
-                std::sync::OnceLock::new();
-            let limiter = SHORTAGE
-                .get_or_init(|| crate::logging::rate::RateLimiter::new(1, Duration::from_secs(10)));
-            if let crate::logging::rate::Admit::Yes { dropped } =
-                limiter.admit(std::time::Instant::now())
-            {
-                warn!(backend = %backend.addr, error = %err, suppressed = dropped, "health probe not run: this proxy is out of file descriptors or memory; the backend's health is left as it was");
+            streak.short = true;
+            if !was_short {
+                warn!(backend = %backend.addr, error = %err, "health probe not run: this proxy is out of file descriptors or memory; the backend's health is left as it was until a probe can run");
             }
         }
         Err(err) => {
@@ -441,6 +439,36 @@ mod tests {
         // The transitions land in the log this prober was given, newest first.
         let kinds: Vec<&str> = events.recent().iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["backend-up", "backend-down"]);
+    }
+
+    #[test]
+    fn a_probe_this_proxy_could_not_run_leaves_the_backend_as_it_was() {
+        let b = Backend::new("x:1".into());
+        let mut s = Streak::default();
+        let events = EventLog::new(4);
+        let short = || {
+            Err(ProbeError::Io(std::io::Error::from_raw_os_error(
+                libc::EMFILE,
+            )))
+        };
+        for _ in 0..5 {
+            apply(&b, &mut s, short(), &cfg(), &events);
+        }
+        assert!(
+            b.is_healthy(),
+            "out of descriptors here is not the backend's failure"
+        );
+        let refused = || Err(ProbeError::Greeted("refused".into()));
+        apply(&b, &mut s, refused(), &cfg(), &events);
+        apply(&b, &mut s, short(), &cfg(), &events);
+        assert!(
+            b.is_healthy(),
+            "a shortage between two failures is not a second one"
+        );
+        apply(&b, &mut s, refused(), &cfg(), &events);
+        assert!(!b.is_healthy());
+        apply(&b, &mut s, short(), &cfg(), &events);
+        assert!(!b.is_healthy(), "nor does it bring a down backend back");
     }
 
     #[tokio::test]
