@@ -28,12 +28,17 @@ impl From<tokio::net::TcpStream> for Tcp {
 }
 
 impl Tcp {
-    /// A socket handed over from another thread, registered with this thread's reactor.
+    /// A nonblocking socket handed over from another thread, registered with this thread's
+    /// reactor. Every acceptor and `into_std` here give nonblocking sockets, so this makes no
+    /// system call to set the mode.
     pub fn from_std(tcp: std::net::TcpStream) -> io::Result<Tcp> {
         match Reactor::current() {
             Some(reactor) => EpollTcp::adopt(tcp, reactor).map(Tcp::Epoll),
             None => {
-                tcp.set_nonblocking(true)?;
+                debug_assert!(
+                    crate::protocol::epoll::is_nonblocking(&tcp),
+                    "tokio needs a nonblocking socket"
+                );
                 tokio::net::TcpStream::from_std(tcp).map(Tcp::Tokio)
             }
         }

@@ -63,6 +63,7 @@ async fn accept_on_worker(
     rejections: Arc<RateLimiter>,
     running: tokio::sync::mpsc::Sender<()>,
 ) {
+    let local_port = listener.local_addr().map_or(0, |a| a.port());
     let incoming = match Reactor::current()
         .ok_or_else(|| std::io::Error::other("not on a session worker"))
         .and_then(|reactor| EpollListener::adopt(listener, reactor))
@@ -86,7 +87,15 @@ async fn accept_on_worker(
             Ok((socket, peer)) => {
                 if let Some(admitted) = admit(&ctx, &rejections, socket, peer) {
                     let (socket, guard) = admitted;
-                    place(socket, peer, ctx.clone(), guard, &workers, Some(index));
+                    place(
+                        socket,
+                        peer,
+                        local_port,
+                        ctx.clone(),
+                        guard,
+                        &workers,
+                        Some(index),
+                    );
                 }
             }
             Err(e) => back_off_after(e).await,
@@ -124,6 +133,7 @@ const ACCEPTS_PER_TURN: u32 = 16;
 /// The accept loop on the control runtime (the `tokio` and `io-uring` engines), handing each
 /// admitted socket to the least-loaded worker.
 async fn accept_here(listener: TcpListener, ctx: Arc<ProxyContext>, workers: Arc<Workers>) {
+    let local_port = listener.local_addr().map_or(0, |a| a.port());
     let rejections = RateLimiter::new(5, Duration::from_secs(1));
     loop {
         let accepted = tokio::select! {
@@ -145,7 +155,7 @@ async fn accept_here(listener: TcpListener, ctx: Arc<ProxyContext>, workers: Arc
             }
         };
         if let Some((socket, guard)) = admit(&ctx, &rejections, socket, peer) {
-            place(socket, peer, ctx.clone(), guard, &workers, None);
+            place(socket, peer, local_port, ctx.clone(), guard, &workers, None);
         }
     }
 }
@@ -219,10 +229,11 @@ fn refuse_source(
 }
 
 /// Starts an admitted connection's session: near worker `accepted_on` when a worker accepted
-/// it, on the least-loaded worker otherwise.
+/// it, on the least-loaded worker otherwise. `local_port` is the listener's.
 fn place(
     socket: std::net::TcpStream,
     peer: std::net::SocketAddr,
+    local_port: u16,
     ctx: Arc<ProxyContext>,
     guard: ActiveGuard,
     workers: &Workers,
@@ -247,7 +258,7 @@ fn place(
             behind_balancer(socket, peer, ctx, guard),
         );
     } else {
-        let client = session::ClientSocket::Handed(socket);
+        let client = session::ClientSocket::Handed { socket, local_port };
         spawn(workers, accepted_on, session::run(client, peer, ctx, guard));
     }
 }

@@ -9,7 +9,7 @@
 use super::reactor::{IoSlot, Reactor, READ};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -37,7 +37,7 @@ impl EpollListener {
         loop {
             std::task::ready!(self.slot.poll_ready(READ, cx));
             let seen = self.slot.snapshot();
-            match self.listener.accept() {
+            match accept_nonblocking(&self.listener) {
                 Ok(pair) => return Poll::Ready(Ok(pair)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if IoSlot::closed(seen, READ) {
@@ -57,6 +57,34 @@ impl EpollListener {
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         std::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
+}
+
+/// One `accept4` that makes the new socket nonblocking and close-on-exec in the same call
+/// (the standard library's accept leaves it blocking, and making it nonblocking is another
+/// system call per session).
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let fd = listener.as_raw_fd();
+    // SAFETY: `try_init` hands a zeroed address buffer and its length; `accept4` writes at most
+    // that length and returns a new descriptor we own.
+    let (socket, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let ret = libc::accept4(
+                fd,
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if ret < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(TcpStream::from_raw_fd(ret))
+            }
+        })
+    }?;
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("an accepted connection has no IP address"))?;
+    Ok((socket, peer))
 }
 
 impl Drop for EpollListener {

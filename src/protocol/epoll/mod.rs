@@ -11,4 +11,4 @@ pub use listener::EpollListener;
 
 pub use reactor::{Events, Reactor};
 pub use socket::EpollTcp;
-pub(crate) use socket::{sys_recv, sys_send};
+pub(crate) use socket::{is_nonblocking, sys_recv, sys_send};

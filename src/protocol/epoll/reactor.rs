@@ -239,6 +239,19 @@ impl Reactor {
         Ok(())
     }
 
+    /// For a socket about to be closed: on this reactor's own thread the close itself takes
+    /// `fd` out of the set (its descriptor is never duplicated), so only the slot is kept
+    /// until no event taken can name it. From another thread a wait may run between here and
+    /// the close, so the socket is removed first, as `deregister` does.
+    pub(super) fn release(&self, fd: RawFd, slot: Arc<IoSlot>) {
+        let here = CURRENT.with(|c| c.get().is_some_and(|r| std::ptr::eq(&**r, self)));
+        if here {
+            self.keep_until_next_wait(slot);
+        } else {
+            self.deregister(fd, slot);
+        }
+    }
+
     /// Removes `fd` (still open) and keeps its slot until no event taken can name it.
     pub(super) fn deregister(&self, fd: RawFd, slot: Arc<IoSlot>) {
         // SAFETY: `fd` is open; a null event is allowed for DEL since Linux 2.6.9.
@@ -250,6 +263,10 @@ impl Reactor {
                 std::ptr::null_mut(),
             )
         };
+        self.keep_until_next_wait(slot);
+    }
+
+    fn keep_until_next_wait(&self, slot: Arc<IoSlot>) {
         self.closed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -326,8 +343,9 @@ impl Reactor {
             if flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                 bits |= WRITE_CLOSED;
             }
-            // SAFETY: `data` is the address of a slot registered here. A deregistered slot
-            // stays in `closed` until the next wait, so it is alive for this whole batch.
+            // SAFETY: `data` is the address of a slot registered here. A released or
+            // deregistered slot stays in `closed` until the next wait, so it is alive for this
+            // whole batch.
             let slot = unsafe { &*(data as *const IoSlot) };
             slot.report(bits);
         }
@@ -341,5 +359,48 @@ pub struct Events(Box<[libc::epoll_event]>);
 impl Default for Events {
     fn default() -> Self {
         Events(vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS].into_boxed_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reactor;
+    use crate::protocol::epoll::EpollTcp;
+    use std::os::fd::AsRawFd;
+
+    /// The descriptors in `reactor`'s epoll set, as the kernel lists them.
+    fn registered(reactor: &Reactor) -> Vec<i32> {
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", reactor.epoll.as_raw_fd()))
+                .unwrap();
+        info.lines()
+            .filter_map(|l| l.strip_prefix("tfd:"))
+            .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_dropped_socket_leaves_the_set_on_its_own_thread_and_from_another() {
+        let reactor = Reactor::install().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let adopt = || {
+            let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            EpollTcp::adopt(tcp, reactor.clone()).unwrap()
+        };
+        let (here, there) = (adopt(), adopt());
+        let fds = [here.get_ref().as_raw_fd(), there.get_ref().as_raw_fd()];
+        assert!(fds.iter().all(|fd| registered(&reactor).contains(fd)));
+        // On its reactor's thread the close alone takes it out.
+        drop(here);
+        // From another thread it is taken out before its slot is queued for freeing.
+        std::thread::spawn(move || drop(there)).join().unwrap();
+        let left = registered(&reactor);
+        assert!(
+            fds.iter().all(|fd| !left.contains(fd)),
+            "still registered: {left:?} of {fds:?}"
+        );
+        // Both slots wait for the next wait to be freed.
+        assert_eq!(reactor.closed.lock().unwrap().len(), 2);
     }
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct EpollTcp {
     slot: Arc<IoSlot>,
     reactor: Arc<Reactor>,
-    /// Dropped after `Drop::drop` has taken it out of the epoll set.
+    /// Closed right after `Drop::drop` has handed its slot back.
     tcp: std::net::TcpStream,
 }
 
@@ -62,10 +62,20 @@ pub(crate) fn sys_send(fd: i32, data: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Whether `tcp` is in nonblocking mode (for the debug check on adoption).
+pub(crate) fn is_nonblocking(tcp: &std::net::TcpStream) -> bool {
+    // SAFETY: F_GETFL on an open descriptor reads its flags and changes nothing.
+    let flags = unsafe { libc::fcntl(tcp.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
+}
+
 impl EpollTcp {
-    /// Puts `tcp` into `reactor`'s epoll set (nonblocking from here on).
+    /// Puts `tcp`, already nonblocking, into `reactor`'s epoll set.
     pub fn adopt(tcp: std::net::TcpStream, reactor: Arc<Reactor>) -> io::Result<EpollTcp> {
-        tcp.set_nonblocking(true)?;
+        debug_assert!(
+            is_nonblocking(&tcp),
+            "a blocking socket would stall the worker"
+        );
         let slot = reactor.register(tcp.as_raw_fd())?;
         Ok(EpollTcp { slot, reactor, tcp })
     }
@@ -91,12 +101,11 @@ impl EpollTcp {
         let conn = EpollTcp { slot, reactor, tcp };
         if pending {
             std::future::poll_fn(|cx| conn.poll_write_ready(cx)).await?;
+            // Linux records a failed connect in SO_ERROR before it reports the socket
+            // writable (or in error), so no error here means connected.
             if let Some(e) = conn.tcp.take_error()? {
                 return Err(e);
             }
-            // Readable-and-writable with no error can still be a refused connect on some
-            // kernels; asking for the peer settles it.
-            conn.tcp.peer_addr()?;
         }
         Ok(conn)
     }
@@ -157,8 +166,9 @@ impl EpollTcp {
 
 impl Drop for EpollTcp {
     fn drop(&mut self) {
+        // `tcp` is closed right after this, which ends its registration.
         self.reactor
-            .deregister(self.tcp.as_raw_fd(), self.slot.clone());
+            .release(self.tcp.as_raw_fd(), self.slot.clone());
     }
 }
 

@@ -103,7 +103,7 @@ pub fn run(
     use tokio_util::either::Either;
     let origin = if ctx.settings().backend_proxy_header {
         let local = match &socket {
-            ClientSocket::Handed(s) => s.local_addr(),
+            ClientSocket::Handed { socket, .. } => socket.local_addr(),
             ClientSocket::Adopted(t) => t.local_addr(),
         };
         local.ok().map(|local| (peer, local))
@@ -122,8 +122,12 @@ pub fn run(
 /// The client's socket as a session gets it.
 pub enum ClientSocket {
     /// Handed over by the acceptor: it joins the reactor of the worker running the session
-    /// when the session starts there.
-    Handed(std::net::TcpStream),
+    /// when the session starts there. `local_port` is the listener's (what port-based routing
+    /// reads), known without asking the socket.
+    Handed {
+        socket: std::net::TcpStream,
+        local_port: u16,
+    },
     /// Already on this worker's reactor (its PROXY header was read there).
     Adopted(Box<Tcp>),
 }
@@ -215,10 +219,13 @@ fn start_session(
     crate::proxy::registry::RegisteredSession,
     std::time::Instant,
 )> {
-    let tcp = match socket {
-        ClientSocket::Adopted(tcp) => *tcp,
-        ClientSocket::Handed(socket) => match Tcp::from_std(socket) {
-            Ok(tcp) => tcp,
+    let (tcp, local_port) = match socket {
+        ClientSocket::Adopted(tcp) => {
+            let port = tcp.local_addr().map_or(0, |a| a.port());
+            (*tcp, port)
+        }
+        ClientSocket::Handed { socket, local_port } => match Tcp::from_std(socket) {
+            Ok(tcp) => (tcp, local_port),
             Err(e) => {
                 warn!(client = %peer, error = %e, "connection dropped: a worker cannot poll it");
                 return None;
@@ -229,7 +236,6 @@ fn start_session(
     ctx.metrics.connections.inc();
     let id = ctx.next_conn_id();
     let _ = tcp.set_nodelay(true);
-    let local_port = tcp.local_addr().map_or(0, |a| a.port());
     let client = PacketConn::new(Stream::Plain(tcp), ctx.settings().conn_buffer_size);
     let registered = ctx.registry.register(id, peer);
     registered.entry.set_local_port(local_port);

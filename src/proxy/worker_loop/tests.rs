@@ -107,6 +107,9 @@ fn sockets_on_the_loop_carry_bytes_both_ways_and_see_the_peer_close() {
     let (tx, rx) = mpsc::channel();
     let client = std::net::TcpStream::connect(addr).unwrap();
     let (server, _) = listener.accept().unwrap();
+    for s in [&client, &server] {
+        s.set_nonblocking(true).unwrap();
+    }
     handle.spawn(async move {
         let run = async {
             let mut a = Tcp::from_std(client)?;
@@ -177,15 +180,20 @@ fn loops_sharing_a_listener_accept_every_connection_once() {
     let listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let loops: Vec<_> = (0..2).map(|_| start()).collect();
     let (ready_tx, ready_rx) = mpsc::channel();
     for (handle, _) in &loops {
         let (listener, accepted, ready) = (listener.clone(), accepted.clone(), ready_tx.clone());
+        let peers = peers.clone();
         handle.spawn(async move {
             let incoming = EpollListener::adopt(listener, Reactor::current().unwrap()).unwrap();
             ready.send(()).unwrap();
             loop {
-                let (socket, _) = incoming.accept().await.unwrap();
+                let (socket, peer) = incoming.accept().await.unwrap();
+                // Accepted nonblocking, so adopting it needs no system call to set the mode.
+                assert!(crate::protocol::epoll::is_nonblocking(&socket));
+                peers.lock().unwrap().push(peer);
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let mut tcp = Tcp::from_std(socket).unwrap();
                 let mut byte = [0u8; 1];
@@ -199,8 +207,10 @@ fn loops_sharing_a_listener_accept_every_connection_once() {
     for _ in 0..2 {
         ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     }
+    let mut clients = Vec::new();
     for n in 0..40u8 {
         let mut client = std::net::TcpStream::connect(addr).unwrap();
+        clients.push(client.local_addr().unwrap());
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -210,6 +220,10 @@ fn loops_sharing_a_listener_accept_every_connection_once() {
         assert_eq!(answer[0], n + 1, "connection {n} was not served");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 40);
+    let mut seen = peers.lock().unwrap().clone();
+    seen.sort();
+    clients.sort();
+    assert_eq!(seen, clients, "each accept names its client's address");
     for (handle, thread) in loops {
         handle.stop();
         thread.join().unwrap();
